@@ -1,0 +1,52 @@
+# Everything a fresh machine needs, then the job. `make demo` and `make test` are the two front doors.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+PYTEST_WORKERS ?= 2
+
+.PHONY: venv system-deps demo test lint typecheck layers unit integration bench schemas clean
+
+$(VENV)/.stamp-install: pyproject.toml
+	test -x $(PY) || python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.stamp-install
+
+# Debian packages the tests talk to for real: Prometheus, Alertmanager, Chromium for the /ui test.
+system-deps:
+	@missing=""; \
+	command -v prometheus >/dev/null || missing="$$missing prometheus"; \
+	command -v prometheus-alertmanager >/dev/null || missing="$$missing prometheus-alertmanager"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+demo: venv
+	$(VENV)/bin/mlcd demo
+
+lint: venv
+	$(VENV)/bin/ruff check services tests benchmarks pipelines
+	$(VENV)/bin/ruff format --check services tests benchmarks pipelines
+
+typecheck: venv
+	$(VENV)/bin/mypy
+
+layers: venv
+	$(VENV)/bin/lint-imports
+
+test: venv system-deps lint typecheck layers
+	$(VENV)/bin/pytest -q -n $(PYTEST_WORKERS) --dist loadgroup -p no:cacheprovider
+
+schemas: venv
+	$(PY) -m mlcd.events > /dev/null
+
+bench: venv
+	$(PY) benchmarks/bus.py
+
+clean:
+	rm -rf $(VENV) .mlcd .pytest_cache .mypy_cache .ruff_cache

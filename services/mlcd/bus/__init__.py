@@ -1,0 +1,1 @@
+"""The Bus port, its adapters (Kafka, in-process) and the consumer runtime."""

@@ -1,0 +1,189 @@
+"""The Kafka adapter (aiokafka): acks=all produce, consumer groups with manual offset commits."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsError
+from aiokafka.structs import OffsetAndMetadata
+
+from mlcd import logs
+from mlcd.errors import AdapterUnavailable
+from mlcd.events import Record
+
+log = logs.get(__name__)
+
+
+class KafkaBus:
+    def __init__(
+        self,
+        bootstrap: str,
+        topics: Sequence[str],
+        *,
+        partitions: int = 4,
+        replication_factor: int = 1,
+        enable_idempotence: bool = False,
+        request_timeout_s: float = 10.0,
+        namespace: str = "",
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.namespace = namespace
+        self.topics = list(topics)
+        self.partitions = partitions
+        self.replication_factor = replication_factor
+        self.enable_idempotence = enable_idempotence
+        self.request_timeout_s = request_timeout_s
+        self._producer: AIOKafkaProducer | None = None
+        self._subscriptions: list[_KafkaSubscription] = []
+
+    def physical(self, name: str) -> str:
+        """Broker-side name of a topic or group: the namespace keeps tenants and test runs apart."""
+        return self.namespace + name
+
+    def logical(self, name: str) -> str:
+        return name.removeprefix(self.namespace)
+
+    async def start(self) -> None:
+        await self.create_topics(self.topics)
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap,
+            acks="all",
+            enable_idempotence=self.enable_idempotence,
+            linger_ms=1,
+            request_timeout_ms=int(self.request_timeout_s * 1000),
+        )
+        try:
+            await asyncio.wait_for(producer.start(), self.request_timeout_s)
+        except (KafkaError, OSError, TimeoutError) as e:
+            await producer.stop()
+            raise AdapterUnavailable(f"Kafka at {self.bootstrap} did not answer: {e!r}") from e
+        self._producer = producer
+
+    async def create_topics(self, topics: Sequence[str]) -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=int(self.request_timeout_s * 1000))
+        try:
+            await asyncio.wait_for(admin.start(), self.request_timeout_s)
+            existing = set(await admin.list_topics())
+            wanted = [
+                NewTopic(self.physical(t), num_partitions=self.partitions, replication_factor=self.replication_factor)
+                for t in topics
+                if self.physical(t) not in existing
+            ]
+            if wanted:
+                try:
+                    await admin.create_topics(wanted)
+                except TopicAlreadyExistsError:
+                    pass  # another replica created it between our list and create
+        except (KafkaError, OSError, TimeoutError) as e:
+            raise AdapterUnavailable(f"Kafka at {self.bootstrap} did not answer: {e!r}") from e
+        finally:
+            await admin.close()
+
+    async def stop(self) -> None:
+        for subscription in list(self._subscriptions):
+            await subscription.close()
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    async def ping(self) -> None:
+        if self._producer is None:
+            raise AdapterUnavailable("Kafka producer not started")
+        try:
+            await asyncio.wait_for(self._producer.client.fetch_all_metadata(), self.request_timeout_s)
+        except (KafkaError, OSError, TimeoutError) as e:
+            raise AdapterUnavailable(f"Kafka at {self.bootstrap} did not answer: {e!r}") from e
+
+    async def publish(self, records: Sequence[Record]) -> None:
+        if self._producer is None:
+            raise AdapterUnavailable("Kafka producer not started")
+        try:
+            futures = [
+                await self._producer.send(self.physical(r.topic), value=r.value, key=r.key, headers=list(r.headers)) for r in records
+            ]
+            await asyncio.wait_for(asyncio.gather(*futures), self.request_timeout_s)
+        except (KafkaError, OSError, TimeoutError) as e:
+            raise AdapterUnavailable(f"Kafka did not acknowledge {len(records)} record(s): {e!r}") from e
+
+    async def subscribe(self, group: str, topics: Sequence[str]) -> _KafkaSubscription:
+        consumer = AIOKafkaConsumer(
+            *[self.physical(t) for t in topics],
+            bootstrap_servers=self.bootstrap,
+            group_id=self.physical(group),
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            metadata_max_age_ms=5000,
+        )
+        try:
+            await asyncio.wait_for(consumer.start(), self.request_timeout_s)
+        except (KafkaError, OSError, TimeoutError) as e:
+            await consumer.stop()
+            raise AdapterUnavailable(f"Kafka consumer for {group} could not start: {e!r}") from e
+        subscription = _KafkaSubscription(consumer, self)
+        self._subscriptions.append(subscription)
+        return subscription
+
+
+class _KafkaSubscription:
+    def __init__(self, consumer: AIOKafkaConsumer, bus: KafkaBus) -> None:
+        self._consumer = consumer
+        self._bus = bus
+        self._closed = False
+        self._lag: dict[tuple[str, int], int] = {}
+
+    async def poll(self, max_records: int, timeout_s: float) -> list[Record]:
+        try:
+            batches = await self._consumer.getmany(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        except KafkaError as e:
+            raise AdapterUnavailable(f"Kafka fetch failed: {e!r}") from e
+        records: list[Record] = []
+        for tp, messages in batches.items():
+            records.extend(
+                Record(
+                    topic=self._bus.logical(tp.topic),
+                    partition=tp.partition,
+                    offset=m.offset,
+                    key=m.key,
+                    value=m.value or b"",
+                    headers=tuple((k, v or b"") for k, v in m.headers),
+                    timestamp_ms=m.timestamp,
+                )
+                for m in messages
+            )
+        await self._measure_lag()
+        return records
+
+    async def commit(self, records: Sequence[Record]) -> None:
+        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+        for r in records:
+            tp = TopicPartition(self._bus.physical(r.topic), r.partition)
+            if tp not in offsets or offsets[tp].offset < r.offset + 1:
+                offsets[tp] = OffsetAndMetadata(r.offset + 1, "")
+        if not offsets:
+            return
+        try:
+            await self._consumer.commit(offsets)
+        except CommitFailedError as e:
+            # The group rebalanced under us: another member gets these records again and the inbox
+            # makes the second handling a no-op.
+            log.warning("offset commit lost to a rebalance", error=str(e))
+        except KafkaError as e:
+            raise AdapterUnavailable(f"Kafka offset commit failed: {e!r}") from e
+
+    def lag(self) -> dict[tuple[str, int], int]:
+        return dict(self._lag)
+
+    async def _measure_lag(self) -> None:
+        for tp in self._consumer.assignment():
+            highwater = self._consumer.highwater(tp)
+            if highwater is not None:
+                self._lag[(self._bus.logical(tp.topic), tp.partition)] = max(0, highwater - await self._consumer.position(tp))
+
+    async def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            await self._consumer.stop()
+            self._bus._subscriptions.remove(self)

@@ -1,0 +1,46 @@
+"""The error tree: the runtime tells retryable failures from permanent ones by class alone.
+
+Adapters translate library exceptions at the boundary (`raise AdapterUnavailable(...) from e`).
+"""
+
+from __future__ import annotations
+
+
+class MlcdError(Exception):
+    """Base of every error mlcd raises on purpose; the message is meant for a person."""
+
+
+class ConfigError(MlcdError):
+    """Settings or a policy file are wrong; fix the configuration."""
+
+
+class PermanentError(MlcdError):
+    """Retrying cannot help (bad input, a rule says no): the runtime dead-letters at once."""
+
+
+class TemporaryError(MlcdError):
+    """An outside system is down or slow: the runtime retries with backoff, then dead-letters."""
+
+
+class AdapterUnavailable(TemporaryError):
+    """An outside system (broker, database, MLflow, KFP, GitLab, Kubernetes) did not answer in time."""
+
+
+class Conflict(TemporaryError):
+    """A concurrent writer won (resourceVersion, row lock): re-read and try again."""
+
+
+class NotFound(PermanentError):
+    """The thing named does not exist."""
+
+
+class Unauthorized(MlcdError):
+    """Missing or wrong credentials."""
+
+
+class Forbidden(MlcdError):
+    """Known identity, not allowed to do this."""
+
+
+class InvalidRequest(MlcdError):
+    """A user's request cannot be carried out as asked (a 4xx on HTTP, exit 2 on the CLI)."""

@@ -1,0 +1,69 @@
+"""structlog JSON logs: event id, type and model bound on every line, secrets redacted."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Iterable, Iterator, MutableMapping
+from contextlib import contextmanager
+from typing import Any
+
+import structlog
+
+_SECRET_KEYS = re.compile(r"token|secret|password|authorization|api[_-]?key|signature", re.IGNORECASE)
+REDACTED = "***"
+
+
+class SecretRedactor:
+    """Masks values under secret-looking keys and every configured secret wherever it appears."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self._secrets = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)
+
+    def __call__(self, _: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        for key, value in list(event_dict.items()):
+            if _SECRET_KEYS.search(key) and value is not None:
+                event_dict[key] = REDACTED
+            elif isinstance(value, str):
+                event_dict[key] = self._scrub(value)
+        return event_dict
+
+    def _scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, REDACTED)
+        return text
+
+
+def configure(level: str = "INFO", secrets: Iterable[str] = (), stream: Any = None) -> None:
+    """Set up JSON logging for the process; call once at the entry point."""
+    logging.basicConfig(format="%(message)s", stream=stream or sys.stderr, level=level.upper(), force=True)
+    for noisy in ("aiokafka", "kafka", "alembic", "urllib3", "mlflow", "great_expectations", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            SecretRedactor(secrets),
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+
+
+@contextmanager
+def bound(**context: Any) -> Iterator[None]:
+    """Bind context (event_id, event_type, model) to every log line inside the block."""
+    tokens = structlog.contextvars.bind_contextvars(**context)
+    try:
+        yield
+    finally:
+        structlog.contextvars.reset_contextvars(**tokens)
+
+
+def get(name: str) -> Any:
+    return structlog.get_logger(name)

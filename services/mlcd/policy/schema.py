@@ -1,0 +1,136 @@
+"""The shape of a policy file: one model's code, data, training, promotion, rollout and monitoring.
+
+`policies/defaults.yaml` supplies what a model's file leaves out. Unknown fields are errors, so a typo
+never silently weakens a rule.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from fnmatch import fnmatch
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: Any) -> timedelta:
+    """'30s', '10m', '24h', '1d', '250ms', or a number of seconds."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, int | float):
+        return timedelta(seconds=float(value))
+    match = _DURATION.match(str(value))
+    if not match:
+        raise ValueError(f"not a duration: {value!r} (use e.g. 30s, 10m, 24h)")
+    return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CodeSource(_Strict):
+    project: str = Field(description="GitLab project path, e.g. ml/wine-quality.")
+    paths: list[str] = Field(default_factory=lambda: ["**"], description="Globs of the watched paths.")
+    branch: str = Field("main", description="Branch whose pushes rebuild and publish the pipeline.")
+
+    def watches(self, path: str) -> bool:
+        return any(fnmatch(path, pattern) for pattern in self.paths)
+
+
+class DataSource(_Strict):
+    bucket: str
+    prefix: str = ""
+    suite: str = Field(description="Great Expectations suite (JSON), relative to the repository root.")
+    max_bytes: int = Field(50 * 1024 * 1024, description="Larger batches are rejected unread.")
+    results_prefix: str = Field("_validation/", description="Where validation results are stored.")
+
+    def covers(self, bucket: str, key: str) -> bool:
+        return bucket == self.bucket and key.startswith(self.prefix) and not key.startswith(
+            self.prefix + self.results_prefix
+        )
+
+
+class Training(_Strict):
+    pipeline: str = Field(description="Folder under pipelines/ holding the KFP pipeline.")
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    timeout: Duration = timedelta(hours=2)
+
+
+class Rule(_Strict):
+    name: str
+    expr: str = Field(description="CEL over candidate, champion, data and training; true means pass.")
+    description: str = ""
+
+
+class Promotion(_Strict):
+    rules: list[Rule] = Field(default_factory=list)
+    first_model_rules: list[Rule] | None = Field(
+        None, description="Rules when there is no champion yet; default: `rules` with champion = null."
+    )
+
+
+class Approval(_Strict):
+    required: bool = True
+    when: str | None = Field(None, description="CEL; when set, approval is required only if it is true.")
+    groups: list[str] = Field(default_factory=lambda: ["oncall"])
+    count: int = Field(1, ge=1)
+    timeout: Duration = timedelta(hours=24)
+    allow_gitlab_maintainers: bool = True
+
+
+class Thresholds(_Strict):
+    max_error_rate: float = 0.05
+    max_p95_latency_s: float = 1.0
+    min_requests: int = 0
+
+
+class Rollout(_Strict):
+    mode: Literal["serverless", "raw"] = Field(
+        "serverless", description="KServe canary style: canaryTrafficPercent, or spec.canary (v0.20+)."
+    )
+    steps: list[int] = Field(default_factory=lambda: [10, 50, 100])
+    interval: Duration = timedelta(seconds=30)
+    thresholds: Thresholds = Thresholds()
+
+    @field_validator("steps")
+    @classmethod
+    def _increasing_to_100(cls, steps: list[int]) -> list[int]:
+        if not steps or steps[-1] != 100 or any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
+            raise ValueError("steps must rise strictly and end at 100")
+        if any(s <= 0 or s > 100 for s in steps):
+            raise ValueError("each step is a percentage in 1..100")
+        return steps
+
+
+Action = Literal["retrain", "rollback", "notify"]
+
+
+class Monitoring(_Strict):
+    debounce: Duration = timedelta(minutes=10)
+    actions: dict[str, Action] = Field(
+        default_factory=lambda: {"critical": "rollback", "warning": "retrain", "info": "notify"},
+        description="Alert severity → action.",
+    )
+
+    def action_for(self, severity: str) -> Action:
+        return self.actions.get(severity, "notify")
+
+
+class Policy(_Strict):
+    model: str
+    code: CodeSource | None = None
+    data: DataSource | None = None
+    training: Training | None = None
+    promotion: Promotion = Promotion()
+    approval: Approval = Approval()
+    rollout: Rollout = Rollout()
+    monitoring: Monitoring = Monitoring()
+    serving_name: str | None = Field(None, description="InferenceService name; default: the model name.")

@@ -1,0 +1,183 @@
+"""The ports: what handlers need from outside systems, as small protocols.
+
+Each adapter module under `mlcd.adapters` implements one port for one system; the composition root
+(`mlcd.bootstrap`) picks the adapter from the settings. Every method may raise `TemporaryError`
+(retry) or `PermanentError` (dead-letter); none leaks a vendor exception.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+# --- model registry (MLflow) ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    model: str
+    version: str
+    run_id: str | None
+    source: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    params: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    aliases: tuple[str, ...] = ()
+
+
+class Registry(Protocol):
+    async def get_version(self, model: str, version: str) -> ModelVersion:
+        """The version with its run's metrics, params and tags; NotFound if absent."""
+        ...
+
+    async def version_by_alias(self, model: str, alias: str) -> ModelVersion | None: ...
+
+    async def set_alias(self, model: str, alias: str, version: str) -> None: ...
+
+    async def delete_alias(self, model: str, alias: str) -> None: ...
+
+    async def set_version_tags(self, model: str, version: str, tags: dict[str, str]) -> None: ...
+
+    async def ping(self) -> None: ...
+
+
+# --- object store (MinIO / S3, or a folder) -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    bucket: str
+    key: str
+    size: int
+    etag: str = ""
+    version_id: str = ""
+
+
+class ObjectStore(Protocol):
+    async def stat(self, bucket: str, key: str) -> StoredObject: ...
+
+    async def get(self, bucket: str, key: str, max_bytes: int) -> bytes:
+        """The object's bytes; PermanentError if it is larger than `max_bytes`."""
+        ...
+
+    async def put(self, bucket: str, key: str, data: bytes, content_type: str = "application/octet-stream") -> str:
+        """Store and return the object's URI."""
+        ...
+
+    def uri(self, bucket: str, key: str) -> str: ...
+
+    async def ping(self) -> None: ...
+
+
+# --- code host (GitLab) ---------------------------------------------------------------------------
+
+
+class CodeHost(Protocol):
+    async def set_commit_status(
+        self, project: str, sha: str, state: str, *, name: str, description: str = "", target_url: str = ""
+    ) -> None:
+        """state: pending, running, success, failed or canceled."""
+        ...
+
+    async def upsert_merge_request_note(self, project: str, iid: int, marker: str, body: str) -> None:
+        """Post a note, or edit the one that carries `marker`, so reruns do not pile up notes."""
+        ...
+
+    async def post_commit_note(self, project: str, sha: str, body: str) -> None: ...
+
+    async def fetch_tree(self, project: str, ref: str, path: str, target: Path) -> Path:
+        """Download the files under `path` at `ref` into `target`; returns the local folder."""
+        ...
+
+    async def access_level(self, project: str, username: str) -> int:
+        """The user's access level on the project (GitLab: 40 = Maintainer); 0 if not a member."""
+        ...
+
+    async def ping(self) -> None: ...
+
+
+# --- orchestrator (Kubeflow Pipelines, or kfp.local) ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class PipelineRef:
+    pipeline: str
+    version: str
+    pipeline_id: str = ""
+    version_id: str = ""
+    package_uri: str = ""
+
+
+@dataclass(frozen=True)
+class Run:
+    run_id: str
+    name: str
+    state: str  # PENDING, RUNNING, SUCCEEDED, FAILED, CANCELED
+    outputs: dict[str, Any] = field(default_factory=dict)
+    failed_task: str = ""
+    log_tail: str = ""
+
+    @property
+    def finished(self) -> bool:
+        return self.state in {"SUCCEEDED", "FAILED", "CANCELED", "SKIPPED"}
+
+
+class Orchestrator(Protocol):
+    async def publish(self, pipeline: str, version: str, package: Path) -> PipelineRef:
+        """Upload a compiled package as a pipeline version (idempotent on the version name)."""
+        ...
+
+    async def latest(self, pipeline: str) -> PipelineRef | None: ...
+
+    async def find_run(self, name: str) -> Run | None: ...
+
+    async def submit(self, name: str, pipeline: PipelineRef, parameters: dict[str, Any]) -> Run:
+        """Start a run named `name`; callers look it up with `find_run` first."""
+        ...
+
+    async def get_run(self, run_id: str) -> Run: ...
+
+    async def ping(self) -> None: ...
+
+
+# --- serving (KServe, or local serving) -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServingState:
+    model: str
+    stable_version: str | None
+    canary_version: str | None
+    canary_percent: int
+    ready: bool
+    message: str = ""
+
+
+class Serving(Protocol):
+    async def state(self, model: str) -> ServingState: ...
+
+    async def set_canary(self, model: str, version: str, artifact_uri: str, percent: int) -> None: ...
+
+    async def promote(self, model: str, version: str, artifact_uri: str) -> None:
+        """All traffic to `version`; it becomes the stable revision."""
+        ...
+
+    async def rollback(self, model: str, version: str | None, artifact_uri: str | None) -> None:
+        """All traffic back to `version` (the previous stable revision); the canary is dropped."""
+        ...
+
+    async def ping(self) -> None: ...
+
+
+class Analysis(Protocol):
+    async def measure(self, model: str, version: str, window_s: float) -> dict[str, float]:
+        """Figures of the revision over the window: error_rate, p95_latency_s, requests."""
+        ...
+
+
+# --- notices --------------------------------------------------------------------------------------
+
+
+class Notifier(Protocol):
+    async def notify(self, model: str, title: str, body: str) -> None: ...

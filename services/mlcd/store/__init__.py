@@ -1,0 +1,1 @@
+"""State store: tables, the unit of work, repositories and Alembic migrations."""

@@ -1,0 +1,34 @@
+"""Async engines for PostgreSQL (asyncpg) and SQLite (aiosqlite) with the same transaction semantics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+
+def create_engine(url: str) -> AsyncEngine:
+    """An engine whose SAVEPOINTs and transactions behave alike on both databases."""
+    if url.startswith("sqlite"):
+        engine = create_async_engine(url, connect_args={"timeout": 30})
+        _make_sqlite_transactional(engine)
+        return engine
+    return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+
+
+def _make_sqlite_transactional(engine: AsyncEngine) -> None:
+    # pysqlite's own transaction handling breaks SAVEPOINT; SQLAlchemy's documented recipe takes over
+    # BEGIN itself. IMMEDIATE takes the write lock up front so two processes queue instead of failing.
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
