@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     api_tokens_file: Path | None = Field(None, description="YAML list of {name, groups, token_sha256}.")
     slack_webhook_url: SecretStr | None = Field(None, description="Slack-compatible webhook for notices.")
 
+    api_url: str | None = Field(None, description="mlcd API the CLI talks to; default: http://HOST:PORT.")
+    api_token: SecretStr | None = Field(None, description="CLI's API token; default: MLCD_HOME/admin-token.")
+
     webhook_max_body_bytes: int = Field(1_048_576, description="Largest webhook body accepted (413 above).")
     webhook_max_age_s: int = Field(300, description="Oldest signed-webhook timestamp accepted.")
     log_level: str = Field("INFO", description="Log level of the JSON logs.")
@@ -69,6 +72,10 @@ class Settings(BaseSettings):
     @property
     def effective_database_url(self) -> str:
         return self.database_url or f"sqlite+aiosqlite:///{(self.home / 'mlcd.db').resolve()}"
+
+    @property
+    def effective_api_url(self) -> str:
+        return self.api_url or f"http://{self.http_host}:{self.http_port}"
 
     @property
     def effective_tokens_file(self) -> Path:
@@ -86,5 +93,6 @@ class Settings(BaseSettings):
             self.alertmanager_token,
             self.mlflow_webhook_secret,
             self.slack_webhook_url,
+            self.api_token,
         ]
         return [s.get_secret_value() for s in secrets if s is not None and s.get_secret_value()]
