@@ -23,13 +23,13 @@ def _config(connection: Connection) -> Config:
 def _upgrade(connection: Connection) -> None:
     if connection.dialect.name == "postgresql":
         connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _LOCK_ID})
-    command.upgrade(_config(connection), "head")
+    command.upgrade(_config(connection), "heads")
 
 
 def _current(connection: Connection) -> str | None:
     from alembic.runtime.migration import MigrationContext
 
-    return MigrationContext.configure(connection).get_current_revision()
+    return ",".join(sorted(MigrationContext.configure(connection).get_current_heads())) or None
 
 
 async def upgrade(engine: AsyncEngine) -> None:

@@ -1,0 +1,1 @@
+"""One module per outside system; each implements one port and imports its SDK lazily."""

@@ -1,0 +1,129 @@
+"""The Registry port over an MLflow tracking server: versions, their run's metrics, aliases and tags."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from mlcd.config import Settings
+from mlcd.errors import AdapterUnavailable, NotFound, PermanentError
+from mlcd.ports import ModelVersion
+
+T = TypeVar("T")
+
+EMBEDDED_PORT_OFFSET = 10  # the embedded MLflow server listens on MLCD_HTTP_PORT + 10
+
+
+def tracking_uri(settings: Settings) -> str:
+    """The configured tracking server, else the one `mlcd up` runs beside the API."""
+    return settings.mlflow_tracking_uri or f"http://127.0.0.1:{settings.http_port + EMBEDDED_PORT_OFFSET}"
+
+
+class MlflowRegistry:
+    def __init__(self, tracking_uri: str, timeout_s: float = 30.0) -> None:
+        self.tracking_uri = tracking_uri
+        self.timeout_s = timeout_s
+        self._client: Any = None
+
+    def _mlflow(self) -> Any:
+        if self._client is None:
+            from mlflow import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+        return self._client
+
+    async def _call(self, what: str, fn: Callable[[], T]) -> T:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(fn), self.timeout_s)
+        except MlflowException as e:
+            if e.error_code == "RESOURCE_DOES_NOT_EXIST":
+                raise NotFound(f"MLflow: {what}: {e.message}") from e
+            if e.error_code in {"INVALID_PARAMETER_VALUE", "BAD_REQUEST", "PERMISSION_DENIED"}:
+                raise PermanentError(f"MLflow refused {what}: {e.message}") from e
+            raise AdapterUnavailable(f"MLflow at {self.tracking_uri} failed {what}: {e.message}") from e
+        except (TimeoutError, OSError) as e:
+            raise AdapterUnavailable(f"MLflow at {self.tracking_uri} did not answer {what}: {e!r}") from e
+
+    async def get_version(self, model: str, version: str) -> ModelVersion:
+        def fetch() -> ModelVersion:
+            client = self._mlflow()
+            mv = client.get_model_version(model, version)
+            return _model_version(client, mv)
+
+        return await self._call(f"get version {model}/{version}", fetch)
+
+    async def version_by_alias(self, model: str, alias: str) -> ModelVersion | None:
+        # MLflow answers a missing alias with INVALID_PARAMETER_VALUE; the model's alias map is unambiguous.
+        def fetch() -> ModelVersion | None:
+            client = self._mlflow()
+            version = (client.get_registered_model(model).aliases or {}).get(alias)
+            return None if version is None else _model_version(client, client.get_model_version(model, version))
+
+        try:
+            return await self._call(f"read alias {model}@{alias}", fetch)
+        except NotFound:
+            return None
+
+    async def set_alias(self, model: str, alias: str, version: str) -> None:
+        await self._call(
+            f"set alias {model}@{alias}", lambda: self._mlflow().set_registered_model_alias(model, alias, version)
+        )
+
+    async def delete_alias(self, model: str, alias: str) -> None:
+        try:
+            await self._call(
+                f"delete alias {model}@{alias}", lambda: self._mlflow().delete_registered_model_alias(model, alias)
+            )
+        except NotFound:
+            return
+
+    async def set_version_tags(self, model: str, version: str, tags: dict[str, str]) -> None:
+        def write() -> None:
+            client = self._mlflow()
+            for key, value in tags.items():
+                client.set_model_version_tag(model, version, key, value)
+
+        await self._call(f"tag {model}/{version}", write)
+
+    async def ping(self) -> None:
+        import httpx
+
+        try:
+            async with httpx.AsyncClient(timeout=5) as client:
+                response = await client.get(f"{self.tracking_uri.rstrip('/')}/health")
+            response.raise_for_status()
+        except httpx.HTTPError as e:
+            raise AdapterUnavailable(f"MLflow at {self.tracking_uri} is not healthy: {e!r}") from e
+
+
+def _model_version(client: Any, mv: Any) -> ModelVersion:
+    metrics: dict[str, float] = {}
+    params: dict[str, str] = {}
+    tags: dict[str, str] = {}
+    if mv.run_id:
+        run = client.get_run(mv.run_id)
+        metrics = {k: float(v) for k, v in run.data.metrics.items()}
+        params = dict(run.data.params)
+        tags = {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")}
+    tags.update(mv.tags or {})
+    return ModelVersion(
+        model=mv.name,
+        version=str(mv.version),
+        run_id=mv.run_id or None,
+        source=mv.source,
+        metrics=metrics,
+        params=params,
+        tags=tags,
+        aliases=tuple(mv.aliases or ()),
+    )
+
+
+def build(settings: Settings) -> MlflowRegistry:
+    # The MLflow client retries a dead server for minutes by default; the runtime owns retries.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+    return MlflowRegistry(tracking_uri(settings))
