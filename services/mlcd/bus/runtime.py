@@ -256,8 +256,10 @@ class OutboxRelay:
         await self.publish_pending_quietly()
 
     async def publish_pending_quietly(self) -> None:
+        """Flush the whole outbox (a stopping relay must not leave full batches behind)."""
         try:
-            await self.publish_pending()
+            while await self.publish_pending() >= self.batch:
+                pass
         except AdapterUnavailable as e:
             log.warning("relay stopped with rows still in the outbox", error=str(e))
 
