@@ -1,0 +1,200 @@
+"""The ObjectStore port: a local folder (embedded default) or MinIO/S3 through the `minio` SDK."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import os
+from collections.abc import Callable
+from pathlib import Path, PurePosixPath
+from typing import Any, TypeVar
+
+from mlcd.config import Settings
+from mlcd.errors import AdapterUnavailable, NotFound, PermanentError, TemporaryError
+from mlcd.ports import ObjectStore, StoredObject
+
+T = TypeVar("T")
+
+
+def _checked_key(bucket: str, key: str) -> PurePosixPath:
+    """The key as a relative path; refuses names that would leave the bucket's folder."""
+    path = PurePosixPath(key)
+    if not bucket or "/" in bucket or bucket in {".", ".."}:
+        raise PermanentError(f"invalid bucket name {bucket!r}")
+    if not key or path.is_absolute() or ".." in path.parts:
+        raise PermanentError(f"invalid object key {key!r}")
+    return path
+
+
+class FolderObjectStore:
+    """Objects as files under `root/<bucket>/<key>`; URIs are `file://` URLs."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+
+    def _path(self, bucket: str, key: str) -> Path:
+        return self.root / bucket / _checked_key(bucket, key)
+
+    def uri(self, bucket: str, key: str) -> str:
+        return self._path(bucket, key).as_uri()
+
+    async def stat(self, bucket: str, key: str) -> StoredObject:
+        path = self._path(bucket, key)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError as e:
+            raise NotFound(f"no object {bucket}/{key}") from e
+        if not path.is_file():
+            raise NotFound(f"no object {bucket}/{key}")
+        return StoredObject(bucket=bucket, key=key, size=size)
+
+    async def get(self, bucket: str, key: str, max_bytes: int) -> bytes:
+        found = await self.stat(bucket, key)
+        if found.size > max_bytes:
+            raise PermanentError(f"{bucket}/{key} is {found.size} bytes, over the limit of {max_bytes}")
+        return await asyncio.to_thread(self._path(bucket, key).read_bytes)
+
+    async def put(
+        self, bucket: str, key: str, data: bytes, content_type: str = "application/octet-stream"
+    ) -> str:
+        path = self._path(bucket, key)
+        await asyncio.to_thread(_write_atomically, path, data)
+        return path.as_uri()
+
+    async def ping(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise AdapterUnavailable(f"object folder {self.root} is not usable: {e}") from e
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{hashlib.sha1(data).hexdigest()[:8]}.part")
+    partial.write_bytes(data)
+    os.replace(partial, path)
+
+
+_MISSING = {"NoSuchKey", "NoSuchBucket", "NoSuchVersion", "NoSuchObject"}
+_REFUSED = {
+    "AccessDenied",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "InvalidBucketName",
+    "InvalidArgument",
+}
+
+
+class MinioObjectStore:
+    """MinIO (or any S3) through the `minio` SDK; every call runs in a thread under a timeout."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        access_key: str,
+        secret_key: str,
+        *,
+        secure: bool = False,
+        timeout_s: float = 30.0,
+    ) -> None:
+        self.endpoint = endpoint
+        self.secure = secure
+        self.timeout_s = timeout_s
+        self._credentials = (access_key, secret_key)
+        self._client: Any = None
+
+    def _minio(self) -> Any:
+        if self._client is None:
+            import urllib3
+            from minio import Minio
+
+            http = urllib3.PoolManager(
+                timeout=urllib3.Timeout(connect=min(5.0, self.timeout_s), read=self.timeout_s),
+                retries=urllib3.Retry(total=0),
+                maxsize=8,
+            )
+            access_key, secret_key = self._credentials
+            self._client = Minio(
+                self.endpoint,
+                access_key=access_key,
+                secret_key=secret_key,
+                secure=self.secure,
+                http_client=http,
+            )
+        return self._client
+
+    def uri(self, bucket: str, key: str) -> str:
+        _checked_key(bucket, key)
+        return f"s3://{bucket}/{key}"
+
+    async def _call(self, what: str, fn: Callable[[], T]) -> T:
+        from minio.error import MinioException, S3Error
+        from urllib3.exceptions import HTTPError
+
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(fn), self.timeout_s)
+        except S3Error as e:
+            if e.code in _MISSING:
+                raise NotFound(f"S3 {what}: {e.code} ({e.message})") from e
+            if e.code in _REFUSED:
+                raise PermanentError(f"S3 at {self.endpoint} refused {what}: {e.code} ({e.message})") from e
+            raise TemporaryError(f"S3 at {self.endpoint} failed {what}: {e.code} ({e.message})") from e
+        except (TimeoutError, OSError, HTTPError, MinioException) as e:
+            raise AdapterUnavailable(f"S3 at {self.endpoint} did not answer {what}: {e!r}") from e
+
+    async def stat(self, bucket: str, key: str) -> StoredObject:
+        _checked_key(bucket, key)
+        found = await self._call(f"stat {bucket}/{key}", lambda: self._minio().stat_object(bucket, key))
+        return StoredObject(
+            bucket=bucket,
+            key=key,
+            size=int(found.size or 0),
+            etag=found.etag or "",
+            version_id=found.version_id or "",
+        )
+
+    async def get(self, bucket: str, key: str, max_bytes: int) -> bytes:
+        found = await self.stat(bucket, key)
+        if found.size > max_bytes:
+            raise PermanentError(f"{bucket}/{key} is {found.size} bytes, over the limit of {max_bytes}")
+
+        def read() -> bytes:
+            # One byte over the limit is enough to tell an object that grew since the stat.
+            response = self._minio().get_object(bucket, key, length=max_bytes + 1)
+            try:
+                return bytes(response.read())
+            finally:
+                response.close()
+                response.release_conn()
+
+        data = await self._call(f"get {bucket}/{key}", read)
+        if len(data) > max_bytes:
+            raise PermanentError(f"{bucket}/{key} is over the limit of {max_bytes} bytes")
+        return data
+
+    async def put(
+        self, bucket: str, key: str, data: bytes, content_type: str = "application/octet-stream"
+    ) -> str:
+        _checked_key(bucket, key)
+        await self._call(
+            f"put {bucket}/{key}",
+            lambda: self._minio().put_object(
+                bucket, key, io.BytesIO(data), len(data), content_type=content_type
+            ),
+        )
+        return self.uri(bucket, key)
+
+    async def ping(self) -> None:
+        await self._call("list buckets", lambda: self._minio().list_buckets())
+
+
+def build(settings: Settings) -> ObjectStore:
+    """MinIO when MLCD_S3_ENDPOINT is set, else the folder MLCD_HOME/objects."""
+    if not settings.s3_endpoint:
+        return FolderObjectStore(settings.home / "objects")
+    access = settings.s3_access_key.get_secret_value() if settings.s3_access_key else ""
+    secret = settings.s3_secret_key.get_secret_value() if settings.s3_secret_key else ""
+    return MinioObjectStore(
+        settings.s3_endpoint, access, secret, secure=settings.s3_secure, timeout_s=settings.s3_timeout_s
+    )
