@@ -40,17 +40,23 @@ class Settings(BaseSettings):
     mlflow_tracking_uri: str | None = Field(None, description="MLflow tracking server; unset: embedded.")
     kfp_host: str | None = Field(None, description="Kubeflow Pipelines API; unset: kfp local runner.")
     kfp_timeout_s: float = Field(30.0, description="Timeout of every KFP API call.")
+    build_timeout_s: float = Field(120.0, description="Longest a pipeline compile may take before it fails.")
+    validation_timeout_s: float = Field(
+        300.0, description="Longest a data batch validation may take (then retried as an outage)."
+    )
 
     s3_endpoint: str | None = Field(None, description="MinIO/S3 endpoint host:port; unset: MLCD_HOME/objects.")
     s3_access_key: SecretStr | None = None
     s3_secret_key: SecretStr | None = None
     s3_secure: bool = Field(False, description="Use TLS towards MLCD_S3_ENDPOINT.")
+    s3_timeout_s: float = Field(30.0, description="Timeout of every object store call.")
 
     kserve_namespace: str | None = Field(None, description="Namespace of InferenceServices; unset: local.")
     prometheus_url: str | None = Field(None, description="Prometheus for rollout analysis queries.")
 
     gitlab_url: str | None = Field(None, description="GitLab base URL; unset: notices go to the log.")
     gitlab_token: SecretStr | None = Field(None, description="GitLab API token (api scope).")
+    gitlab_timeout_s: float = Field(15.0, description="Timeout of every GitLab API call.")
     gitlab_webhook_secret: SecretStr | None = Field(None, description="X-Gitlab-Token shared secret.")
     gitlab_signing_token: SecretStr | None = Field(
         None, description="Standard Webhooks signing token (whsec_…); when set, signatures are verified."
@@ -67,6 +73,9 @@ class Settings(BaseSettings):
 
     webhook_max_body_bytes: int = Field(1_048_576, description="Largest webhook body accepted (413 above).")
     webhook_max_age_s: int = Field(300, description="Oldest signed-webhook timestamp accepted.")
+    ingest_timeout_s: float = Field(
+        2.0, description="Seconds a webhook waits on the broker (then spools to the outbox) or on the store."
+    )
     log_level: str = Field("INFO", description="Log level of the JSON logs.")
 
     @property

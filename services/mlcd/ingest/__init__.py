@@ -1,0 +1,1 @@
+"""Ingest: GitLab, MinIO, Alertmanager and MLflow deliveries become events, nothing lost, nothing doubled."""

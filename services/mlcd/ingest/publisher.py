@@ -1,0 +1,148 @@
+"""Durable publishing for webhooks: the broker first, the outbox while the broker is away.
+
+A delivery is answered 2xx only once its events are durable: acknowledged by the broker (then journaled
+as sent) or written unsent to the outbox, which the relay publishes in order when the broker returns.
+An event whose id is already in the outbox is a redelivery and is not published again. After a broker
+failure the publisher spools straight to the outbox for a cool-down, and it never publishes ahead of an
+event for the same key that still waits in the outbox, so per-model order holds across an outage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from mlcd import events, logs, metrics
+from mlcd.bus.port import Bus
+from mlcd.bus.runtime import RelayWaker, dead_letter_record
+from mlcd.errors import AdapterUnavailable
+from mlcd.ingest.delivery import Envelope
+from mlcd.store import dead_letters, outbox
+from mlcd.store import ingest as ingest_store
+
+log = logs.get(__name__)
+GROUP = "mlcd-ingest"
+STORE_ERRORS = (SQLAlchemyError, OSError, TimeoutError)
+
+
+class Status(StrEnum):
+    PUBLISHED = "published"
+    SPOOLED = "spooled"
+    DUPLICATE = "duplicate"
+    PARKED = "parked"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: Status
+    events: Sequence[Envelope]
+
+
+class Publisher:
+    def __init__(
+        self,
+        bus: Bus,
+        engine: AsyncEngine,
+        waker: RelayWaker | None = None,
+        *,
+        timeout_s: float = 2.0,
+        cool_down_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.bus = bus
+        self.engine = engine
+        self.waker = waker
+        self.timeout_s = timeout_s
+        self.cool_down_s = cool_down_s
+        self._clock = clock
+        self._broker_suspect_until = 0.0
+
+    async def deliver(self, envelopes: Sequence[Envelope]) -> Outcome:
+        """Make the events durable; raises AdapterUnavailable when neither broker nor store takes them."""
+        fresh, behind = await self._fresh(envelopes)
+        if not fresh:
+            return Outcome(Status.DUPLICATE, envelopes)
+        records = [events.encode(e) for e in fresh]
+        if not behind and self._clock() >= self._broker_suspect_until and await self._publish(records):
+            await self._journal_sent(fresh)
+            return Outcome(Status.PUBLISHED, fresh)
+        if await self._spool(fresh):
+            return Outcome(Status.SPOOLED, fresh)
+        raise AdapterUnavailable("neither the broker nor the state store accepted the event")
+
+    async def park(self, raw: events.Record, reason: str, journal: Envelope) -> Outcome:
+        """Keep an unparseable delivery raw on the DLQ with its reason, and journal that it came."""
+        dlq = dead_letter_record(raw, GROUP, reason, 0)
+        try:
+            async with asyncio.timeout(self.timeout_s), self.engine.begin() as conn:
+                if await outbox.contains(conn, journal.id):
+                    return Outcome(Status.DUPLICATE, [journal])
+                await dead_letters.park(conn, GROUP, raw, reason, 0)
+                await outbox.add_raw(conn, dlq)
+                await outbox.add(conn, [journal])
+        except STORE_ERRORS as e:
+            log.warning("store unavailable; parking on the broker directly", error=repr(e))
+            if await self._publish([dlq, events.encode(journal)]):
+                return Outcome(Status.PARKED, [journal])
+            raise AdapterUnavailable("neither the state store nor the broker accepted the dead letter") from e
+        self._wake()
+        return Outcome(Status.PARKED, [journal])
+
+    async def _fresh(self, envelopes: Sequence[Envelope]) -> tuple[list[Envelope], bool]:
+        """Events not yet in the outbox, and whether an earlier event for one of their keys waits there."""
+        try:
+            async with asyncio.timeout(self.timeout_s), self.engine.begin() as conn:
+                fresh = [e for e in envelopes if not await outbox.contains(conn, e.id)]
+                keys = [(type(e.data).topic(), e.key.encode()) for e in fresh]
+                return fresh, await ingest_store.waiting_for(conn, keys)
+        except STORE_ERRORS as e:
+            log.warning("store unavailable; cannot tell redeliveries apart", error=repr(e))
+            return list(envelopes), False
+
+    async def _publish(self, records: list[events.Record]) -> bool:
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await self.bus.publish(records)
+        except (AdapterUnavailable, TimeoutError) as e:
+            self._broker_suspect_until = self._clock() + self.cool_down_s
+            log.warning("broker unavailable; spooling to the outbox", error=repr(e))
+            return False
+        for record in records:
+            metrics.EVENTS_PUBLISHED.labels(record.header("ce_type") or "raw").inc()
+        return True
+
+    async def _journal_sent(self, envelopes: list[Envelope]) -> None:
+        try:
+            async with asyncio.timeout(self.timeout_s), self.engine.begin() as conn:
+                await _relax_durability(conn)
+                await outbox.add(conn, envelopes, sent=True)
+        except STORE_ERRORS as e:
+            # The broker holds the event; only the journal line (and redelivery detection) is missing.
+            log.warning("published but not journaled", error=repr(e), event_ids=[e.id for e in envelopes])
+
+    async def _spool(self, envelopes: list[Envelope]) -> bool:
+        try:
+            async with asyncio.timeout(self.timeout_s), self.engine.begin() as conn:
+                await outbox.add(conn, envelopes)
+        except STORE_ERRORS as e:
+            log.error("store unavailable too; the delivery is refused", error=repr(e))
+            return False
+        self._wake()
+        return True
+
+    def _wake(self) -> None:
+        if self.waker is not None:
+            self.waker.wake()
+
+
+async def _relax_durability(conn: AsyncConnection) -> None:
+    # A journal row for an event the broker already acknowledged need not wait for the WAL flush.
+    if conn.dialect.name == "postgresql":
+        await conn.execute(text("SET LOCAL synchronous_commit = off"))
