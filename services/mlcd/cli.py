@@ -1,0 +1,87 @@
+"""The `mlcd` command. Every failure a user can cause ends in one clear line and a non-zero exit.
+
+Command modules import heavy SDKs only inside their commands, so `mlcd --help` starts fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Annotated
+
+import typer
+
+from mlcd import logs
+from mlcd.commands import db, dlq, events, gates, pipelines, policy, serving
+from mlcd.config import Settings
+from mlcd.errors import MlcdError
+
+app = typer.Typer(
+    name="mlcd",
+    help="Event-driven CI/CD for ML teams: pipelines, retraining, promotion gates and rollouts.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(gates.app, name="gates", help="On-call promotion gates: list, show, approve, reject.")
+app.add_typer(events.app, name="events", help="The event journal: list and tail.")
+app.add_typer(dlq.app, name="dlq", help="Dead-lettered records: list and replay.")
+app.add_typer(policy.app, name="policy", help="Policy files: check.")
+app.add_typer(pipelines.app, name="pipelines", help="KFP pipelines: compile.")
+app.add_typer(db.app, name="db", help="State store migrations.")
+app.add_typer(serving.app)  # rollback MODEL, status [MODEL]
+
+
+def _settings(**overrides: object) -> Settings:
+    return Settings().model_copy(update={k: v for k, v in overrides.items() if v is not None})
+
+
+def _configure_logs(settings: Settings) -> None:
+    logs.configure(settings.log_level, settings.secret_values())
+
+
+@app.command()
+def up(
+    host: Annotated[str | None, typer.Option(help="Listen address (MLCD_HTTP_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Listen port (MLCD_HTTP_PORT).")] = None,
+) -> None:
+    """Run every service in one process on the embedded defaults."""
+    from mlcd.local.up import up as run_up
+
+    settings = _settings(http_host=host, http_port=port)
+    progress = sys.stderr.isatty()
+    if not progress:
+        _configure_logs(settings)
+    raise typer.Exit(asyncio.run(run_up(settings, progress=progress)))
+
+
+@app.command()
+def demo() -> None:
+    """Play the whole story on the embedded defaults and print its timeline."""
+    from mlcd.local.demo import run_demo
+
+    raise typer.Exit(asyncio.run(run_demo(_settings())))
+
+
+@app.command()
+def serve(service: Annotated[str, typer.Argument(help="ingest, builder, validator, trainer, gatekeeper or deployer")]) -> None:
+    """Run one microservice against the configured Kafka and PostgreSQL (what the Helm chart runs)."""
+    from mlcd.serve import serve as run_serve
+
+    settings = _settings()
+    _configure_logs(settings)
+    raise typer.Exit(asyncio.run(run_serve(settings, service)))
+
+
+def main() -> None:
+    try:
+        app()
+    except MlcdError as e:
+        print(f"mlcd: {e}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

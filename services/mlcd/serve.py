@@ -1,0 +1,77 @@
+"""`mlcd serve SERVICE`: one microservice against the configured Kafka and PostgreSQL, with its HTTP face.
+
+Ingest serves the webhooks and the API; the consumer services serve /healthz, /readyz and /metrics only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+
+import uvicorn
+from fastapi import FastAPI
+
+from mlcd import bootstrap, http, logs
+from mlcd.config import Settings
+from mlcd.errors import ConfigError
+from mlcd.runner import ServiceHost
+
+log = logs.get(__name__)
+
+Companion = Callable[[asyncio.Event], Awaitable[None]]
+
+
+async def run_with_http(
+    host: ServiceHost,
+    app: FastAPI,
+    settings: Settings,
+    companions: Sequence[Companion] = (),
+    stop: asyncio.Event | None = None,
+    on_ready: Callable[[], None] | None = None,
+) -> int:
+    """Start the host, serve HTTP and the companions until SIGTERM/SIGINT (or `stop`), then drain."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    config = uvicorn.Config(
+        app, host=settings.http_host, port=settings.http_port, log_config=None, access_log=False, lifespan="off"
+    )
+    server = uvicorn.Server(config)
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    await host.start()
+    tasks = [asyncio.create_task(server.serve(), name="http")]
+    tasks += [asyncio.create_task(companion(stop), name=getattr(companion, "__name__", "companion")) for companion in companions]
+    try:
+        while not server.started:
+            if tasks[0].done():
+                await tasks[0]
+                raise ConfigError(f"HTTP server could not listen on {settings.http_host}:{settings.http_port}")
+            await asyncio.sleep(0.05)
+        log.info("listening", url=f"http://{settings.http_host}:{settings.http_port}")
+        if on_ready is not None:
+            on_ready()
+        await stop.wait()
+        log.info("stop requested; draining")
+    finally:
+        stop.set()
+        server.should_exit = True
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await host.stop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    return 0
+
+
+async def serve(settings: Settings, name: str) -> int:
+    if name not in bootstrap.SERVICES:
+        raise ConfigError(f"unknown service {name!r}; choose one of {', '.join(bootstrap.SERVICES)}")
+    ports = bootstrap.build_ports(settings)
+    if name == "ingest":
+        host = ServiceHost(settings, [], ports)
+        app = bootstrap.app(settings, host, ports, with_ui=True)
+    else:
+        host = ServiceHost(settings, [bootstrap.service(name)], ports)
+        app = http.create_app([], host.readiness)
+    return await run_with_http(host, app, settings)
