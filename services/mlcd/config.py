@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     mlflow_tracking_uri: str | None = Field(None, description="MLflow tracking server; unset: embedded.")
     kfp_host: str | None = Field(None, description="Kubeflow Pipelines API; unset: kfp local runner.")
     kfp_timeout_s: float = Field(30.0, description="Timeout of every KFP API call.")
+    pipelines_dir: Path = Field(
+        Path("pipelines"), description="Working tree of pipeline folders (embedded default compiles from it)."
+    )
     build_timeout_s: float = Field(120.0, description="Longest a pipeline compile may take before it fails.")
     validation_timeout_s: float = Field(
         300.0, description="Longest a data batch validation may take (then retried as an outage)."
