@@ -1,0 +1,1 @@
+"""The deployer: canary rollouts with analysis between steps, promotion, and rollbacks."""

@@ -1,0 +1,321 @@
+"""Rollout state, step by step: the deployer resumes from the last completed step after a restart.
+
+One running rollout per model (a partial unique index enforces it); an approval that arrives meanwhile
+waits in `rollout_waiting` until the running rollout's analysis is due, then supersedes it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    delete,
+    insert,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from mlcd.errors import Conflict
+from mlcd.store.tables import metadata
+
+RUNNING = "running"
+SUCCEEDED = "succeeded"
+ROLLED_BACK = "rolled_back"
+SUPERSEDED = "superseded"
+
+_BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+rollouts = Table(
+    "rollouts",
+    metadata,
+    Column("id", _BigId, primary_key=True, autoincrement=True),
+    Column("model", String(200), nullable=False),
+    Column("version", String(100), nullable=False),
+    Column("artifact_uri", Text, nullable=False),
+    Column("previous_version", String(100), nullable=True),
+    Column("previous_artifact_uri", Text, nullable=True),
+    Column("steps", JSON, nullable=False),
+    Column("step_index", Integer, nullable=False),
+    Column("state", String(20), nullable=False),
+    Column("next_analysis_at", DateTime(timezone=True), nullable=True),
+    Column("reason", Text, nullable=False, default=""),
+    Column("figures", JSON, nullable=False, default=dict),
+    Column("cause_event_id", String(200), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index("ix_rollouts_model_id", "model", "id"),
+    Index(
+        "ux_rollouts_one_running_per_model",
+        "model",
+        unique=True,
+        postgresql_where=text(f"state = '{RUNNING}'"),
+        sqlite_where=text(f"state = '{RUNNING}'"),
+    ),
+)
+
+rollout_waiting = Table(
+    "rollout_waiting",
+    metadata,
+    Column("model", String(200), primary_key=True),
+    Column("version", String(100), nullable=False),
+    Column("cause_event_id", String(200), nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class Rollout:
+    id: int
+    model: str
+    version: str
+    artifact_uri: str
+    previous_version: str | None
+    previous_artifact_uri: str | None
+    steps: list[int]
+    step_index: int
+    state: str
+    next_analysis_at: datetime | None
+    reason: str
+    figures: dict[str, float]
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def traffic_percent(self) -> int:
+        """Traffic the new version has now (the step last applied)."""
+        return self.steps[self.step_index]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "model": self.model,
+            "version": self.version,
+            "previous_version": self.previous_version,
+            "steps": self.steps,
+            "step": self.step_index + 1,
+            "traffic_percent": self.traffic_percent,
+            "state": self.state,
+            "next_analysis_at": _iso(self.next_analysis_at),
+            "reason": self.reason,
+            "figures": self.figures,
+            "created_at": _iso(self.created_at),
+            "updated_at": _iso(self.updated_at),
+        }
+
+
+@dataclass(frozen=True)
+class Waiting:
+    model: str
+    version: str
+    cause_event_id: str
+    received_at: datetime
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return _aware(moment).isoformat() if moment is not None else None
+
+
+def _aware(moment: datetime) -> datetime:
+    # SQLite hands back naive datetimes; every stored time is UTC.
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _rollout(row: Any) -> Rollout:
+    return Rollout(
+        id=row.id,
+        model=row.model,
+        version=row.version,
+        artifact_uri=row.artifact_uri,
+        previous_version=row.previous_version,
+        previous_artifact_uri=row.previous_artifact_uri,
+        steps=[int(s) for s in row.steps],
+        step_index=row.step_index,
+        state=row.state,
+        next_analysis_at=_aware(row.next_analysis_at) if row.next_analysis_at is not None else None,
+        reason=row.reason or "",
+        figures={k: float(v) for k, v in (row.figures or {}).items()},
+        created_at=_aware(row.created_at),
+        updated_at=_aware(row.updated_at),
+    )
+
+
+async def start(
+    conn: AsyncConnection,
+    *,
+    model: str,
+    version: str,
+    artifact_uri: str,
+    previous_version: str | None,
+    previous_artifact_uri: str | None,
+    steps: list[int],
+    next_analysis_at: datetime | None,
+    cause_event_id: str,
+    state: str = RUNNING,
+) -> Rollout:
+    """Record a rollout whose first step is applied."""
+    now = datetime.now(UTC)
+    result = await conn.execute(
+        insert(rollouts)
+        .values(
+            model=model,
+            version=version,
+            artifact_uri=artifact_uri,
+            previous_version=previous_version,
+            previous_artifact_uri=previous_artifact_uri,
+            steps=steps,
+            step_index=0,
+            state=state,
+            next_analysis_at=next_analysis_at,
+            reason="",
+            figures={},
+            cause_event_id=cause_event_id,
+            created_at=now,
+            updated_at=now,
+        )
+        .returning(rollouts)
+    )
+    return _rollout(result.one())
+
+
+async def running(conn: AsyncConnection, model: str) -> Rollout | None:
+    row = (
+        await conn.execute(select(rollouts).where(rollouts.c.model == model, rollouts.c.state == RUNNING))
+    ).first()
+    return _rollout(row) if row is not None else None
+
+
+async def latest(conn: AsyncConnection, model: str) -> Rollout | None:
+    query = select(rollouts).where(rollouts.c.model == model).order_by(rollouts.c.id.desc()).limit(1)
+    row = (await conn.execute(query)).first()
+    return _rollout(row) if row is not None else None
+
+
+async def last_succeeded(conn: AsyncConnection, model: str) -> Rollout | None:
+    """The rollout that made the current champion; its `previous_version` is the one before."""
+    query = (
+        select(rollouts)
+        .where(rollouts.c.model == model, rollouts.c.state == SUCCEEDED)
+        .order_by(rollouts.c.id.desc())
+        .limit(1)
+    )
+    row = (await conn.execute(query)).first()
+    return _rollout(row) if row is not None else None
+
+
+async def due(conn: AsyncConnection, now: datetime, limit: int = 50) -> list[Rollout]:
+    """Running rollouts whose analysis is due, locked against other deployer replicas."""
+    query = (
+        select(rollouts)
+        .where(rollouts.c.state == RUNNING, rollouts.c.next_analysis_at <= now)
+        .order_by(rollouts.c.next_analysis_at)
+        .limit(limit)
+    )
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    return [_rollout(row) for row in await conn.execute(query)]
+
+
+async def advance(
+    conn: AsyncConnection, rollout: Rollout, next_analysis_at: datetime, figures: dict[str, float]
+) -> None:
+    """Move to the next step; Conflict if another replica moved this rollout first."""
+    await _change(
+        conn,
+        rollout,
+        step_index=rollout.step_index + 1,
+        next_analysis_at=next_analysis_at,
+        figures=figures,
+    )
+
+
+async def postpone(conn: AsyncConnection, rollout: Rollout, next_analysis_at: datetime, reason: str) -> None:
+    await _change(conn, rollout, next_analysis_at=next_analysis_at, reason=reason)
+
+
+async def finish(
+    conn: AsyncConnection,
+    rollout: Rollout,
+    state: str,
+    *,
+    reason: str = "",
+    figures: dict[str, float] | None = None,
+    step_index: int | None = None,
+) -> None:
+    await _change(
+        conn,
+        rollout,
+        state=state,
+        next_analysis_at=None,
+        reason=reason,
+        figures=figures if figures is not None else rollout.figures,
+        step_index=rollout.step_index if step_index is None else step_index,
+    )
+
+
+async def _change(conn: AsyncConnection, rollout: Rollout, **values: Any) -> None:
+    # The guard on step and state makes a second writer (another replica, a replayed tick) fail loudly
+    # instead of doing a step twice.
+    result = await conn.execute(
+        update(rollouts)
+        .where(
+            rollouts.c.id == rollout.id,
+            rollouts.c.state == RUNNING,
+            rollouts.c.step_index == rollout.step_index,
+        )
+        .values(updated_at=datetime.now(UTC), **values)
+    )
+    if result.rowcount != 1:
+        raise Conflict(f"rollout {rollout.id} of {rollout.model} changed under us; it will be re-read")
+
+
+async def history(conn: AsyncConnection, model: str, limit: int = 10) -> list[Rollout]:
+    query = select(rollouts).where(rollouts.c.model == model).order_by(rollouts.c.id.desc()).limit(limit)
+    return [_rollout(row) for row in await conn.execute(query)]
+
+
+async def models(conn: AsyncConnection) -> list[str]:
+    return [
+        row[0] for row in await conn.execute(select(rollouts.c.model).distinct().order_by(rollouts.c.model))
+    ]
+
+
+async def wait(conn: AsyncConnection, model: str, version: str, cause_event_id: str) -> None:
+    """Queue an approval behind the running rollout; a later approval replaces an earlier one."""
+    await conn.execute(delete(rollout_waiting).where(rollout_waiting.c.model == model))
+    await conn.execute(
+        insert(rollout_waiting).values(
+            model=model, version=version, cause_event_id=cause_event_id, received_at=datetime.now(UTC)
+        )
+    )
+
+
+async def waiting(conn: AsyncConnection, model: str) -> Waiting | None:
+    row = (await conn.execute(select(rollout_waiting).where(rollout_waiting.c.model == model))).first()
+    if row is None:
+        return None
+    return Waiting(row.model, row.version, row.cause_event_id, _aware(row.received_at))
+
+
+async def all_waiting(conn: AsyncConnection) -> list[Waiting]:
+    rows = await conn.execute(select(rollout_waiting).order_by(rollout_waiting.c.received_at))
+    return [Waiting(r.model, r.version, r.cause_event_id, _aware(r.received_at)) for r in rows]
+
+
+async def take_waiting(conn: AsyncConnection, model: str) -> Waiting | None:
+    found = await waiting(conn, model)
+    if found is not None:
+        await conn.execute(delete(rollout_waiting).where(rollout_waiting.c.model == model))
+    return found
