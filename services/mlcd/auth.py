@@ -74,7 +74,11 @@ def ensure_tokens_file(path: Path) -> str | None:
         return None
     token = "mlcd_" + secrets.token_urlsafe(24)
     path.parent.mkdir(parents=True, exist_ok=True)
-    entry = {"name": "admin", "groups": ["admin", "oncall"], "token_sha256": hashlib.sha256(token.encode()).hexdigest()}
+    entry = {
+        "name": "admin",
+        "groups": ["admin", "oncall"],
+        "token_sha256": hashlib.sha256(token.encode()).hexdigest(),
+    }
     path.write_text(yaml.safe_dump([entry]))
     path.chmod(0o600)
     (path.parent / "admin-token").write_text(token + "\n")

@@ -109,7 +109,9 @@ def routers(settings: Settings, host: Any, ports: dict[str, Any], *, with_ui: bo
             identify=identify,
             code_host=ports["code_host"],
         ),
-        deployer_app.router(engine=host.engine, waker=host.waker, registry=ports["registry"], identify=identify),
+        deployer_app.router(
+            engine=host.engine, waker=host.waker, registry=ports["registry"], identify=identify
+        ),
     ]
     if with_ui:
         from mlcd.local import serving as local_serving

@@ -64,7 +64,11 @@ def demo() -> None:
 
 
 @app.command()
-def serve(service: Annotated[str, typer.Argument(help="ingest, builder, validator, trainer, gatekeeper or deployer")]) -> None:
+def serve(
+    service: Annotated[
+        str, typer.Argument(help="ingest, builder, validator, trainer, gatekeeper or deployer")
+    ],
+) -> None:
     """Run one microservice against the configured Kafka and PostgreSQL (what the Helm chart runs)."""
     from mlcd.serve import serve as run_serve
 

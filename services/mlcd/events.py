@@ -527,7 +527,9 @@ def decode(record: Record) -> Envelope[Payload] | DecodeError:
         data = payload_type.model_validate_json(record.value)
         time = datetime.fromisoformat(record.header("ce_time") or "")
     except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'payload'}: {err['msg']}" for err in e.errors())
+        problems = "; ".join(
+            f"{'.'.join(map(str, err['loc'])) or 'payload'}: {err['msg']}" for err in e.errors()
+        )
         return DecodeError(f"invalid {type_name} payload: {problems}", record)
     except ValueError as e:
         return DecodeError(f"invalid ce_time: {e}", record)

@@ -7,8 +7,12 @@ from prometheus_client import Counter, Gauge, Histogram
 EVENTS_CONSUMED = Counter("mlcd_events_consumed_total", "Events handled", ["group", "type"])
 EVENTS_PUBLISHED = Counter("mlcd_events_published_total", "Events published to the bus", ["type"])
 EVENTS_FAILED = Counter("mlcd_events_failed_total", "Handler attempts that raised", ["group", "type"])
-EVENTS_DEAD_LETTERED = Counter("mlcd_events_dead_lettered_total", "Records parked on the DLQ", ["group", "type"])
-EVENTS_DUPLICATE = Counter("mlcd_events_duplicate_total", "Redelivered events skipped by the inbox", ["group"])
+EVENTS_DEAD_LETTERED = Counter(
+    "mlcd_events_dead_lettered_total", "Records parked on the DLQ", ["group", "type"]
+)
+EVENTS_DUPLICATE = Counter(
+    "mlcd_events_duplicate_total", "Redelivered events skipped by the inbox", ["group"]
+)
 HANDLER_SECONDS = Histogram(
     "mlcd_handler_seconds",
     "Handler latency",

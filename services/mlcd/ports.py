@@ -61,7 +61,9 @@ class ObjectStore(Protocol):
         """The object's bytes; PermanentError if it is larger than `max_bytes`."""
         ...
 
-    async def put(self, bucket: str, key: str, data: bytes, content_type: str = "application/octet-stream") -> str:
+    async def put(
+        self, bucket: str, key: str, data: bytes, content_type: str = "application/octet-stream"
+    ) -> str:
         """Store and return the object's URI."""
         ...
 

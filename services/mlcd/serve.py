@@ -36,18 +36,28 @@ async def run_with_http(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     config = uvicorn.Config(
-        app, host=settings.http_host, port=settings.http_port, log_config=None, access_log=False, lifespan="off"
+        app,
+        host=settings.http_host,
+        port=settings.http_port,
+        log_config=None,
+        access_log=False,
+        lifespan="off",
     )
     server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     await host.start()
     tasks = [asyncio.create_task(server.serve(), name="http")]
-    tasks += [asyncio.create_task(companion(stop), name=getattr(companion, "__name__", "companion")) for companion in companions]
+    tasks += [
+        asyncio.create_task(companion(stop), name=getattr(companion, "__name__", "companion"))
+        for companion in companions
+    ]
     try:
         while not server.started:
             if tasks[0].done():
                 await tasks[0]
-                raise ConfigError(f"HTTP server could not listen on {settings.http_host}:{settings.http_port}")
+                raise ConfigError(
+                    f"HTTP server could not listen on {settings.http_host}:{settings.http_port}"
+                )
             await asyncio.sleep(0.05)
         log.info("listening", url=f"http://{settings.http_host}:{settings.http_port}")
         if on_ready is not None:

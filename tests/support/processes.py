@@ -23,7 +23,9 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
         return s.connect_ex((host, port)) == 0
 
 
-def wait_until(check: Callable[[], bool], timeout_s: float, what: str, process: subprocess.Popen[bytes] | None = None) -> None:
+def wait_until(
+    check: Callable[[], bool], timeout_s: float, what: str, process: subprocess.Popen[bytes] | None = None
+) -> None:
     """Poll `check` until it holds; fail with the process's output if it died or time ran out."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -42,7 +44,9 @@ def _tail(process: subprocess.Popen[bytes]) -> str:
     return ""
 
 
-def start(argv: Sequence[str], log_path: Path, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.Popen[bytes]:
+def start(
+    argv: Sequence[str], log_path: Path, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.Popen[bytes]:
     """Start a server in its own process group, output to `log_path`."""
     log_file = open(log_path, "wb")  # noqa: SIM115 - closed by stop()
     process = subprocess.Popen(

@@ -63,12 +63,18 @@ class KafkaBus:
         self._producer = producer
 
     async def create_topics(self, topics: Sequence[str]) -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=int(self.request_timeout_s * 1000))
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=self.bootstrap, request_timeout_ms=int(self.request_timeout_s * 1000)
+        )
         try:
             await asyncio.wait_for(admin.start(), self.request_timeout_s)
             existing = set(await admin.list_topics())
             wanted = [
-                NewTopic(self.physical(t), num_partitions=self.partitions, replication_factor=self.replication_factor)
+                NewTopic(
+                    self.physical(t),
+                    num_partitions=self.partitions,
+                    replication_factor=self.replication_factor,
+                )
                 for t in topics
                 if self.physical(t) not in existing
             ]
@@ -102,7 +108,10 @@ class KafkaBus:
             raise AdapterUnavailable("Kafka producer not started")
         try:
             futures = [
-                await self._producer.send(self.physical(r.topic), value=r.value, key=r.key, headers=list(r.headers)) for r in records
+                await self._producer.send(
+                    self.physical(r.topic), value=r.value, key=r.key, headers=list(r.headers)
+                )
+                for r in records
             ]
             await asyncio.wait_for(asyncio.gather(*futures), self.request_timeout_s)
         except (KafkaError, OSError, TimeoutError) as e:
@@ -180,7 +189,9 @@ class _KafkaSubscription:
         for tp in self._consumer.assignment():
             highwater = self._consumer.highwater(tp)
             if highwater is not None:
-                self._lag[(self._bus.logical(tp.topic), tp.partition)] = max(0, highwater - await self._consumer.position(tp))
+                self._lag[(self._bus.logical(tp.topic), tp.partition)] = max(
+                    0, highwater - await self._consumer.position(tp)
+                )
 
     async def close(self) -> None:
         if not self._closed:

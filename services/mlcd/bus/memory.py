@@ -45,7 +45,9 @@ class MemoryBus:
                 partition = partition_for(record.key, self.partitions)
                 log = self._logs.setdefault((record.topic, partition), [])
                 log.append(
-                    replace(record, partition=partition, offset=len(log), timestamp_ms=int(time.time() * 1000))
+                    replace(
+                        record, partition=partition, offset=len(log), timestamp_ms=int(time.time() * 1000)
+                    )
                 )
             self._arrived.notify_all()
 

@@ -28,6 +28,14 @@ async def healthy(uri: str) -> bool:
         return False
 
 
+def _spawn(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    with open(log_path, "ab") as log_file:
+        return subprocess.Popen(
+            argv, stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+
+
 class EmbeddedMlflow:
     def __init__(self, home: Path, port: int) -> None:
         self.root = home / "mlflow"
@@ -56,11 +64,7 @@ class EmbeddedMlflow:
             str((self.root / "artifacts").resolve()),
             "--serve-artifacts",
         ]
-        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-        with open(self.root / "server.log", "ab") as log_file:
-            self._process = subprocess.Popen(
-                argv, stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True
-            )
+        self._process = _spawn(argv, self.root / "server.log")
         log.info("starting the embedded MLflow server", uri=self.uri, pid=self._process.pid)
         deadline = asyncio.get_running_loop().time() + timeout_s
         while asyncio.get_running_loop().time() < deadline:
@@ -69,7 +73,9 @@ class EmbeddedMlflow:
             if self._process.poll() is not None:
                 raise AdapterUnavailable(f"MLflow server exited; see {self.root / 'server.log'}")
             await asyncio.sleep(0.25)
-        raise AdapterUnavailable(f"MLflow server not ready after {timeout_s}s; see {self.root / 'server.log'}")
+        raise AdapterUnavailable(
+            f"MLflow server not ready after {timeout_s}s; see {self.root / 'server.log'}"
+        )
 
     def stop(self) -> None:
         process, self._process = self._process, None

@@ -1,4 +1,4 @@
-"""Embedded stand-in for MinIO's bucket notifications: a file dropped under MLCD_HOME/objects counts as an upload.
+"""Embedded stand-in for MinIO's bucket notifications: a file dropped in MLCD_HOME/objects is an upload.
 
 The watcher sends MinIO's own notification JSON to `/hooks/minio`, so a dropped file takes exactly the
 path a real upload takes (authentication, model lookup, deterministic ids, durability).

@@ -13,7 +13,12 @@ from pydantic import SecretStr
 
 from mlcd.config import Settings
 
-WEBHOOK_SECRETS = ("gitlab_webhook_secret", "minio_webhook_token", "alertmanager_token", "mlflow_webhook_secret")
+WEBHOOK_SECRETS = (
+    "gitlab_webhook_secret",
+    "minio_webhook_token",
+    "alertmanager_token",
+    "mlflow_webhook_secret",
+)
 
 
 def secrets_file(home: Path) -> Path:

@@ -1,4 +1,4 @@
-"""The on-call page at /ui and the model catalogue it lists (one self-contained HTML file, no outside assets)."""
+"""The on-call page at /ui and the model catalogue it lists (self-contained HTML, no outside assets)."""
 
 from __future__ import annotations
 

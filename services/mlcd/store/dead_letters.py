@@ -59,7 +59,9 @@ async def park(conn: AsyncConnection, group: str, record: events.Record, error: 
     )
 
 
-async def listing(conn: AsyncConnection, *, include_replayed: bool = False, limit: int = 100) -> list[DeadLetter]:
+async def listing(
+    conn: AsyncConnection, *, include_replayed: bool = False, limit: int = 100
+) -> list[DeadLetter]:
     query = select(dead_letters).order_by(dead_letters.c.id.desc()).limit(limit)
     if not include_replayed:
         query = query.where(dead_letters.c.replayed_at.is_(None))

@@ -45,7 +45,9 @@ def _row(envelope: events.Envelope[Any], now: datetime, sent: bool) -> dict[str,
     }
 
 
-async def add(conn: AsyncConnection, envelopes: Sequence[events.Envelope[Any]], *, sent: bool = False) -> None:
+async def add(
+    conn: AsyncConnection, envelopes: Sequence[events.Envelope[Any]], *, sent: bool = False
+) -> None:
     """Write events to the outbox (`sent=True`: already acknowledged by the broker, journal only)."""
     now = datetime.now(UTC)
     await conn.execute(insert(outbox), [_row(e, now, sent) for e in envelopes])
@@ -83,7 +85,10 @@ async def unsent(conn: AsyncConnection, limit: int) -> list[Pending]:
         .limit(limit)
     )
     return [
-        Pending(r.seq, events.Record(topic=r.topic, key=r.key, value=r.value, headers=_headers_from_json(r.headers)))
+        Pending(
+            r.seq,
+            events.Record(topic=r.topic, key=r.key, value=r.value, headers=_headers_from_json(r.headers)),
+        )
         for r in rows
     ]
 
@@ -98,7 +103,9 @@ async def mark_sent(conn: AsyncConnection, seqs: Sequence[int]) -> None:
 
 async def purge_sent(conn: AsyncConnection, older_than: timedelta) -> int:
     cutoff = datetime.now(UTC) - older_than
-    result = await conn.execute(delete(outbox).where(and_(outbox.c.sent_at.is_not(None), outbox.c.sent_at < cutoff)))
+    result = await conn.execute(
+        delete(outbox).where(and_(outbox.c.sent_at.is_not(None), outbox.c.sent_at < cutoff))
+    )
     return int(result.rowcount or 0)
 
 
