@@ -1,0 +1,153 @@
+{{/* Names, labels and references shared by every template of the mlcd chart. */}}
+
+{{- define "mlcd.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "mlcd.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Name of one microservice's objects: "<fullname>-<service>". Call with (dict "root" $ "service" "ingest"). */}}
+{{- define "mlcd.serviceName" -}}
+{{- printf "%s-%s" (include "mlcd.fullname" .root) .service | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "mlcd.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/name: {{ include "mlcd.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: mlcd
+{{- end }}
+
+{{- define "mlcd.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "mlcd.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .service }}
+{{- end }}
+
+{{/* Labels of one microservice's objects. Call with (dict "root" $ "service" "ingest"). */}}
+{{- define "mlcd.serviceLabels" -}}
+{{ include "mlcd.labels" .root }}
+app.kubernetes.io/component: {{ .service }}
+{{- end }}
+
+{{- define "mlcd.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{- define "mlcd.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "mlcd.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "mlcd.secretName" -}}
+{{- default (include "mlcd.fullname" .) .Values.secrets.existingSecret }}
+{{- end }}
+
+{{- define "mlcd.apiTokensSecretName" -}}
+{{- default (printf "%s-api-tokens" (include "mlcd.fullname" .)) .Values.apiTokens.existingSecret }}
+{{- end }}
+
+{{- define "mlcd.policiesConfigMapName" -}}
+{{- default (printf "%s-policies" (include "mlcd.fullname" .)) .Values.policies.existingConfigMap }}
+{{- end }}
+
+{{- define "mlcd.kserveNamespace" -}}
+{{- default .Release.Namespace .Values.config.kserveNamespace }}
+{{- end }}
+
+{{/* The HTTP port a service listens on: the ingest's API port, or the small probe port of a consumer. */}}
+{{- define "mlcd.port" -}}
+{{- if eq .service "ingest" }}{{ .root.Values.httpPort }}{{ else }}{{ .root.Values.probePort }}{{ end }}
+{{- end }}
+
+{{/* Settings as environment variables: the non-secret MLCD_* values (ConfigMap data). */}}
+{{- define "mlcd.configData" -}}
+{{- $c := .Values.config -}}
+MLCD_KAFKA_BOOTSTRAP: {{ required "config.kafka.bootstrap is required" $c.kafka.bootstrap | quote }}
+MLCD_KAFKA_ENABLE_IDEMPOTENCE: {{ $c.kafka.enableIdempotence | quote }}
+MLCD_KAFKA_NAMESPACE: {{ $c.kafka.namespace | quote }}
+MLCD_KAFKA_PARTITIONS: {{ $c.kafka.partitions | quote }}
+MLCD_KAFKA_REPLICATION_FACTOR: {{ $c.kafka.replicationFactor | quote }}
+MLCD_KAFKA_REQUEST_TIMEOUT_S: {{ $c.kafka.requestTimeoutSeconds | quote }}
+MLCD_MLFLOW_TRACKING_URI: {{ required "config.mlflowTrackingUri is required" $c.mlflowTrackingUri | quote }}
+MLCD_KFP_HOST: {{ required "config.kfpHost is required" $c.kfpHost | quote }}
+MLCD_KFP_TIMEOUT_S: {{ $c.kfpTimeoutSeconds | quote }}
+{{- with $c.s3.endpoint }}
+MLCD_S3_ENDPOINT: {{ . | quote }}
+{{- end }}
+MLCD_S3_SECURE: {{ $c.s3.secure | quote }}
+MLCD_KSERVE_NAMESPACE: {{ include "mlcd.kserveNamespace" . | quote }}
+{{- with $c.prometheusUrl }}
+MLCD_PROMETHEUS_URL: {{ . | quote }}
+{{- end }}
+{{- with $c.gitlabUrl }}
+MLCD_GITLAB_URL: {{ . | quote }}
+{{- end }}
+{{- with $c.minioKafkaTopic }}
+MLCD_MINIO_KAFKA_TOPIC: {{ . | quote }}
+{{- end }}
+MLCD_EVENT_RETENTION_DAYS: {{ $c.eventRetentionDays | quote }}
+MLCD_HANDLER_MAX_ATTEMPTS: {{ $c.handler.maxAttempts | quote }}
+MLCD_HANDLER_BACKOFF_INITIAL_S: {{ $c.handler.backoffInitialSeconds | quote }}
+MLCD_HANDLER_BACKOFF_MAX_S: {{ $c.handler.backoffMaxSeconds | quote }}
+MLCD_WEBHOOK_MAX_BODY_BYTES: {{ $c.webhook.maxBodyBytes | int64 | quote }}
+MLCD_WEBHOOK_MAX_AGE_S: {{ $c.webhook.maxAgeSeconds | quote }}
+MLCD_LOG_LEVEL: {{ $c.logLevel | quote }}
+MLCD_HTTP_HOST: "0.0.0.0"
+MLCD_HOME: "/var/lib/mlcd"
+MLCD_POLICIES_DIR: "/etc/mlcd/policies"
+{{- end }}
+
+{{/* Secret settings (Secret stringData); only the keys that have a value. */}}
+{{- define "mlcd.secretData" -}}
+{{- $s := .Values.secrets -}}
+MLCD_DATABASE_URL: {{ required "secrets.databaseUrl (or secrets.existingSecret) is required" $s.databaseUrl | quote }}
+{{- range $key, $value := dict "MLCD_S3_ACCESS_KEY" $s.s3AccessKey "MLCD_S3_SECRET_KEY" $s.s3SecretKey "MLCD_GITLAB_TOKEN" $s.gitlabToken "MLCD_GITLAB_WEBHOOK_SECRET" $s.gitlabWebhookSecret "MLCD_GITLAB_SIGNING_TOKEN" $s.gitlabSigningToken "MLCD_MINIO_WEBHOOK_TOKEN" $s.minioWebhookToken "MLCD_ALERTMANAGER_TOKEN" $s.alertmanagerToken "MLCD_MLFLOW_WEBHOOK_SECRET" $s.mlflowWebhookSecret "MLCD_SLACK_WEBHOOK_URL" $s.slackWebhookUrl }}
+{{- if $value }}
+{{ $key }}: {{ $value | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Volumes every mlcd pod mounts: writable scratch space under a read-only root filesystem. */}}
+{{- define "mlcd.scratchVolumes" -}}
+- name: home
+  emptyDir:
+    sizeLimit: {{ .Values.homeSizeLimit }}
+- name: tmp
+  emptyDir:
+    sizeLimit: {{ .Values.tmpSizeLimit }}
+{{- end }}
+
+{{- define "mlcd.scratchMounts" -}}
+- name: home
+  mountPath: /var/lib/mlcd
+- name: tmp
+  mountPath: /tmp
+{{- end }}
+
+{{/* Whether an autoscaler owns a service's replica count. Call with (dict "root" $ "service" "ingest"). */}}
+{{- define "mlcd.autoscaled" -}}
+{{- $v := .root.Values -}}
+{{- if or (and $v.hpa.enabled (has .service $v.hpa.services)) (and $v.keda.enabled (has .service $v.keda.services)) }}true{{ end }}
+{{- end }}

@@ -1,0 +1,374 @@
+"""The Helm chart, linted and rendered by the real Helm engine, every manifest checked against the
+Kubernetes schemas (custom resources against their CRD schemas), and what an operator relies on."""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import helm_python
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from mlcd import events
+
+ROOT = Path(__file__).parents[2]
+CHART = ROOT / "helm" / "mlcd"
+CRD_SCHEMAS = Path(__file__).parents[1] / "fixtures" / "crds"
+KUBERNETES_VERSION = "1.35"
+RELEASE, NAMESPACE = "prod", "mlcd"
+SERVICES = ("ingest", "builder", "validator", "trainer", "gatekeeper", "deployer")
+CONSUMERS = SERVICES[1:]
+TOKEN_SHA256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+
+EVERYTHING = {
+    "ingress": {
+        "enabled": True,
+        "className": "nginx",
+        "tls": [{"secretName": "mlcd-tls", "hosts": ["mlcd.example.com"]}],
+    },
+    "hpa": {"enabled": True},
+    "keda": {"enabled": True, "authenticationRef": "kafka-credentials"},
+    "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
+    "pdb": {"enabled": True},
+    "config": {
+        "kafka": {"namespace": "prod."},
+        "kserveNamespace": "serving",
+        "prometheusUrl": "http://prometheus.monitoring:9090",
+        "gitlabUrl": "https://gitlab.example.com",
+    },
+    "secrets": {"gitlabToken": "glpat-x", "gitlabWebhookSecret": "s3cret", "alertmanagerToken": "am"},
+    "apiTokens": {"tokens": [{"name": "alice", "groups": ["oncall"], "token_sha256": TOKEN_SHA256}]},
+    "topologySpreadConstraints": [
+        {"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "ScheduleAnyway"}
+    ],
+    "extraEnv": [
+        {"name": "PGPASSWORD", "valueFrom": {"secretKeyRef": {"name": "pg-app", "key": "password"}}}
+    ],
+}
+EXISTING = {
+    "secrets": {"existingSecret": "mlcd-env"},
+    "apiTokens": {"existingSecret": "mlcd-api-tokens"},
+    "policies": {"existingConfigMap": "mlcd-policies"},
+}
+VALUE_SETS: dict[str, dict[str, Any]] = {"defaults": {}, "everything": EVERYTHING, "existing": EXISTING}
+
+Manifest = dict[str, Any]
+
+
+def _render(values: dict[str, Any]) -> list[Manifest]:
+    with helm_python.Chart.load(CHART) as chart:
+        files = chart.render(values=values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    return [
+        doc
+        for path, text in sorted(files.items())
+        if not path.endswith("NOTES.txt")
+        for doc in yaml.safe_load_all(text)
+        if doc
+    ]
+
+
+@functools.cache
+def rendered(value_set: str) -> tuple[Manifest, ...]:
+    return tuple(_render(VALUE_SETS[value_set]))
+
+
+def of_kind(manifests: tuple[Manifest, ...], kind: str) -> dict[str, Manifest]:
+    """Objects of one kind by their component label (or name when they have none)."""
+    return {
+        m["metadata"]["labels"].get("app.kubernetes.io/component", m["metadata"]["name"]): m
+        for m in manifests
+        if m["kind"] == kind
+    }
+
+
+def container(deployment: Manifest) -> Manifest:
+    (only,) = deployment["spec"]["template"]["spec"]["containers"]
+    return dict(only)
+
+
+@functools.cache
+def crd_validators() -> dict[tuple[str, str], jsonschema.Draft202012Validator]:
+    validators = {}
+    for path in CRD_SCHEMAS.glob("*.json"):
+        schema = json.loads(path.read_text())
+        key = (schema["properties"]["apiVersion"]["const"], schema["properties"]["kind"]["const"])
+        validators[key] = jsonschema.Draft202012Validator(schema)
+    return validators
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_chart_lints_without_findings(value_set: str) -> None:
+    report = helm_python.lint(CHART, VALUE_SETS[value_set], strict=True, namespace=NAMESPACE)
+
+    assert report["errors"] == []
+    assert [m for m in report["messages"] if m["severity"] >= 2] == []
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_every_rendered_manifest_passes_its_schema(value_set: str) -> None:
+    for manifest in rendered(value_set):
+        custom = crd_validators().get((manifest["apiVersion"], manifest["kind"]))
+        if custom is not None:
+            custom.validate(manifest)
+        else:
+            kubernetes_validate.validate(manifest, KUBERNETES_VERSION, strict=True)
+
+
+def test_custom_resources_are_checked_against_their_crd_schema() -> None:
+    scaled = of_kind(rendered("everything"), "ScaledObject")["trainer"]
+    numeric_lag = json.loads(json.dumps(scaled))
+    numeric_lag["spec"]["triggers"][0]["metadata"]["lagThreshold"] = 20
+
+    with pytest.raises(jsonschema.ValidationError, match="is not of type 'string'"):
+        crd_validators()[("keda.sh/v1alpha1", "ScaledObject")].validate(numeric_lag)
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_one_deployment_per_service_runs_mlcd_serve(value_set: str) -> None:
+    deployments = of_kind(rendered(value_set), "Deployment")
+
+    assert sorted(deployments) == sorted(SERVICES)
+    for service, deployment in deployments.items():
+        assert deployment["metadata"]["name"] == f"prod-mlcd-{service}"
+        assert container(deployment)["args"] == ["serve", service]
+
+
+def test_services_listen_where_their_probes_and_services_point() -> None:
+    manifests = rendered("defaults")
+    deployments, services = of_kind(manifests, "Deployment"), of_kind(manifests, "Service")
+
+    for name, deployment in deployments.items():
+        c = container(deployment)
+        port = 8080 if name == "ingest" else 8081
+        assert c["ports"] == [{"name": "http", "containerPort": port, "protocol": "TCP"}]
+        assert {"name": "MLCD_HTTP_PORT", "value": str(port)} in c["env"]
+        assert c["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+        assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+        assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+        assert services[name]["spec"]["ports"][0]["targetPort"] == "http"
+        assert services[name]["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    settings = of_kind(manifests, "ConfigMap")["prod-mlcd-config"]["data"]
+    assert settings["MLCD_HTTP_HOST"] == "0.0.0.0"
+
+
+def test_role_allows_only_reading_and_patching_inferenceservices() -> None:
+    manifests = rendered("everything")
+    role = of_kind(manifests, "Role")["prod-mlcd-inferenceservices"]
+    binding = of_kind(manifests, "RoleBinding")["prod-mlcd-inferenceservices"]
+
+    assert role["metadata"]["namespace"] == "serving"
+    assert role["rules"] == [
+        {
+            "apiGroups": ["serving.kserve.io"],
+            "resources": ["inferenceservices"],
+            "verbs": ["get", "list", "watch", "patch"],
+        }
+    ]
+    assert binding["metadata"]["namespace"] == "serving"
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "prod-mlcd", "namespace": NAMESPACE}]
+    for deployment in of_kind(manifests, "Deployment").values():
+        assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == "prod-mlcd"
+
+
+def test_migration_job_upgrades_the_database_before_install_and_upgrade() -> None:
+    manifests = rendered("defaults")
+    job = of_kind(manifests, "Job")["migrate"]
+    hook_secret = of_kind(manifests, "Secret")["migrate"]
+    pod = job["spec"]["template"]["spec"]
+
+    assert container(job)["args"] == ["db", "upgrade"]
+    for hook in (job, hook_secret):
+        annotations = hook["metadata"]["annotations"]
+        assert annotations["helm.sh/hook"] == "pre-install,pre-upgrade"
+        assert annotations["helm.sh/hook-delete-policy"] == "before-hook-creation,hook-succeeded"
+    # Hooks run before the release's own objects exist: the Job's Secret is a lighter hook, and the Job
+    # does not ask for the chart's ServiceAccount.
+    assert int(hook_secret["metadata"]["annotations"]["helm.sh/hook-weight"]) < int(
+        job["metadata"]["annotations"]["helm.sh/hook-weight"]
+    )
+    assert container(job)["envFrom"] == [{"secretRef": {"name": "prod-mlcd-migrate"}}]
+    assert "MLCD_DATABASE_URL" in hook_secret["stringData"]
+    assert "serviceAccountName" not in pod
+    assert pod["restartPolicy"] == "Never"
+
+
+def test_existing_secrets_and_policies_are_referenced_not_created() -> None:
+    manifests = rendered("existing")
+    deployments = of_kind(manifests, "Deployment")
+
+    assert [m["metadata"]["name"] for m in manifests if m["kind"] == "Secret"] == []
+    assert [m["metadata"]["name"] for m in manifests if m["kind"] == "ConfigMap"] == ["prod-mlcd-config"]
+    for deployment in deployments.values():
+        assert {"secretRef": {"name": "mlcd-env"}} in container(deployment)["envFrom"]
+        volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+        assert volumes["policies"]["configMap"]["name"] == "mlcd-policies"
+    ingest_volumes = {v["name"]: v for v in deployments["ingest"]["spec"]["template"]["spec"]["volumes"]}
+    assert ingest_volumes["api-tokens"]["secret"]["secretName"] == "mlcd-api-tokens"
+    assert container(of_kind(manifests, "Job")["migrate"])["envFrom"] == [{"secretRef": {"name": "mlcd-env"}}]
+
+
+def test_only_set_secrets_reach_the_pods() -> None:
+    secret = of_kind(rendered("everything"), "Secret")["prod-mlcd"]
+
+    assert sorted(secret["stringData"]) == [
+        "MLCD_ALERTMANAGER_TOKEN",
+        "MLCD_DATABASE_URL",
+        "MLCD_GITLAB_TOKEN",
+        "MLCD_GITLAB_WEBHOOK_SECRET",
+    ]
+
+
+def test_api_tokens_file_is_mounted_into_ingest_only() -> None:
+    manifests = rendered("everything")
+    deployments = of_kind(manifests, "Deployment")
+    tokens = of_kind(manifests, "Secret")["prod-mlcd-api-tokens"]
+
+    assert yaml.safe_load(tokens["stringData"]["api-tokens.yaml"]) == [
+        {"name": "alice", "groups": ["oncall"], "token_sha256": TOKEN_SHA256}
+    ]
+    ingest = container(deployments["ingest"])
+    assert {"name": "MLCD_API_TOKENS_FILE", "value": "/etc/mlcd/api-tokens/api-tokens.yaml"} in ingest["env"]
+    assert {"name": "api-tokens", "mountPath": "/etc/mlcd/api-tokens", "readOnly": True} in ingest[
+        "volumeMounts"
+    ]
+    for service in CONSUMERS:
+        assert all(m["name"] != "api-tokens" for m in container(deployments[service])["volumeMounts"])
+
+
+def test_keda_scales_each_consumer_on_its_own_group_lag() -> None:
+    scaled = of_kind(rendered("everything"), "ScaledObject")
+
+    assert sorted(scaled) == sorted(CONSUMERS)
+    trainer = scaled["trainer"]["spec"]
+    assert trainer["scaleTargetRef"]["name"] == "prod-mlcd-trainer"
+    assert [
+        (t["type"], t["metadata"]["consumerGroup"], t["metadata"]["topic"]) for t in trainer["triggers"]
+    ] == [
+        ("kafka", "prod.mlcd-trainer", "prod.mlcd.data"),
+        ("kafka", "prod.mlcd-trainer", "prod.mlcd.training"),
+    ]
+    assert trainer["triggers"][0]["authenticationRef"] == {"name": "kafka-credentials"}
+
+
+def test_consumers_are_scaled_on_topics_that_exist() -> None:
+    with helm_python.Chart.load(CHART) as chart:
+        services = chart.values["services"]
+
+    for service in CONSUMERS:
+        assert services[service]["topics"], service
+        assert set(services[service]["topics"]) <= set(events.TOPICS), service
+
+
+def test_autoscaled_deployments_leave_the_replica_count_to_the_autoscaler() -> None:
+    manifests = rendered("everything")
+    deployments = of_kind(manifests, "Deployment")
+
+    assert of_kind(manifests, "HorizontalPodAutoscaler")["ingest"]["spec"]["scaleTargetRef"]["name"] == (
+        "prod-mlcd-ingest"
+    )
+    assert all("replicas" not in d["spec"] for d in deployments.values())
+    assert all("replicas" in d["spec"] for d in of_kind(rendered("defaults"), "Deployment").values())
+
+
+def test_a_deployment_scaled_by_both_autoscalers_is_refused() -> None:
+    values = {"hpa": {"enabled": True, "services": ["ingest", "trainer"]}, "keda": {"enabled": True}}
+
+    with pytest.raises(
+        helm_python.HelmError, match=re.escape("trainer is in both hpa.services and keda.services")
+    ):
+        _render(values)
+
+
+def test_keda_on_a_service_without_topics_is_refused() -> None:
+    with pytest.raises(helm_python.HelmError, match="consumes no topic"):
+        _render({"keda": {"enabled": True, "services": ["ingest"]}})
+
+
+def test_every_service_is_scraped_and_no_pod_disruption_takes_a_whole_service() -> None:
+    manifests = rendered("everything")
+    monitor = of_kind(manifests, "ServiceMonitor")["prod-mlcd"]
+    selector = monitor["spec"]["selector"]["matchLabels"]
+
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert monitor["spec"]["endpoints"][0]["port"] == "http"
+    assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
+    services = of_kind(manifests, "Service")
+    assert sorted(services) == sorted(SERVICES)
+    for service in services.values():
+        assert selector.items() <= service["metadata"]["labels"].items()
+        assert [p["name"] for p in service["spec"]["ports"]] == ["http"]
+    budgets = of_kind(manifests, "PodDisruptionBudget")
+    assert sorted(budgets) == sorted(SERVICES)
+    assert all(b["spec"]["maxUnavailable"] == 1 for b in budgets.values())
+
+
+def test_ingress_routes_webhooks_api_and_ui_but_not_metrics() -> None:
+    ingress = of_kind(rendered("everything"), "Ingress")["ingest"]
+    (rule,) = ingress["spec"]["rules"]
+
+    paths = {p["path"]: p["backend"]["service"]["name"] for p in rule["http"]["paths"]}
+    assert paths == {"/hooks": "prod-mlcd-ingest", "/api": "prod-mlcd-ingest", "/ui": "prod-mlcd-ingest"}
+    assert ingress["spec"]["tls"] == [{"secretName": "mlcd-tls", "hosts": ["mlcd.example.com"]}]
+
+
+def test_pods_run_as_non_root_on_a_read_only_root_filesystem() -> None:
+    manifests = rendered("defaults")
+    settings = of_kind(manifests, "ConfigMap")["prod-mlcd-config"]["data"]
+
+    for workload in [*of_kind(manifests, "Deployment").values(), of_kind(manifests, "Job")["migrate"]]:
+        pod = workload["spec"]["template"]["spec"]
+        c = container(workload)
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert c["securityContext"]["readOnlyRootFilesystem"] is True
+        assert c["securityContext"]["allowPrivilegeEscalation"] is False
+        assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
+        mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert "emptyDir" in volumes[mounts[settings["MLCD_HOME"]]]
+        assert "emptyDir" in volumes[mounts["/tmp"]]
+
+
+def test_changed_settings_or_secrets_roll_the_pods() -> None:
+    def annotations(values: dict[str, Any]) -> dict[str, str]:
+        deployment = of_kind(tuple(_render(values)), "Deployment")["trainer"]
+        return dict(deployment["spec"]["template"]["metadata"]["annotations"])
+
+    base = annotations({})
+    louder = annotations({"config": {"logLevel": "DEBUG"}})
+    rotated = annotations({"secrets": {"gitlabToken": "glpat-new"}})
+
+    assert louder["checksum/config"] != base["checksum/config"]
+    assert louder["checksum/secret"] == base["checksum/secret"]
+    assert rotated["checksum/secret"] != base["checksum/secret"]
+
+
+def test_policies_are_mounted_where_mlcd_reads_them_and_default_to_the_repository_defaults() -> None:
+    manifests = rendered("defaults")
+    settings = of_kind(manifests, "ConfigMap")["prod-mlcd-config"]["data"]
+    policies = of_kind(manifests, "ConfigMap")["prod-mlcd-policies"]["data"]
+
+    assert yaml.safe_load(policies["defaults.yaml"]) == yaml.safe_load(
+        (ROOT / "policies/defaults.yaml").read_text()
+    )
+    for deployment in of_kind(manifests, "Deployment").values():
+        mounts = {m["name"]: m["mountPath"] for m in container(deployment)["volumeMounts"]}
+        assert mounts["policies"] == settings["MLCD_POLICIES_DIR"]
+
+
+def test_every_setting_the_chart_passes_is_one_mlcd_reads() -> None:
+    from mlcd.config import Settings
+
+    known = {f"MLCD_{name.upper()}" for name in Settings.model_fields}
+    manifests = rendered("everything")
+    settings = of_kind(manifests, "ConfigMap")["prod-mlcd-config"]["data"]
+    secret = of_kind(manifests, "Secret")["prod-mlcd"]
+    env = {e["name"] for d in of_kind(manifests, "Deployment").values() for e in container(d)["env"]}
+
+    passed = set(settings) | set(secret["stringData"]) | {name for name in env if name.startswith("MLCD_")}
+    assert passed - known == set()
