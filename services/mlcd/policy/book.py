@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from mlcd import logs
 from mlcd.errors import ConfigError
+from mlcd.policy.rules import CompiledPolicy, compile_policy
 from mlcd.policy.schema import Policy
 
 log = logs.get(__name__)
@@ -50,6 +51,7 @@ def load_file(path: Path, defaults: dict[str, Any] | None = None) -> Policy:
 class _Loaded:
     stamp: float
     policy: Policy
+    compiled: CompiledPolicy | None = None
 
 
 class PolicyBook:
@@ -78,7 +80,8 @@ class PolicyBook:
             if current is not None and current.stamp == stamp:
                 continue
             try:
-                self._loaded[path] = _Loaded(stamp, load_file(path, self._defaults))
+                policy = load_file(path, self._defaults)
+                self._loaded[path] = _Loaded(stamp, policy, _compiled(path, policy))
                 self.errors.pop(path, None)
             except ConfigError as e:
                 if self.errors.get(path) != str(e):
@@ -98,16 +101,31 @@ class PolicyBook:
             raise ConfigError(f"no policy for model {model!r} in {self.folder}")
         return policy
 
+    def compiled(self, model: str) -> CompiledPolicy:
+        """The model's rules, compiled when its file was (re)loaded; ConfigError if it has no policy."""
+        policy = self.require(model)
+        loaded = next(item for item in self._loaded.values() if item.policy is policy)
+        return loaded.compiled or compile_policy(policy)
+
     def for_code(self, project: str, branch: str | None = None) -> list[Policy]:
         """Policies whose code lives in `project` (and, if given, watches `branch`)."""
         return [
             p
             for p in self.all()
-            if p.code is not None and p.code.project == project and (branch is None or p.code.branch == branch)
+            if p.code is not None
+            and p.code.project == project
+            and (branch is None or p.code.branch == branch)
         ]
 
     def for_object(self, bucket: str, key: str) -> Policy | None:
         return next((p for p in self.all() if p.data is not None and p.data.covers(bucket, key)), None)
+
+
+def _compiled(path: Path, policy: Policy) -> CompiledPolicy:
+    try:
+        return compile_policy(policy)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from e
 
 
 def _stamp(path: Path) -> float:

@@ -53,8 +53,10 @@ class DataSource(_Strict):
     results_prefix: str = Field("_validation/", description="Where validation results are stored.")
 
     def covers(self, bucket: str, key: str) -> bool:
-        return bucket == self.bucket and key.startswith(self.prefix) and not key.startswith(
-            self.prefix + self.results_prefix
+        return (
+            bucket == self.bucket
+            and key.startswith(self.prefix)
+            and not key.startswith(self.prefix + self.results_prefix)
         )
 
 
@@ -84,6 +86,10 @@ class Approval(_Strict):
     count: int = Field(1, ge=1)
     timeout: Duration = timedelta(hours=24)
     allow_gitlab_maintainers: bool = True
+    gitlab_users: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Approver group → GitLab usernames who act for it in merge-request comments.",
+    )
 
 
 class Thresholds(_Strict):

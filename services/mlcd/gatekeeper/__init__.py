@@ -1,0 +1,1 @@
+"""The gatekeeper service: promotion policies, gates and on-call decisions, monitoring actions."""

@@ -1,0 +1,137 @@
+"""`mlcd policy check`: a policy file's schema and every CEL expression, each error with its line.
+
+The YAML is read with ruamel.yaml's round-trip loader, which keeps the line of every key and value, so
+an error in a nested field or an expression points at the line to edit.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import MarkedYAMLError
+
+from mlcd.policy import rules
+from mlcd.policy.book import DEFAULTS_FILE
+from mlcd.policy.schema import Policy
+
+Location = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class FileProblem:
+    path: Path
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.message}"
+
+
+def check_file(path: Path) -> list[FileProblem]:
+    """Every problem of one policy file, in line order; empty when the file is sound."""
+    try:
+        text = path.read_text()
+    except OSError as e:
+        return [FileProblem(path, 0, f"cannot read: {e.strerror or e}")]
+    return sorted(check_text(text, path), key=lambda p: p.line)
+
+
+def check_text(text: str, path: Path) -> list[FileProblem]:
+    try:
+        document = YAML(typ="rt").load(io.StringIO(text))
+    except MarkedYAMLError as e:
+        line = e.problem_mark.line + 1 if e.problem_mark else 1
+        return [FileProblem(path, line, f"YAML error: {e.problem or e}")]
+    if document is None:
+        document = CommentedMap()
+    if not isinstance(document, CommentedMap):
+        return [FileProblem(path, 1, "a policy file is a YAML mapping")]
+    plain = _plain(document)
+    if path.name == DEFAULTS_FILE:
+        plain.setdefault("model", "defaults")
+    found = [_schema_problem(document, error, path) for error in _schema_errors(plain)]
+    found.extend(_expression_problems(document, path))
+    return found
+
+
+def _schema_errors(plain: dict[str, Any]) -> list[Any]:
+    try:
+        Policy.model_validate(plain)
+    except ValidationError as e:
+        return list(e.errors())
+    return []
+
+
+def _schema_problem(document: CommentedMap, error: Any, path: Path) -> FileProblem:
+    location: Location = tuple(error["loc"])
+    dotted = ".".join(str(part) for part in location) or "policy"
+    if error["type"] == "extra_forbidden":
+        message = f"unknown field {dotted!r}"
+    elif error["type"] == "missing":
+        message = f"missing field {dotted!r}"
+    else:
+        message = f"{dotted}: {error['msg']}"
+    return FileProblem(path, _line(document, location), message)
+
+
+def _expression_problems(document: CommentedMap, path: Path) -> list[FileProblem]:
+    found: list[FileProblem] = []
+    for location, expression in _expressions(document):
+        for problem in rules.problems(expression):
+            found.append(
+                FileProblem(
+                    path, _line(document, location), f"{'.'.join(map(str, location))}: {problem.message}"
+                )
+            )
+    return found
+
+
+def _expressions(document: CommentedMap) -> list[tuple[Location, str]]:
+    """(location, text) of every CEL expression in the file: promotion rules and approval.when."""
+    found: list[tuple[Location, str]] = []
+    promotion = document.get("promotion")
+    if isinstance(promotion, CommentedMap):
+        for section in ("rules", "first_model_rules"):
+            items = promotion.get(section)
+            if not isinstance(items, CommentedSeq):
+                continue
+            for index, item in enumerate(items):
+                if isinstance(item, CommentedMap) and isinstance(item.get("expr"), str):
+                    found.append((("promotion", section, index, "expr"), str(item["expr"])))
+    approval = document.get("approval")
+    if isinstance(approval, CommentedMap) and isinstance(approval.get("when"), str):
+        found.append((("approval", "when"), str(approval["when"])))
+    return found
+
+
+def _line(document: CommentedMap, location: Sequence[str | int]) -> int:
+    """The 1-based line of the deepest node of `location` the document has (the key's line for a map)."""
+    node: Any = document
+    line = 1
+    for part in location:
+        if isinstance(node, CommentedMap) and part in node:
+            line = node.lc.key(part)[0] + 1
+            node = node[part]
+        elif isinstance(node, CommentedSeq) and isinstance(part, int) and 0 <= part < len(node):
+            line = node.lc.item(part)[0] + 1
+            node = node[part]
+        else:
+            if isinstance(node, CommentedMap | CommentedSeq) and line == 1:
+                line = node.lc.line + 1
+            break
+    return line
+
+
+def _plain(node: Any) -> Any:
+    if isinstance(node, CommentedMap):
+        return {str(k): _plain(v) for k, v in node.items()}
+    if isinstance(node, CommentedSeq):
+        return [_plain(v) for v in node]
+    return node
