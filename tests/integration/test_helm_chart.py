@@ -41,6 +41,7 @@ EVERYTHING = {
         "kserveNamespace": "serving",
         "prometheusUrl": "http://prometheus.monitoring:9090",
         "gitlabUrl": "https://gitlab.example.com",
+        "minioKafkaTopic": "minio-events",
     },
     "secrets": {"gitlabToken": "glpat-x", "gitlabWebhookSecret": "s3cret", "alertmanagerToken": "am"},
     "apiTokens": {"tokens": [{"name": "alice", "groups": ["oncall"], "token_sha256": TOKEN_SHA256}]},
@@ -361,14 +362,16 @@ def test_policies_are_mounted_where_mlcd_reads_them_and_default_to_the_repositor
         assert mounts["policies"] == settings["MLCD_POLICIES_DIR"]
 
 
-def test_every_setting_the_chart_passes_is_one_mlcd_reads() -> None:
+def test_the_chart_passes_every_setting_a_service_reads_and_no_other() -> None:
     from mlcd.config import Settings
 
-    known = {f"MLCD_{name.upper()}" for name in Settings.model_fields}
-    manifests = rendered("everything")
+    cli_only = {"MLCD_API_URL", "MLCD_API_TOKEN"}
+    known = {f"MLCD_{name.upper()}" for name in Settings.model_fields} - cli_only
+    with helm_python.Chart.load(CHART) as chart:
+        every_secret = {key: "set" for key in chart.values["secrets"] if key != "existingSecret"}
+    manifests = tuple(_render({**EVERYTHING, "secrets": every_secret}))
     settings = of_kind(manifests, "ConfigMap")["prod-mlcd-config"]["data"]
-    secret = of_kind(manifests, "Secret")["prod-mlcd"]
+    secrets = of_kind(manifests, "Secret")["prod-mlcd"]["stringData"]
     env = {e["name"] for d in of_kind(manifests, "Deployment").values() for e in container(d)["env"]}
 
-    passed = set(settings) | set(secret["stringData"]) | {name for name in env if name.startswith("MLCD_")}
-    assert passed - known == set()
+    assert set(settings) | set(secrets) | {name for name in env if name.startswith("MLCD_")} == known

@@ -92,10 +92,15 @@ MLCD_KAFKA_REQUEST_TIMEOUT_S: {{ $c.kafka.requestTimeoutSeconds | quote }}
 MLCD_MLFLOW_TRACKING_URI: {{ required "config.mlflowTrackingUri is required" $c.mlflowTrackingUri | quote }}
 MLCD_KFP_HOST: {{ required "config.kfpHost is required" $c.kfpHost | quote }}
 MLCD_KFP_TIMEOUT_S: {{ $c.kfpTimeoutSeconds | quote }}
+MLCD_PIPELINES_DIR: {{ $c.pipelinesDir | quote }}
+MLCD_BUILD_TIMEOUT_S: {{ $c.buildTimeoutSeconds | quote }}
+MLCD_VALIDATION_TIMEOUT_S: {{ $c.validationTimeoutSeconds | quote }}
+MLCD_INGEST_TIMEOUT_S: {{ $c.ingestTimeoutSeconds | quote }}
 {{- with $c.s3.endpoint }}
 MLCD_S3_ENDPOINT: {{ . | quote }}
 {{- end }}
 MLCD_S3_SECURE: {{ $c.s3.secure | quote }}
+MLCD_S3_TIMEOUT_S: {{ $c.s3.timeoutSeconds | quote }}
 MLCD_KSERVE_NAMESPACE: {{ include "mlcd.kserveNamespace" . | quote }}
 {{- with $c.prometheusUrl }}
 MLCD_PROMETHEUS_URL: {{ . | quote }}
@@ -103,6 +108,7 @@ MLCD_PROMETHEUS_URL: {{ . | quote }}
 {{- with $c.gitlabUrl }}
 MLCD_GITLAB_URL: {{ . | quote }}
 {{- end }}
+MLCD_GITLAB_TIMEOUT_S: {{ $c.gitlabTimeoutSeconds | quote }}
 {{- with $c.minioKafkaTopic }}
 MLCD_MINIO_KAFKA_TOPIC: {{ . | quote }}
 {{- end }}
