@@ -109,7 +109,8 @@ def canary_patch(obj: dict[str, Any], mode: Mode, version: str, uri: str, percen
         spec: Patch = {"predictor": {"canaryTrafficPercent": percent, "model": {"storageUri": uri}}}
     else:
         base = {k: v for k, v in _predictor(obj).items() if k not in {"canaryTrafficPercent", "name"}}
-        model = {**(base.get("model") or {}), "storageUri": uri}
+        # The canary's model is a full container spec there, whose name the CRD requires.
+        model = {"name": canary_name(version), **(base.get("model") or {}), "storageUri": uri}
         predictor = {**base, "name": canary_name(version), "model": model}
         spec = {"canary": [{"predictor": predictor, "trafficPercent": percent}]}
     return {"metadata": metadata, "spec": spec}
