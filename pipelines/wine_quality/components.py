@@ -1,0 +1,173 @@
+"""The wine-quality pipeline's lightweight components: load a batch, train and evaluate, register in MLflow.
+
+KFP ships each function's source into its task, so every import lives inside the function body. The
+components install nothing (`install_kfp_package=False`, no `packages_to_install`): the local runner uses
+the caller's venv, and on a cluster `BASE_IMAGE` must carry the packages listed in README.md.
+"""
+
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Metrics, Model, Output
+
+BASE_IMAGE = "python:3.11-slim"
+
+
+@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+def load_batch(
+    data_uri: str,
+    s3_endpoint: str,
+    s3_access_key: str,
+    s3_secret_key: str,
+    min_rows: int,
+    batch: Output[Dataset],
+) -> int:
+    """Read the CSV batch at `data_uri` (s3://bucket/key, file:// URI or path), check its shape, keep it."""
+    import io
+    import urllib.parse
+    from pathlib import Path
+
+    import pandas as pd
+    from sklearn.datasets import load_wine
+
+    parsed = urllib.parse.urlparse(data_uri)
+    if parsed.scheme == "s3":
+        from minio import Minio
+
+        if not s3_endpoint:
+            raise ValueError(f"{data_uri} is an S3 URI but no s3_endpoint was given")
+        secure = s3_endpoint.startswith("https://")
+        endpoint = s3_endpoint.removeprefix("https://").removeprefix("http://").rstrip("/")
+        client = Minio(endpoint, access_key=s3_access_key, secret_key=s3_secret_key, secure=secure)
+        response = client.get_object(parsed.netloc, urllib.parse.unquote(parsed.path.lstrip("/")))
+        try:
+            raw = response.read()
+        finally:
+            response.close()
+            response.release_conn()
+    elif parsed.scheme == "file":
+        raw = Path(urllib.parse.unquote(parsed.path)).read_bytes()
+    elif parsed.scheme == "":
+        raw = Path(data_uri).read_bytes()
+    else:
+        raise ValueError(f"unsupported data URI scheme {parsed.scheme!r} in {data_uri}")
+
+    try:
+        frame = pd.read_csv(io.BytesIO(raw))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{data_uri} is not a readable CSV file: {e}") from e
+    expected = [*load_wine().feature_names, "target"]
+    missing = [column for column in expected if column not in frame.columns]
+    if missing:
+        raise ValueError(f"{data_uri} lacks the columns {', '.join(missing)}")
+    frame = frame[expected].apply(pd.to_numeric, errors="coerce")
+    holes = {column: int(count) for column, count in frame.isna().sum().items() if count}
+    if holes:
+        raise ValueError(f"{data_uri} has empty or non-numeric values: {holes}")
+    unknown = sorted(set(frame["target"].unique()) - {0, 1, 2})
+    if unknown:
+        raise ValueError(f"{data_uri} has unknown classes in target: {unknown}")
+    if len(frame) < min_rows:
+        raise ValueError(f"{data_uri} has {len(frame)} rows; training needs at least {min_rows}")
+    frame["target"] = frame["target"].astype(int)
+    frame.to_csv(batch.path, index=False)
+    print(f"loaded {len(frame)} rows from {data_uri}")
+    return len(frame)
+
+
+@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+def train_model(
+    batch: Input[Dataset],
+    n_estimators: int,
+    test_fraction: float,
+    random_state: int,
+    fail_on_purpose: bool,
+    model: Output[Model],
+    metrics: Output[Metrics],
+) -> str:
+    """Train a random forest, evaluate it on a held-out split; returns the figures as JSON."""
+    import json
+    import pickle
+
+    import pandas as pd
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.metrics import accuracy_score, f1_score, recall_score
+    from sklearn.model_selection import train_test_split
+
+    if fail_on_purpose:
+        raise RuntimeError("fail_on_purpose is set: the training task fails as asked")
+    frame = pd.read_csv(batch.path)
+    features, target = frame.drop(columns=["target"]), frame["target"]
+    stratify = target if target.value_counts().min() >= 2 else None
+    x_train, x_test, y_train, y_test = train_test_split(
+        features, target, test_size=test_fraction, random_state=random_state, stratify=stratify
+    )
+    classifier = RandomForestClassifier(n_estimators=n_estimators, random_state=random_state)
+    classifier.fit(x_train, y_train)
+    predicted = classifier.predict(x_test)
+    figures = {
+        "accuracy": float(accuracy_score(y_test, predicted)),
+        "f1_macro": float(f1_score(y_test, predicted, average="macro", zero_division=0)),
+        "train_rows": float(len(x_train)),
+        "test_rows": float(len(x_test)),
+    }
+    recalls = recall_score(y_test, predicted, labels=[0, 1, 2], average=None, zero_division=0)
+    figures.update({f"recall_class_{label}": float(value) for label, value in enumerate(recalls)})
+    for name, value in figures.items():
+        metrics.log_metric(name, value)
+    with open(model.path, "wb") as out:
+        pickle.dump(classifier, out)
+    model.metadata["framework"] = "scikit-learn"
+    print(f"evaluated on {len(x_test)} held-out rows: {figures}")
+    return json.dumps(figures, sort_keys=True)
+
+
+@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+def register_model(
+    model: Input[Model],
+    figures: str,
+    model_name: str,
+    mlflow_tracking_uri: str,
+    data_uri: str,
+    git_commit: str,
+    pipeline_version: str,
+    n_estimators: int,
+    test_fraction: float,
+    run_alias: str,
+) -> NamedTuple("Registered", [("model_version", str), ("mlflow_run_id", str)]):  # type: ignore[misc]
+    """Log params, metrics, tags and the model to MLflow and register a version under `model_name`."""
+    import json
+    import pickle
+    from collections import namedtuple
+
+    import mlflow
+    import sklearn
+    from mlflow import MlflowClient
+
+    with open(model.path, "rb") as source:
+        classifier = pickle.load(source)
+    tags = {"data_uri": data_uri, "git_commit": git_commit, "pipeline_version": pipeline_version}
+    mlflow.set_tracking_uri(mlflow_tracking_uri)
+    mlflow.set_experiment(model_name)
+    with mlflow.start_run() as run:
+        mlflow.log_params(
+            {"n_estimators": n_estimators, "test_fraction": test_fraction, "model": "random_forest"}
+        )
+        mlflow.log_metrics(json.loads(figures))
+        mlflow.set_tags(tags)
+        info = mlflow.sklearn.log_model(
+            classifier,
+            name="model",
+            registered_model_name=model_name,
+            pip_requirements=[f"scikit-learn=={sklearn.__version__}"],
+            skops_trusted_types=["sklearn.tree._tree.Tree"],  # the forest's own trees, written just above
+        )
+    version = str(info.registered_model_version)
+    client = MlflowClient(tracking_uri=mlflow_tracking_uri)
+    for key, value in tags.items():
+        client.set_model_version_tag(model_name, version, key, value)
+    if run_alias:
+        client.set_registered_model_alias(model_name, run_alias, version)
+    print(f"registered {model_name} version {version} from MLflow run {run.info.run_id}")
+    outputs = namedtuple("Registered", ["model_version", "mlflow_run_id"])
+    return outputs(version, run.info.run_id)

@@ -1,0 +1,70 @@
+"""The reference training pipeline: load a wine batch, train and evaluate a classifier, register it in MLflow.
+
+Compile with `python pipeline.py OUT.yaml` (or `mlcd pipelines compile pipelines/wine_quality`). The
+components sit beside this file and are imported as the module `components`, so the folder must be on
+`sys.path` when it is loaded (running this file does that by itself).
+"""
+
+import sys
+from pathlib import Path
+from typing import NamedTuple
+
+from kfp import compiler, dsl
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import components
+
+
+@dsl.pipeline(name="wine-quality", description="Train, evaluate and register the wine-quality classifier.")
+def wine_quality(
+    data_uri: str,
+    mlflow_tracking_uri: str,
+    model_name: str = "wine_quality",
+    git_commit: str = "",
+    pipeline_version: str = "",
+    n_estimators: int = 50,
+    test_fraction: float = 0.25,
+    random_state: int = 42,
+    min_rows: int = 30,
+    s3_endpoint: str = "",
+    s3_access_key: str = "",
+    s3_secret_key: str = "",
+    fail_on_purpose: bool = False,
+    run_alias: str = "",
+) -> NamedTuple("Outputs", [("model_version", str), ("metrics", str)]):  # type: ignore[misc]
+    loaded = components.load_batch(
+        data_uri=data_uri,
+        s3_endpoint=s3_endpoint,
+        s3_access_key=s3_access_key,
+        s3_secret_key=s3_secret_key,
+        min_rows=min_rows,
+    )
+    trained = components.train_model(
+        batch=loaded.outputs["batch"],
+        n_estimators=n_estimators,
+        test_fraction=test_fraction,
+        random_state=random_state,
+        fail_on_purpose=fail_on_purpose,
+    )
+    registered = components.register_model(
+        model=trained.outputs["model"],
+        figures=trained.outputs["Output"],
+        model_name=model_name,
+        mlflow_tracking_uri=mlflow_tracking_uri,
+        data_uri=data_uri,
+        git_commit=git_commit,
+        pipeline_version=pipeline_version,
+        n_estimators=n_estimators,
+        test_fraction=test_fraction,
+        run_alias=run_alias,
+    )
+    for task in (loaded, trained, registered):
+        task.set_caching_options(False)  # each run must read the batch anew and register a new version
+    outputs = NamedTuple("Outputs", [("model_version", str), ("metrics", str)])  # type: ignore[misc]  # noqa: UP014 - KFP reads the functional form
+    return outputs(registered.outputs["model_version"], trained.outputs["Output"])
+
+
+if __name__ == "__main__":
+    target = sys.argv[1] if len(sys.argv) > 1 else "wine_quality.yaml"
+    compiler.Compiler().compile(wine_quality, target)
+    print(f"compiled {target}")
