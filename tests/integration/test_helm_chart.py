@@ -15,8 +15,6 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from mlcd import events
-
 ROOT = Path(__file__).parents[2]
 CHART = ROOT / "helm" / "mlcd"
 CRD_SCHEMAS = Path(__file__).parents[1] / "fixtures" / "crds"
@@ -257,13 +255,14 @@ def test_keda_scales_each_consumer_on_its_own_group_lag() -> None:
     assert trainer["triggers"][0]["authenticationRef"] == {"name": "kafka-credentials"}
 
 
-def test_consumers_are_scaled_on_topics_that_exist() -> None:
+@pytest.mark.parametrize("service", CONSUMERS)
+def test_keda_watches_exactly_the_topics_the_service_consumes(service: str) -> None:
+    handlers = pytest.importorskip(f"mlcd.{service}.handlers")
+    consumed = {payload.topic() for payload in handlers.SERVICE.handlers}
     with helm_python.Chart.load(CHART) as chart:
-        services = chart.values["services"]
+        watched = chart.values["services"][service]["topics"]
 
-    for service in CONSUMERS:
-        assert services[service]["topics"], service
-        assert set(services[service]["topics"]) <= set(events.TOPICS), service
+    assert sorted(watched) == sorted(consumed)
 
 
 def test_autoscaled_deployments_leave_the_replica_count_to_the_autoscaler() -> None:
