@@ -54,16 +54,16 @@ def build(config: Settings, bus: Bus, engine: AsyncEngine, waker: RelayWaker | N
     return app
 
 
-def _server(app: FastAPI) -> tuple[uvicorn.Server, str]:
-    port = processes.free_port()
+def _server(app: FastAPI, port: int | None = None) -> tuple[uvicorn.Server, str]:
+    port = port or processes.free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
     return uvicorn.Server(config), f"http://127.0.0.1:{port}"
 
 
 @asynccontextmanager
-async def serving(app: FastAPI) -> AsyncIterator[str]:
-    """Serve `app` on a free loopback port inside the running loop; yields its base URL."""
-    server, url = _server(app)
+async def serving(app: FastAPI, port: int | None = None) -> AsyncIterator[str]:
+    """Serve `app` on loopback (`port`, else a free one) inside the running loop; yields its base URL."""
+    server, url = _server(app, port)
     task = asyncio.create_task(server.serve())
     try:
         while not server.started:
