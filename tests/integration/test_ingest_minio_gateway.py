@@ -1,0 +1,72 @@
+"""A real MinIO-protocol server notifies /hooks/minio of an upload; it becomes DataArrived, key decoded."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mlcd import events
+from mlcd.bus.memory import MemoryBus
+from mlcd.store import migrate, outbox
+from mlcd.store.database import create_engine
+from tests.support import ingest_app, minio_gateway
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def gateway(tmp_path: Path) -> Iterator[minio_gateway.Gateway]:
+    with minio_gateway.running(tmp_path / "gateway", ingest_app.MINIO_TOKEN) as running:
+        yield running
+
+
+def upload(gateway: minio_gateway.Gateway, key: str, data: bytes) -> None:
+    from minio.notificationconfig import NotificationConfig, PrefixFilterRule, QueueConfig
+
+    client: Any = gateway.client()
+    client.make_bucket("landing")
+    client.set_bucket_notification(
+        "landing",
+        NotificationConfig(
+            queue_config_list=[
+                QueueConfig(
+                    ["s3:ObjectCreated:*"],
+                    queue=minio_gateway.WEBHOOK_ARN,
+                    config_id="mlcd",
+                    prefix_filter_rule=PrefixFilterRule("wine_quality/"),
+                )
+            ]
+        ),
+    )
+    client.put_object("landing", key, io.BytesIO(data), len(data), content_type="text/csv")
+
+
+async def test_upload_through_the_gateway_arrives_as_data_for_the_model(
+    gateway: minio_gateway.Gateway, sqlite_url: str
+) -> None:
+    engine = create_engine(sqlite_url)
+    await migrate.upgrade(engine)
+    app = ingest_app.build(ingest_app.settings(), MemoryBus(events.TOPICS), engine)
+    data = b"fixed_acidity,alcohol,quality\n7.4,9.4,5\n"
+    try:
+        async with ingest_app.serving(app, gateway.receiver_port):
+            await asyncio.to_thread(upload, gateway, "wine_quality/batch 01.csv", data)
+            deadline = time.monotonic() + 30
+            arrived: list[dict[str, Any]] = []
+            while not arrived and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+                async with engine.connect() as conn:
+                    arrived = [e for _, e in await outbox.journal(conn, event_type=events.DataArrived.type)]
+    finally:
+        await engine.dispose()
+    [event] = arrived
+    assert event["subject"] == "wine_quality"
+    assert event["data"]["key"] == "wine_quality/batch 01.csv"
+    assert event["data"]["uri"] == "s3://landing/wine_quality/batch 01.csv"
+    assert event["data"]["size"] == len(data)
