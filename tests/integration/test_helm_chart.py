@@ -374,3 +374,18 @@ def test_the_chart_passes_every_setting_a_service_reads_and_no_other() -> None:
     env = {e["name"] for d in of_kind(manifests, "Deployment").values() for e in container(d)["env"]}
 
     assert set(settings) | set(secrets) | {name for name in env if name.startswith("MLCD_")} == known
+
+
+def test_install_notes_give_the_webhook_urls_and_warn_when_the_api_is_closed() -> None:
+    def notes(values: dict[str, Any]) -> str:
+        with helm_python.Chart.load(CHART) as chart:
+            files = chart.render(values=values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+        return next(text for path, text in files.items() if path.endswith("NOTES.txt"))
+
+    closed = notes({"ingress": EVERYTHING["ingress"]})
+    opened = notes(EVERYTHING)
+
+    assert "https://mlcd.example.com/hooks/gitlab" in closed
+    assert "https://mlcd.example.com/hooks/alertmanager" in closed
+    assert "no API tokens are configured" in closed
+    assert "no API tokens are configured" not in opened

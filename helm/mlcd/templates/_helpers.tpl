@@ -89,6 +89,8 @@ MLCD_KAFKA_NAMESPACE: {{ $c.kafka.namespace | quote }}
 MLCD_KAFKA_PARTITIONS: {{ $c.kafka.partitions | quote }}
 MLCD_KAFKA_REPLICATION_FACTOR: {{ $c.kafka.replicationFactor | quote }}
 MLCD_KAFKA_REQUEST_TIMEOUT_S: {{ $c.kafka.requestTimeoutSeconds | quote }}
+MLCD_KAFKA_SESSION_TIMEOUT_S: {{ $c.kafka.sessionTimeoutSeconds | quote }}
+MLCD_KAFKA_HEARTBEAT_INTERVAL_S: {{ $c.kafka.heartbeatIntervalSeconds | quote }}
 MLCD_MLFLOW_TRACKING_URI: {{ required "config.mlflowTrackingUri is required" $c.mlflowTrackingUri | quote }}
 MLCD_KFP_HOST: {{ required "config.kfpHost is required" $c.kfpHost | quote }}
 MLCD_KFP_TIMEOUT_S: {{ $c.kfpTimeoutSeconds | quote }}
