@@ -14,15 +14,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from mlcd import events
 from mlcd.adapters import gitlab
 from mlcd.builder.handlers import SERVICE
-from mlcd.bus.service import bind
 from mlcd.config import Settings
 from mlcd.errors import TemporaryError
 from mlcd.policy.book import PolicyBook
 from mlcd.ports import PipelineRef, Run
 from mlcd.store import migrate
 from mlcd.store.database import create_engine
-from mlcd.store.unit_of_work import UnitOfWork
 from tests.fakes.gitlab_api import FakeGitLab
+from tests.support import service_harness
 
 REPO = Path(__file__).resolve().parents[2]
 PROJECT = "ml/wine-quality"
@@ -120,16 +119,7 @@ def ports(fake: FakeGitLab, policies: PolicyBook, tmp_path: Path) -> dict[str, A
 async def deliver(
     engine: AsyncEngine, payload: events.Payload, ports: dict[str, Any]
 ) -> list[events.Payload]:
-    """Hand one event to the builder's handlers as the runtime does; the events they emitted."""
-    envelope = events.new_event(payload, source="test/gitlab")
-    emitted: list[events.Payload] = []
-    async with engine.begin() as conn:
-        uow = UnitOfWork(conn, SERVICE.source, cause=envelope)
-        for handler in SERVICE.handlers[type(payload)]:
-            await bind(handler, ports)(envelope, uow)
-        emitted = [e.data for e in uow.emitted]
-        await uow.flush()
-    return emitted
+    return await service_harness.deliver(engine, SERVICE, payload, ports)
 
 
 def push(after: str, *, changed: list[str] | None = None, ref: str = "refs/heads/main") -> events.CodePushed:

