@@ -92,7 +92,7 @@ async def on_decision_requested(
         reply = notices.decision_reply(
             request.gate_id, request.actor, request.decision, result.status, result.message
         )
-        marker = f"<!-- mlcd:decision:{event.id} -->"
+        marker = f"mlcd:decision:{event.id}"
         await _best_effort(
             "merge-request reply",
             code_host.upsert_merge_request_note(request.project, request.merge_request_iid, marker, reply),
@@ -105,26 +105,22 @@ async def on_promotion_approved(
     """The registry follows the decision, whichever path made it: alias `challenger` and decision tags."""
     approved = event.data
     await registry.set_alias(approved.model, CHALLENGER_ALIAS, approved.model_version)
-    tags = {"mlcd.decision": "approved", "mlcd.approved_by": ", ".join(approved.approved_by) or "policy"}
+    tags = {**_rule_tags(approved.rules), "mlcd.approved_by": ", ".join(approved.approved_by) or "policy"}
     if approved.gate_id:
         tags["mlcd.gate"] = approved.gate_id
-    await registry.set_version_tags(
-        approved.model, approved.model_version, {**tags, **_rule_tags(approved.rules)}
-    )
+    await registry.set_version_tags(approved.model, approved.model_version, _decision_last(tags, "approved"))
 
 
 async def on_promotion_rejected(
     event: events.Envelope[events.PromotionRejected], uow: UnitOfWork, *, registry: ports.Registry
 ) -> None:
     rejected = event.data
-    tags = {"mlcd.decision": "rejected", "mlcd.reason": rejected.reason[:_TAG_LIMIT]}
+    tags = {**_rule_tags(rejected.rules), "mlcd.reason": rejected.reason[:_TAG_LIMIT]}
     if rejected.gate_id:
         tags["mlcd.gate"] = rejected.gate_id
     if rejected.rejected_by:
         tags["mlcd.rejected_by"] = rejected.rejected_by
-    await registry.set_version_tags(
-        rejected.model, rejected.model_version, {**tags, **_rule_tags(rejected.rules)}
-    )
+    await registry.set_version_tags(rejected.model, rejected.model_version, _decision_last(tags, "rejected"))
 
 
 async def on_alert_fired(
@@ -312,6 +308,11 @@ async def _best_effort(what: str, call: Awaitable[None]) -> None:
         await call
     except MlcdError as e:
         log.error(f"{what} failed; the gate stands", error=str(e))
+
+
+def _decision_last(tags: dict[str, str], decision: str) -> dict[str, str]:
+    # Registries may write tags one at a time: `mlcd.decision` goes last, so its presence means all are there.
+    return {**tags, "mlcd.decision": decision}
 
 
 def _rule_tags(outcomes: list[events.RuleOutcome]) -> dict[str, str]:
