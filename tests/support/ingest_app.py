@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from pathlib import Path
 
 import uvicorn
@@ -77,14 +77,26 @@ async def serving(app: FastAPI, port: int | None = None) -> AsyncIterator[str]:
 
 
 @contextmanager
-def serving_in_thread(app: FastAPI) -> Iterator[str]:
-    """Serve `app` from its own thread and loop, for synchronous callers (schemathesis)."""
-    server, url = _server(app)
-    thread = threading.Thread(target=server.run, daemon=True)
+def serving_in_thread(make_app: Callable[[], AbstractAsyncContextManager[FastAPI]]) -> Iterator[str]:
+    """Serve the app `make_app` opens, from a thread with its own loop (for synchronous callers).
+
+    The app's engine and bus are made and closed inside that loop, where they are used.
+    """
+    port = processes.free_port()
+    servers: list[uvicorn.Server] = []
+
+    async def main() -> None:
+        async with make_app() as app:
+            server, _ = _server(app, port)
+            servers.append(server)
+            await server.serve()
+
+    thread = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
     thread.start()
     try:
-        processes.wait_until(lambda: server.started, 30, "ingest app")
-        yield url
+        processes.wait_until(lambda: bool(servers) and servers[0].started, 30, "ingest app")
+        yield f"http://127.0.0.1:{port}"
     finally:
-        server.should_exit = True
+        if servers:
+            servers[0].should_exit = True
         thread.join(10)

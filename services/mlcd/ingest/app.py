@@ -50,8 +50,13 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
         "headers": {"Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}},
     },
 }
-_JSON_BODY = {
-    "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}}
+_ANY_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "The source's JSON. Once authenticated any body is taken: one mlcd cannot parse is "
+        "answered 202 and parked raw on the DLQ, never refused.",
+        "content": {"application/json": {"schema": {}}},
+    }
 }
 
 
@@ -79,7 +84,7 @@ def router(
             summary=summary,
             response_model=DeliveryResult,
             responses=_RESPONSES,
-            openapi_extra=_JSON_BODY,
+            openapi_extra=_ANY_BODY,
         )
 
     @route("/gitlab", "GitLab push, tag push, merge request, note and pipeline hooks")
