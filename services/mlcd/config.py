@@ -27,6 +27,10 @@ class Settings(BaseSettings):
     kafka_partitions: int = Field(4, description="Partitions of each topic mlcd creates at start-up.")
     kafka_replication_factor: int = Field(1, description="Replication factor of topics mlcd creates.")
     kafka_request_timeout_s: float = Field(10.0, description="Seconds before a produce counts as failed.")
+    kafka_session_timeout_s: float = Field(
+        10.0, description="Consumer group session: a silent member loses its partitions after this long."
+    )
+    kafka_heartbeat_interval_s: float = Field(3.0, description="Consumer heartbeat; a third of the session.")
 
     database_url: str | None = Field(
         None, description="SQLAlchemy async URL (postgresql+asyncpg://…); unset: SQLite in MLCD_HOME."

@@ -41,6 +41,8 @@ def build_bus(settings: Settings) -> Bus:
             enable_idempotence=settings.kafka_enable_idempotence,
             request_timeout_s=settings.kafka_request_timeout_s,
             namespace=settings.kafka_namespace,
+            session_timeout_s=settings.kafka_session_timeout_s,
+            heartbeat_interval_s=settings.kafka_heartbeat_interval_s,
         )
     return MemoryBus(events.TOPICS, partitions=settings.kafka_partitions)
 

@@ -28,6 +28,8 @@ class KafkaBus:
         enable_idempotence: bool = False,
         request_timeout_s: float = 10.0,
         namespace: str = "",
+        session_timeout_s: float = 10.0,
+        heartbeat_interval_s: float = 3.0,
     ) -> None:
         self.bootstrap = bootstrap
         self.namespace = namespace
@@ -36,6 +38,8 @@ class KafkaBus:
         self.replication_factor = replication_factor
         self.enable_idempotence = enable_idempotence
         self.request_timeout_s = request_timeout_s
+        self.session_timeout_s = session_timeout_s
+        self.heartbeat_interval_s = heartbeat_interval_s
         self._producer: AIOKafkaProducer | None = None
         self._subscriptions: list[_KafkaSubscription] = []
 
@@ -119,18 +123,22 @@ class KafkaBus:
 
     async def subscribe(self, group: str, topics: Sequence[str]) -> _KafkaSubscription:
         consumer = AIOKafkaConsumer(
-            *[self.physical(t) for t in topics],
             bootstrap_servers=self.bootstrap,
             group_id=self.physical(group),
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             metadata_max_age_ms=5000,
+            session_timeout_ms=int(self.session_timeout_s * 1000),
+            heartbeat_interval_ms=int(self.heartbeat_interval_s * 1000),
         )
         try:
             await asyncio.wait_for(consumer.start(), self.request_timeout_s)
         except (KafkaError, OSError, TimeoutError) as e:
             await consumer.stop()
             raise AdapterUnavailable(f"Kafka consumer for {group} could not start: {e!r}") from e
+        # Subscribing after start() lets the group join happen in the background of the first polls: a
+        # join can outlast any request timeout while the broker waits out a departed member's session.
+        consumer.subscribe([self.physical(t) for t in topics])
         subscription = _KafkaSubscription(consumer, self)
         self._subscriptions.append(subscription)
         return subscription
