@@ -62,17 +62,18 @@ async def decide(
     if transition.outcome == "repeated":
         await _audit(uow, gate_id, actor, via, decision, "accepted", f"repeated: {transition.reason}")
         return DecisionResult("repeated", gate, transition.reason)
+    if transition.final and not await gates.finish(conn, gate_id, transition.state, actor, reason, now):
+        # Unreachable while the row lock holds; without it the conditional update still lets one decision win.
+        gate = await gates.get(conn, gate_id) or gate
+        message = f"gate is already {gate.state} by {gate.decided_by}"
+        await _audit(uow, gate_id, actor, via, decision, "refused", message)
+        return DecisionResult("conflict", gate, message)
     if transition.record_approval:
         await gates.add_approval(conn, gate_id, actor, now)
     await _audit(uow, gate_id, actor, via, decision, "accepted", reason or transition.reason)
+    gate = await gates.get(conn, gate_id) or gate
     if transition.final:
-        await gates.finish(conn, gate_id, transition.state, actor, reason, now)
-        refreshed = await gates.get(conn, gate_id)
-        assert refreshed is not None
-        _announce(uow, refreshed, actor, reason)
-        gate = refreshed
-    else:
-        gate = await gates.get(conn, gate_id) or gate
+        _announce(uow, gate, actor, reason)
     log.info("gate decided", gate_id=gate_id, actor=actor, via=via, decision=decision, state=gate.state)
     return DecisionResult("accepted", gate, transition.reason or f"gate {gate.state}")
 
