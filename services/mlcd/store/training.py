@@ -1,0 +1,218 @@
+"""The trainer's state: one row per model (its lock, the coalesced follow-up trigger, the newest data) and
+one row per training run (which trigger started it, where it stands, what it produced).
+
+`lock_model` serialises a model's handlers and the run follower on PostgreSQL (row lock); SQLite's
+BEGIN IMMEDIATE already serialises writers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Column, DateTime, Index, Integer, String, Table, Text, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from mlcd.store.tables import metadata
+
+RUNNING = "RUNNING"
+
+training_models = Table(
+    "training_models",
+    metadata,
+    Column("model", String(200), primary_key=True),
+    Column("pending_event_id", String(200), nullable=True),
+    Column("pending_data_uri", Text, nullable=True),
+    Column("pending_reason", Text, nullable=True),
+    Column("pending_commit", String(64), nullable=True),
+    Column("last_data_uri", Text, nullable=True),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+training_runs = Table(
+    "training_runs",
+    metadata,
+    Column("run_name", String(200), primary_key=True),
+    Column("model", String(200), nullable=False),
+    Column("run_id", String(200), nullable=False),
+    Column("trigger_event_id", String(200), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("data_uri", Text, nullable=False),
+    Column("pipeline", String(200), nullable=False),
+    Column("pipeline_version", String(200), nullable=False),
+    Column("commit", String(64), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("checks", Integer, nullable=False),
+    Column("next_check_at", DateTime(timezone=True), nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+    Column("model_version", String(100), nullable=True),
+    Column("outcome", Text, nullable=True),
+    Index("ix_training_runs_model_state", "model", "state"),
+    Index("ix_training_runs_state_next_check", "state", "next_check_at"),
+)
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """Why a model should be trained, on which data: the event that asked for it."""
+
+    model: str
+    event_id: str
+    data_uri: str
+    reason: str
+    commit: str = ""
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    run_name: str
+    model: str
+    run_id: str
+    trigger_event_id: str
+    reason: str
+    data_uri: str
+    pipeline: str
+    pipeline_version: str
+    commit: str
+    state: str
+    checks: int
+    next_check_at: datetime
+    started_at: datetime
+    finished_at: datetime | None = None
+    model_version: str | None = None
+    outcome: str | None = None
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    # SQLite hands timezone-aware columns back naive; every time mlcd stores is UTC.
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+def _run(row: Any) -> TrainingRun:
+    values = dict(row._mapping)
+    for key in ("next_check_at", "started_at", "finished_at"):
+        values[key] = _aware(values[key])
+    return TrainingRun(**values)
+
+
+async def lock_model(conn: AsyncConnection, model: str) -> None:
+    """Create the model's row if needed and hold its lock until the transaction ends."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    await conn.execute(
+        dialect.insert(training_models)
+        .values(model=model, updated_at=datetime.now(UTC))
+        .on_conflict_do_nothing(index_elements=["model"])
+    )
+    await conn.execute(
+        select(training_models.c.model).where(training_models.c.model == model).with_for_update()
+    )
+
+
+async def remember_data(conn: AsyncConnection, model: str, data_uri: str) -> None:
+    await conn.execute(
+        update(training_models)
+        .where(training_models.c.model == model)
+        .values(last_data_uri=data_uri, updated_at=datetime.now(UTC))
+    )
+
+
+async def last_data_uri(conn: AsyncConnection, model: str) -> str | None:
+    value = await conn.scalar(select(training_models.c.last_data_uri).where(training_models.c.model == model))
+    return str(value) if value else None
+
+
+async def queue(conn: AsyncConnection, trigger: Trigger) -> None:
+    """Make `trigger` the model's one follow-up, replacing any older one (newest data wins)."""
+    await conn.execute(
+        update(training_models)
+        .where(training_models.c.model == trigger.model)
+        .values(
+            pending_event_id=trigger.event_id,
+            pending_data_uri=trigger.data_uri,
+            pending_reason=trigger.reason,
+            pending_commit=trigger.commit,
+            updated_at=datetime.now(UTC),
+        )
+    )
+
+
+async def pending(conn: AsyncConnection, model: str) -> Trigger | None:
+    """The model's follow-up trigger, if one waits."""
+    row = (await conn.execute(select(training_models).where(training_models.c.model == model))).first()
+    if row is None or row.pending_event_id is None:
+        return None
+    return Trigger(
+        model, row.pending_event_id, row.pending_data_uri, row.pending_reason, row.pending_commit or ""
+    )
+
+
+async def take_pending(conn: AsyncConnection, model: str) -> Trigger | None:
+    """The model's follow-up trigger, removed from the queue; None when nothing waits."""
+    trigger = await pending(conn, model)
+    if trigger is not None:
+        await conn.execute(
+            update(training_models)
+            .where(training_models.c.model == model)
+            .values(pending_event_id=None, pending_data_uri=None, pending_reason=None, pending_commit=None)
+        )
+    return trigger
+
+
+async def active_run(conn: AsyncConnection, model: str) -> TrainingRun | None:
+    row = (
+        await conn.execute(
+            select(training_runs).where(training_runs.c.model == model, training_runs.c.state == RUNNING)
+        )
+    ).first()
+    return _run(row) if row is not None else None
+
+
+async def get_run(conn: AsyncConnection, run_name: str) -> TrainingRun | None:
+    row = (await conn.execute(select(training_runs).where(training_runs.c.run_name == run_name))).first()
+    return _run(row) if row is not None else None
+
+
+async def runs(conn: AsyncConnection, model: str) -> list[TrainingRun]:
+    """The model's runs, oldest first."""
+    rows = await conn.execute(
+        select(training_runs).where(training_runs.c.model == model).order_by(training_runs.c.started_at)
+    )
+    return [_run(row) for row in rows]
+
+
+async def record_started(conn: AsyncConnection, run: TrainingRun) -> None:
+    await conn.execute(insert(training_runs).values(**run.__dict__))
+
+
+async def due(conn: AsyncConnection, now: datetime, limit: int = 20) -> list[TrainingRun]:
+    """Active runs whose next look is due, soonest first."""
+    rows = await conn.execute(
+        select(training_runs)
+        .where(training_runs.c.state == RUNNING, training_runs.c.next_check_at <= now)
+        .order_by(training_runs.c.next_check_at)
+        .limit(limit)
+    )
+    return [_run(row) for row in rows]
+
+
+async def reschedule(conn: AsyncConnection, run_name: str, checks: int, next_check_at: datetime) -> None:
+    await conn.execute(
+        update(training_runs)
+        .where(training_runs.c.run_name == run_name)
+        .values(checks=checks, next_check_at=next_check_at)
+    )
+
+
+async def record_finished(
+    conn: AsyncConnection, run_name: str, state: str, outcome: str, model_version: str | None = None
+) -> None:
+    await conn.execute(
+        update(training_runs)
+        .where(training_runs.c.run_name == run_name, training_runs.c.state == RUNNING)
+        .values(state=state, outcome=outcome, model_version=model_version, finished_at=datetime.now(UTC))
+    )

@@ -1,0 +1,252 @@
+"""The trainer against the fake KFP API (and once against the real kfp.local runner), with real MLflow."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mlflow import MlflowClient
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from mlcd import events
+from mlcd.adapters.kfp import KfpClientOrchestrator, LocalOrchestrator
+from mlcd.adapters.mlflow import MlflowRegistry
+from mlcd.bus import runtime
+from mlcd.bus.service import bind
+from mlcd.config import Settings
+from mlcd.policy.book import PolicyBook
+from mlcd.store import migrate
+from mlcd.store.database import create_engine
+from mlcd.store.tables import outbox
+from mlcd.store.unit_of_work import UnitOfWork
+from mlcd.trainer import decisions
+from mlcd.trainer.handlers import SERVICE, follow_runs
+from tests.conftest import REPO, unique
+from tests.fakes import kfp_api
+
+MODEL = "wine_quality"
+METRICS = {"accuracy": 0.97, "f1_macro": 0.96}
+
+
+@pytest.fixture
+def fake() -> Iterator[kfp_api.FakeKfp]:
+    with kfp_api.serve() as server:
+        yield server
+
+
+def policies(tmp_path: Path, **parameters: Any) -> PolicyBook:
+    folder = tmp_path / "policies"
+    folder.mkdir()
+    shutil.copy(REPO / "policies" / "defaults.yaml", folder)
+    text = (REPO / "policies" / "wine_quality.yaml").read_text()
+    for key, value in parameters.items():
+        text = text.replace("  parameters:\n", f"  parameters:\n    {key}: {json.dumps(value)}\n")
+    (folder / "wine_quality.yaml").write_text(text)
+    return PolicyBook(folder)
+
+
+@pytest.fixture
+async def kfp_ports(tmp_path: Path, fake: kfp_api.FakeKfp, mlflow_uri: str) -> dict[str, Any]:
+    package = tmp_path / "package.yaml"
+    package.write_text("pipelineInfo:\n  name: wine-quality\n")
+    orchestrator = KfpClientOrchestrator(fake.url, timeout_s=5)
+    await orchestrator.publish("wine_quality", "0123abcd", package)
+    return {
+        "settings": Settings(home=tmp_path, mlflow_tracking_uri=mlflow_uri, kfp_host=fake.url),
+        "policies": policies(tmp_path),
+        "orchestrator": orchestrator,
+        "registry": MlflowRegistry(mlflow_uri),
+    }
+
+
+async def deliver(engine: AsyncEngine, ports: dict[str, Any], payload: events.Payload, event_id: str) -> None:
+    """Hand one event to the trainer's handlers in one transaction, as the runtime does (inbox aside)."""
+    envelope = events.new_event(payload, source="test", id=event_id)
+    async with engine.begin() as conn:
+        uow = UnitOfWork(conn, SERVICE.source, cause=envelope)
+        for handler in SERVICE.handlers[type(payload)]:
+            await bind(handler, ports)(envelope, uow)
+        await uow.flush()
+
+
+async def emitted(engine: AsyncEngine, payload_type: type[events.Payload]) -> list[dict[str, Any]]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            select(outbox.c.value).where(outbox.c.event_type == payload_type.type).order_by(outbox.c.seq)
+        )
+        return [json.loads(row.value) for row in rows]
+
+
+async def follow_until(
+    engine: AsyncEngine, ports: dict[str, Any], done: Callable[[], Awaitable[bool]], timeout_s: float = 120
+) -> None:
+    """Run the trainer's follow timer until `done()` holds."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        async with runtime.unit_of_work(engine, SERVICE.source) as uow:
+            await bind(follow_runs, ports)(uow)
+        if await done():
+            return
+        assert time.monotonic() < deadline, "the trainer did not report in time"
+        await asyncio.sleep(0.2)
+
+
+def validated(uri: str) -> events.DataValidated:
+    return events.DataValidated(
+        model=MODEL, uri=uri, rows=178, suite="wine_quality", result_uri=uri + ".json"
+    )
+
+
+class Crash(Exception):
+    pass
+
+
+async def test_trigger_redelivered_after_a_crash_starts_one_run(
+    engine: AsyncEngine, fake: kfp_api.FakeKfp, kfp_ports: dict[str, Any]
+) -> None:
+    trigger_id = unique("evt")
+    with pytest.raises(Crash):  # the run was created, then the transaction died before its commit
+        async with engine.begin() as conn:
+            envelope = events.new_event(
+                validated("s3://landing/wine_quality/a.csv"), source="test", id=trigger_id
+            )
+            await bind(SERVICE.handlers[events.DataValidated][0], kfp_ports)(envelope, UnitOfWork(conn, "t"))
+            raise Crash
+
+    await deliver(engine, kfp_ports, validated("s3://landing/wine_quality/a.csv"), trigger_id)
+    await deliver(engine, kfp_ports, validated("s3://landing/wine_quality/a.csv"), trigger_id)
+
+    assert len(fake.created_runs()) == 1
+    started = await emitted(engine, events.TrainingStarted)
+    assert len(started) == 1
+    assert started[0]["run_name"] == decisions.run_name(MODEL, trigger_id)
+    assert started[0]["pipeline_version"] == "0123abcd"
+    run = fake.run_named(decisions.run_name(MODEL, trigger_id))
+    assert run["runtime_config"]["parameters"]["data_uri"] == "s3://landing/wine_quality/a.csv"
+    assert run["runtime_config"]["parameters"]["n_estimators"] == 50  # from the model's policy
+
+
+async def test_triggers_during_a_run_coalesce_into_one_follow_up_on_the_newest_data(
+    engine: AsyncEngine, fake: kfp_api.FakeKfp, kfp_ports: dict[str, Any]
+) -> None:
+    first, second, third = unique("evt"), unique("evt"), unique("evt")
+    await deliver(engine, kfp_ports, validated("s3://landing/wine_quality/1.csv"), first)
+    await deliver(engine, kfp_ports, validated("s3://landing/wine_quality/2.csv"), second)
+    await deliver(engine, kfp_ports, events.RetrainRequested(model=MODEL, reason="drift"), third)
+    assert len(fake.created_runs()) == 1
+
+    first_run = fake.run_named(decisions.run_name(MODEL, first))
+    fake.finish(
+        first_run["run_id"], "SUCCEEDED", outputs={"model_version": "4", "metrics": json.dumps(METRICS)}
+    )
+
+    async def succeeded() -> bool:
+        return bool(await emitted(engine, events.TrainingSucceeded))
+
+    await follow_until(engine, kfp_ports, succeeded)
+    assert len(fake.created_runs()) == 2
+    follow_up = fake.run_named(decisions.run_name(MODEL, third))
+    assert follow_up["runtime_config"]["parameters"]["data_uri"] == "s3://landing/wine_quality/2.csv"
+    [result] = await emitted(engine, events.TrainingSucceeded)
+    assert result["model_version"] == "4" and result["metrics"] == METRICS
+    assert result["data_uri"] == "s3://landing/wine_quality/1.csv"
+    assert [s["trigger_event_id"] for s in await emitted(engine, events.TrainingStarted)] == [first, third]
+
+
+async def test_failing_task_reports_training_failed_with_the_reason(
+    engine: AsyncEngine, fake: kfp_api.FakeKfp, kfp_ports: dict[str, Any]
+) -> None:
+    trigger_id = unique("evt")
+    await deliver(engine, kfp_ports, validated("s3://landing/wine_quality/a.csv"), trigger_id)
+    run = fake.run_named(decisions.run_name(MODEL, trigger_id))
+
+    fake.finish(run["run_id"], "FAILED", failed_task="train-model", error="ValueError: too few rows")
+
+    async def failed() -> bool:
+        return bool(await emitted(engine, events.TrainingFailed))
+
+    await follow_until(engine, kfp_ports, failed)
+    [report] = await emitted(engine, events.TrainingFailed)
+    assert report["reason"] == "task train-model failed"
+    assert report["failed_task"] == "train-model"
+    assert "too few rows" in report["log_tail"]
+
+
+async def test_a_cluster_run_finds_its_model_version_in_mlflow(
+    engine: AsyncEngine, fake: kfp_api.FakeKfp, kfp_ports: dict[str, Any], mlflow_uri: str
+) -> None:
+    model = unique("wine")
+    trigger_id = unique("evt")
+    (kfp_ports["policies"].folder / "other.yaml").write_text(
+        f"model: {model}\ntraining:\n  pipeline: wine_quality\n"
+    )
+    batch = events.DataValidated(model=model, uri="s3://landing/b.csv", rows=9, suite="s", result_uri="r")
+    await deliver(engine, kfp_ports, batch, trigger_id)
+    client = MlflowClient(tracking_uri=mlflow_uri)
+    mlflow_run = client.create_run(client.create_experiment(unique("exp")))
+    client.log_metric(mlflow_run.info.run_id, "accuracy", 0.91)
+    client.create_registered_model(model)
+    version = client.create_model_version(
+        model, source=f"runs:/{mlflow_run.info.run_id}/model", run_id=mlflow_run.info.run_id
+    ).version
+    name = decisions.run_name(model, trigger_id)
+    client.set_registered_model_alias(model, decisions.run_alias(name), version)
+
+    fake.finish(fake.run_named(name)["run_id"], "SUCCEEDED")
+
+    async def succeeded() -> bool:
+        return bool(await emitted(engine, events.TrainingSucceeded))
+
+    await follow_until(engine, kfp_ports, succeeded)
+    [result] = await emitted(engine, events.TrainingSucceeded)
+    assert result["model_version"] == str(version) and result["metrics"]["accuracy"] == 0.91
+    assert decisions.run_alias(name) not in client.get_registered_model(model).aliases
+
+
+async def test_retrain_without_any_data_raises_a_notice(
+    engine: AsyncEngine, fake: kfp_api.FakeKfp, kfp_ports: dict[str, Any]
+) -> None:
+    await deliver(engine, kfp_ports, events.RetrainRequested(model=MODEL, reason="drift"), unique("evt"))
+
+    assert fake.created_runs() == []
+    [notice] = await emitted(engine, events.NoticeRaised)
+    assert "no data batch was validated yet" in notice["message"]
+
+
+@pytest.mark.slow
+async def test_a_real_failing_pipeline_task_reports_training_failed(
+    tmp_path: Path, sqlite_url: str, mlflow_uri: str
+) -> None:
+    script = REPO / "pipelines" / "wine_quality" / "make_batches.py"
+    await asyncio.to_thread(subprocess.run, [sys.executable, str(script), str(tmp_path / "data")], check=True)
+    engine = create_engine(sqlite_url)
+    await migrate.upgrade(engine)
+    orchestrator = LocalOrchestrator(tmp_path / "home", REPO / "pipelines")
+    ports = {
+        "settings": Settings(home=tmp_path / "home", mlflow_tracking_uri=mlflow_uri),
+        "policies": policies(tmp_path, fail_on_purpose=True),
+        "orchestrator": orchestrator,
+        "registry": MlflowRegistry(mlflow_uri),
+    }
+    try:
+        await deliver(engine, ports, validated((tmp_path / "data" / "clean.csv").as_uri()), unique("evt"))
+
+        async def failed() -> bool:
+            return bool(await emitted(engine, events.TrainingFailed))
+
+        await follow_until(engine, ports, failed, timeout_s=240)
+        [report] = await emitted(engine, events.TrainingFailed)
+        assert report["failed_task"] == "train-model"
+        assert "fail_on_purpose is set" in report["log_tail"]
+    finally:
+        await orchestrator.close()
+        await engine.dispose()
