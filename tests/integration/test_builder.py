@@ -290,3 +290,26 @@ async def test_embedded_default_builds_the_working_tree_into_mlcd_home(
     assert kept.is_file()
     assert "# Name: wine-quality" in kept.read_text()
     assert [type(e) for e in emitted] == [events.PipelinePublished]
+
+
+async def test_push_publishes_a_version_on_kubeflow_and_links_it(
+    engine: AsyncEngine, ports: dict[str, Any], fake: FakeGitLab
+) -> None:
+    from mlcd.adapters import kfp
+    from tests.fakes import kfp_api
+
+    with kfp_api.serve() as kfp_server:
+        settings = ports["settings"].model_copy(update={"kfp_host": kfp_server.url, "kfp_timeout_s": 10.0})
+        on_kubeflow = {**ports, "settings": settings, "orchestrator": kfp.build(settings)}
+
+        emitted = await deliver(engine, push(GOOD), on_kubeflow)
+        again = await deliver(engine, push(GOOD), on_kubeflow)
+
+    published = emitted[0]
+    assert isinstance(published, events.PipelinePublished)
+    assert published.version == GOOD[:8] and published.pipeline_id and published.version_id
+    assert again == emitted
+    assert [v["display_name"] for v in kfp_server.versions.values()].count(GOOD[:8]) == 1
+    assert fake.statuses(PROJECT, GOOD)[-1]["target_url"] == (
+        f"{kfp_server.url}/#/pipelines/details/{published.pipeline_id}/version/{published.version_id}"
+    )
