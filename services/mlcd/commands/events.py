@@ -54,10 +54,11 @@ def tail(
     """Print events as they are journaled, until Ctrl-C."""
 
     async def work(engine: AsyncEngine, settings: Settings) -> None:
-        async with engine.connect() as conn:
-            cursor = await _newest_seq(conn)
-        typer.echo(f"following the journal after event #{cursor} (Ctrl-C to stop)", err=True)
         printed: set[int] = set()
+        async with engine.connect() as conn:
+            cursor = await _oldest_unsettled_seq(conn) - 1
+            cursor, _already_journaled = await _journaled_after(conn, cursor, printed, model, event_type)
+        typer.echo(f"following the journal after event #{cursor} (Ctrl-C to stop)", err=True)
         while True:
             async with engine.connect() as conn:
                 cursor, fresh = await _journaled_after(conn, cursor, printed, model, event_type)
@@ -71,12 +72,16 @@ def tail(
         raise typer.Exit(0) from None
 
 
-async def _newest_seq(conn: AsyncConnection) -> int:
+async def _oldest_unsettled_seq(conn: AsyncConnection) -> int:
+    """The seq of the oldest row still waiting for the relay, else the one after the newest row."""
     from sqlalchemy import func, select
 
     from mlcd.store.tables import outbox
 
-    return int(await conn.scalar(select(func.max(outbox.c.seq))) or 0)
+    unsent = await conn.scalar(select(func.min(outbox.c.seq)).where(outbox.c.sent_at.is_(None)))
+    if unsent is not None:
+        return int(unsent)
+    return int(await conn.scalar(select(func.max(outbox.c.seq))) or 0) + 1
 
 
 async def _journaled_after(

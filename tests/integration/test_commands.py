@@ -1,0 +1,199 @@
+"""`mlcd db`, `mlcd events` and `mlcd dlq` against real stores, as a user at a terminal sees them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer
+from sqlalchemy.ext.asyncio import AsyncEngine
+from typer.testing import CliRunner
+
+from mlcd import events
+from mlcd.commands import db as db_command
+from mlcd.commands import dlq as dlq_command
+from mlcd.commands import events as events_command
+from mlcd.store import dead_letters, outbox
+from tests.support import flows
+
+
+def _invoke(app: typer.Typer, args: list[str], store_url: str) -> Any:
+    return CliRunner().invoke(app, args, env={"MLCD_DATABASE_URL": store_url})
+
+
+def _event(model: str, minute: int, payload: events.Payload | None = None) -> events.Envelope[Any]:
+    data = payload or events.RetrainRequested(model=model, reason=f"minute {minute}")
+    time = datetime(2026, 11, 23, 12, minute, tzinfo=UTC)
+    return events.new_event(data, source="mlcd/test", id=f"{model}-{minute}", time=time)
+
+
+@pytest.fixture
+async def journaled(engine: AsyncEngine) -> list[events.Envelope[Any]]:
+    """Three journaled events, oldest first, plus one still waiting for the relay (not journaled)."""
+    sent = [
+        _event("wine_quality", 1),
+        _event("churn", 2),
+        _event("wine_quality", 3, events.NoticeRaised(model="wine_quality", message="drift")),
+    ]
+    async with engine.begin() as conn:
+        await outbox.add(conn, sent, sent=True)
+        await outbox.add(conn, [_event("wine_quality", 4)])
+    return sent
+
+
+def test_db_upgrade_creates_the_schema_and_current_reports_it(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'new.db'}"
+    before = _invoke(db_command.app, ["current"], url)
+    assert (before.exit_code, before.stdout.strip()) == (0, "none (run `mlcd db upgrade`)")
+
+    upgraded = _invoke(db_command.app, ["upgrade"], url)
+    assert upgraded.exit_code == 0
+    revision = upgraded.stdout.strip().rpartition(" is at revision ")[2]
+    assert revision and revision != "None"
+
+    after = _invoke(db_command.app, ["current"], url)
+    assert (after.exit_code, after.stdout.strip()) == (0, revision)
+
+
+def test_command_against_an_unreachable_store_prints_one_line_and_exits_1() -> None:
+    result = _invoke(dlq_command.app, ["list"], "postgresql+asyncpg://mlcd:hunter2@127.0.0.1:1/none")
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    assert result.stderr.startswith("error: state store postgresql+asyncpg://mlcd:***@127.0.0.1:1/none")
+    assert "hunter2" not in result.output
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_command_against_an_unmigrated_store_suggests_the_upgrade(tmp_path: Path) -> None:
+    result = _invoke(events_command.app, ["list"], f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}")
+    assert result.exit_code == 1
+    assert "no such table: outbox" in result.stderr and "mlcd db upgrade" in result.stderr
+
+
+def test_events_list_prints_journaled_cloudevents_newest_first(
+    journaled: list[events.Envelope[Any]], store_url: str
+) -> None:
+    result = _invoke(events_command.app, ["list", "--json"], store_url)
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [e["id"] for e in lines] == ["wine_quality-3", "churn-2", "wine_quality-1"]
+    assert lines[-1] == {**journaled[0].structured(), "time": "2026-11-23T12:01:00+00:00"}
+
+
+def _ids(json_lines: str, field: str = "id") -> list[str]:
+    return [json.loads(line)[field] for line in json_lines.splitlines()]
+
+
+def test_events_list_filters_by_model_and_type(journaled: list[events.Envelope[Any]], store_url: str) -> None:
+    by_model = _invoke(events_command.app, ["list", "--json", "--model", "wine_quality"], store_url)
+    assert [json.loads(line)["id"] for line in by_model.stdout.splitlines()] == [
+        "wine_quality-3",
+        "wine_quality-1",
+    ]
+    by_type = _invoke(events_command.app, ["list", "--json", "--type", events.NoticeRaised.type], store_url)
+    assert [json.loads(line)["id"] for line in by_type.stdout.splitlines()] == ["wine_quality-3"]
+    limited = _invoke(events_command.app, ["list", "--json", "--limit", "1"], store_url)
+    assert len(limited.stdout.splitlines()) == 1
+
+
+def test_events_list_as_a_table_shows_type_model_and_id(
+    journaled: list[events.Envelope[Any]], store_url: str
+) -> None:
+    result = _invoke(events_command.app, ["list", "--model", "churn"], store_url)
+    assert result.exit_code == 0
+    [line] = result.stdout.splitlines()
+    assert "mlcd.training.retrain_requested.v1" in line and "churn" in line and "churn-2" in line
+
+
+def test_events_list_says_so_when_nothing_matches(
+    journaled: list[events.Envelope[Any]], store_url: str
+) -> None:
+    result = _invoke(events_command.app, ["list", "--model", "nobody"], store_url)
+    assert (result.exit_code, result.stdout.strip()) == (0, "no events journaled matching the filters")
+
+
+async def test_events_tail_prints_events_as_they_are_journaled(
+    journaled: list[events.Envelope[Any]], engine: AsyncEngine, store_url: str
+) -> None:
+    tail = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        "from mlcd.commands.events import app; app(prog_name='mlcd events')",
+        "tail",
+        "--json",
+        "--model",
+        "wine_quality",
+        "--interval",
+        "0.05",
+        env={**os.environ, "MLCD_DATABASE_URL": store_url},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert tail.stderr is not None and tail.stdout is not None
+        banner = await asyncio.wait_for(tail.stderr.readline(), 30)
+        assert banner.startswith(b"following the journal")
+        async with engine.begin() as conn:
+            await outbox.add(conn, [_event("churn", 5), _event("wine_quality", 6)], sent=True)
+            # The relay sends the row that was waiting: seq order is kept even though it was sent later.
+            pending = await outbox.unsent(conn, 10)
+            await outbox.mark_sent(conn, [p.seq for p in pending])
+        first = json.loads(await asyncio.wait_for(tail.stdout.readline(), 30))
+        second = json.loads(await asyncio.wait_for(tail.stdout.readline(), 30))
+        assert {first["id"], second["id"]} == {"wine_quality-4", "wine_quality-6"}
+    finally:
+        tail.terminate()
+        await tail.wait()
+
+
+async def _park_two(engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        for minute in (1, 2):
+            record = events.encode(_event("wine_quality", minute))
+            await dead_letters.park(conn, "mlcd-trainer", record, "AdapterUnavailable: KFP did not answer", 5)
+
+
+async def test_dlq_list_shows_what_waits_and_replay_queues_it_for_the_relay(
+    engine: AsyncEngine, store_url: str
+) -> None:
+    await _park_two(engine)
+    env = {"MLCD_DATABASE_URL": store_url}
+    code, table, _ = await flows.mlcd_command("dlq", "list", env=env)
+    assert code == 0
+    assert "mlcd-trainer" in table and "AdapterUnavailable: KFP did not answer" in table
+    assert len(table.splitlines()) == 3
+
+    letters = [
+        json.loads(line)
+        for line in (await flows.mlcd_command("dlq", "list", "--json", env=env))[1].splitlines()
+    ]
+    first_id = min(letter["id"] for letter in letters)
+    code, out, _ = await flows.mlcd_command("dlq", "replay", str(first_id), env=env)
+    assert (code, out.strip()) == (
+        0,
+        "replayed 1 dead letter(s); the relay publishes them to their original topics",
+    )
+    async with engine.connect() as conn:
+        [pending] = await outbox.unsent(conn, 10)
+    assert pending.record.topic == "mlcd.training" and pending.record.header("ce_id") == "wine_quality-1"
+
+    code, _, err = await flows.mlcd_command("dlq", "replay", str(first_id), env=env)
+    assert code == 1 and "already replayed" in err
+    code, waiting, _ = await flows.mlcd_command("dlq", "list", "--json", env=env)
+    assert _ids(waiting, "event_id") == ["wine_quality-2"]
+    code, everything, _ = await flows.mlcd_command("dlq", "list", "--all", env=env)
+    assert "[replayed]" in everything
+
+
+def test_dlq_list_on_an_empty_store_says_nothing_waits(engine: AsyncEngine, store_url: str) -> None:
+    result = _invoke(dlq_command.app, ["list"], store_url)
+    assert (result.exit_code, result.stdout.strip()) == (
+        0,
+        "no dead letters waiting (--all shows replayed ones)",
+    )
