@@ -93,6 +93,7 @@ async def test_local_run_registers_a_model_version_with_metrics_and_tags(
     assert registered.tags["data_uri"] == data_uri
     assert registered.tags["git_commit"] == "0123abcd"
     assert registered.tags["pipeline_version"] == "tree"
+    assert registered.run_id is not None
     metrics = client.get_run(registered.run_id).data.metrics
     assert metrics["accuracy"] > 0.8
     assert {"f1_macro", "recall_class_0", "recall_class_1", "recall_class_2"} <= set(metrics)
