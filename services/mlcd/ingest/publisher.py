@@ -66,16 +66,35 @@ class Publisher:
 
     async def deliver(self, envelopes: Sequence[Envelope]) -> Outcome:
         """Make the events durable; raises AdapterUnavailable when neither broker nor store takes them."""
-        fresh, behind = await self._fresh(envelopes)
-        if not fresh:
-            return Outcome(Status.DUPLICATE, envelopes)
-        records = [events.encode(e) for e in fresh]
-        if not behind and self._clock() >= self._broker_suspect_until and await self._publish(records):
-            await self._journal_sent(fresh)
+        published = False
+        try:
+            async with asyncio.timeout(2 * self.timeout_s), self.engine.begin() as conn:
+                keys = [(type(e.data).topic(), e.key.encode()) for e in envelopes]
+                known, behind = await ingest_store.known_and_waiting(conn, [e.id for e in envelopes], keys)
+                fresh = [e for e in envelopes if e.id not in known]
+                if not fresh:
+                    return Outcome(Status.DUPLICATE, envelopes)
+                published = (
+                    not behind
+                    and self._broker_trusted()
+                    and await self._publish([events.encode(e) for e in fresh])
+                )
+                if published:
+                    await _relax_durability(conn)
+                await outbox.add(conn, fresh, sent=published)
+        except STORE_ERRORS as e:
+            if published:
+                # The broker holds the events; only the journal line (and redelivery detection) is missing.
+                log.warning("published but not journaled", error=repr(e))
+                return Outcome(Status.PUBLISHED, envelopes)
+            log.warning("store unavailable; cannot tell redeliveries apart", error=repr(e))
+            if self._broker_trusted() and await self._publish([events.encode(e) for e in envelopes]):
+                return Outcome(Status.PUBLISHED, envelopes)
+            raise AdapterUnavailable("neither the broker nor the state store accepted the event") from e
+        if published:
             return Outcome(Status.PUBLISHED, fresh)
-        if await self._spool(fresh):
-            return Outcome(Status.SPOOLED, fresh)
-        raise AdapterUnavailable("neither the broker nor the state store accepted the event")
+        self._wake()
+        return Outcome(Status.SPOOLED, fresh)
 
     async def park(self, raw: events.Record, reason: str, journal: Envelope) -> Outcome:
         """Keep an unparseable delivery raw on the DLQ with its reason, and journal that it came."""
@@ -89,22 +108,11 @@ class Publisher:
                 await outbox.add(conn, [journal])
         except STORE_ERRORS as e:
             log.warning("store unavailable; parking on the broker directly", error=repr(e))
-            if await self._publish([dlq, events.encode(journal)]):
+            if self._broker_trusted() and await self._publish([dlq, events.encode(journal)]):
                 return Outcome(Status.PARKED, [journal])
             raise AdapterUnavailable("neither the state store nor the broker accepted the dead letter") from e
         self._wake()
         return Outcome(Status.PARKED, [journal])
-
-    async def _fresh(self, envelopes: Sequence[Envelope]) -> tuple[list[Envelope], bool]:
-        """Events not yet in the outbox, and whether an earlier event for one of their keys waits there."""
-        try:
-            async with asyncio.timeout(self.timeout_s), self.engine.begin() as conn:
-                fresh = [e for e in envelopes if not await outbox.contains(conn, e.id)]
-                keys = [(type(e.data).topic(), e.key.encode()) for e in fresh]
-                return fresh, await ingest_store.waiting_for(conn, keys)
-        except STORE_ERRORS as e:
-            log.warning("store unavailable; cannot tell redeliveries apart", error=repr(e))
-            return list(envelopes), False
 
     async def _publish(self, records: list[events.Record]) -> bool:
         try:
@@ -118,24 +126,8 @@ class Publisher:
             metrics.EVENTS_PUBLISHED.labels(record.header("ce_type") or "raw").inc()
         return True
 
-    async def _journal_sent(self, envelopes: list[Envelope]) -> None:
-        try:
-            async with asyncio.timeout(self.timeout_s), self.engine.begin() as conn:
-                await _relax_durability(conn)
-                await outbox.add(conn, envelopes, sent=True)
-        except STORE_ERRORS as e:
-            # The broker holds the event; only the journal line (and redelivery detection) is missing.
-            log.warning("published but not journaled", error=repr(e), event_ids=[e.id for e in envelopes])
-
-    async def _spool(self, envelopes: list[Envelope]) -> bool:
-        try:
-            async with asyncio.timeout(self.timeout_s), self.engine.begin() as conn:
-                await outbox.add(conn, envelopes)
-        except STORE_ERRORS as e:
-            log.error("store unavailable too; the delivery is refused", error=repr(e))
-            return False
-        self._wake()
-        return True
+    def _broker_trusted(self) -> bool:
+        return self._clock() >= self._broker_suspect_until
 
     def _wake(self) -> None:
         if self.waker is not None:
