@@ -36,10 +36,11 @@ def load_batch(
 
         if not s3_endpoint:
             raise ValueError(f"{data_uri} is an S3 URI but no s3_endpoint was given")
+        bucket, _, key = data_uri.removeprefix("s3://").partition("/")  # the key as stored, not URL-decoded
         secure = s3_endpoint.startswith("https://")
         endpoint = s3_endpoint.removeprefix("https://").removeprefix("http://").rstrip("/")
         client = Minio(endpoint, access_key=s3_access_key, secret_key=s3_secret_key, secure=secure)
-        response = client.get_object(parsed.netloc, urllib.parse.unquote(parsed.path.lstrip("/")))
+        response = client.get_object(bucket, key)
         try:
             raw = response.read()
         finally:
