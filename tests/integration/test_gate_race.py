@@ -91,10 +91,10 @@ async def test_racing_decisions_from_two_processes_let_exactly_one_win(
         audits = [await gates.audit_log(conn, gate.id) for gate in opened]
     await engine.dispose()
     assert decisions == ROUNDS
-    for gate, entries in zip(final, audits, strict=True):
-        assert gate is not None and gate.state in {"approved", "rejected"}
-        winner = {"approved": "olivia", "rejected": "oscar"}[gate.state]
-        assert gate.decided_by == winner
+    for decided, entries in zip(final, audits, strict=True):
+        assert decided is not None and decided.state in {"approved", "rejected"}
+        winner = {"approved": "olivia", "rejected": "oscar"}[decided.state]
+        assert decided.decided_by == winner
         assert sorted((e.actor, e.outcome) for e in entries) == sorted(
             [(winner, "accepted"), ({"olivia", "oscar"}.difference({winner}).pop(), "refused")]
         )

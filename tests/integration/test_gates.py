@@ -219,10 +219,11 @@ async def stack(engine: AsyncEngine, mlflow_uri: str, tmp_path: Path) -> AsyncIt
             handler_backoff_initial_s=0.05,
         )
         policies = PolicyBook(folder)
+        code_host = GitLabCodeHost(gitlab.url, gitlab.token, timeout_s=10)
         ports = {
             "policies": policies,
             "registry": MlflowRegistry(mlflow_uri),
-            "code_host": GitLabCodeHost(gitlab.url, gitlab.token, timeout_s=10),
+            "code_host": code_host,
             "notifier": LogNotifier(),
         }
         service = dataclasses.replace(
@@ -232,7 +233,7 @@ async def stack(engine: AsyncEngine, mlflow_uri: str, tmp_path: Path) -> AsyncIt
         host = ServiceHost(settings, [service], ports, bus=bus, engine=engine)
         await host.start()
         app = FastAPI()
-        app.include_router(router(engine, host.waker, policies, identify, code_host=ports["code_host"]))
+        app.include_router(router(engine, host.waker, policies, identify, code_host=code_host))
         app.include_router(ingest_router(settings=settings, policies=policies, bus=bus, engine=engine))
         try:
             async with serving(app) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:

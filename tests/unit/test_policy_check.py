@@ -44,10 +44,15 @@ def test_every_error_is_named_with_its_line(tmp_path: Path) -> None:
         (3, "unknown field 'approval.groupz'"),
         (4, "approval.count: Input should be greater than or equal to 1"),
         (8, "promotion.rules.0.expr: CEL syntax error at column 28: unexpected '>='"),
-        (10, "promotion.rules.1.expr: unknown identifier 'candiate' (known: candidate, champion, data, training)"),
+        (
+            10,
+            "promotion.rules.1.expr: unknown identifier 'candiate' "
+            "(known: candidate, champion, data, training)",
+        ),
         (
             12,
-            "promotion.rules.2.expr: unknown field 'metricz' of candidate (known: metrics, params, run_id, tags, version)",
+            "promotion.rules.2.expr: unknown field 'metricz' of candidate "
+            "(known: metrics, params, run_id, tags, version)",
         ),
         (13, "missing field 'promotion.rules.3.name'"),
         (15, "rollout.steps: Value error, steps must rise strictly and end at 100"),

@@ -30,7 +30,13 @@ CASES = [
     (NO_REGRESSION, {"accuracy": 0.95}, None, False, "there is no champion"),
     (GUARDED, {"accuracy": 0.5}, None, True, ""),
     (GUARDED, {"accuracy": 0.85}, {"accuracy": 0.9}, False, ""),
-    ("candidate.metrics.f1_macro >= 0.75", {"accuracy": 0.9}, None, False, "missing: candidate.metrics.f1_macro"),
+    (
+        "candidate.metrics.f1_macro >= 0.75",
+        {"accuracy": 0.9},
+        None,
+        False,
+        "missing: candidate.metrics.f1_macro",
+    ),
     (NO_REGRESSION, {"accuracy": 0.9}, {"f1": 0.9}, False, "missing: champion.metrics.accuracy"),
     ("candidate.metrics.accuracy", {"accuracy": 0.9}, None, False, "not true or false"),
     ("has(candidate.metrics.auc) ? candidate.metrics.auc > 0.7 : true", {"accuracy": 0.9}, None, True, ""),
@@ -81,7 +87,9 @@ def test_without_champion_first_model_rules_apply() -> None:
 
 def test_without_first_model_rules_the_usual_rules_see_a_null_champion() -> None:
     compiled = rules.compile_policy(_policy(rules=[{"name": "guarded", "expr": GUARDED}]))
-    outcomes = rules.evaluate(compiled.rules_for(has_champion=False), rules.Context(candidate=_version(accuracy=0.1)))
+    outcomes = rules.evaluate(
+        compiled.rules_for(has_champion=False), rules.Context(candidate=_version(accuracy=0.1))
+    )
     assert [o.passed for o in outcomes] == [True]
 
 
@@ -156,8 +164,20 @@ def _gate(**overrides: Any) -> decisions.GateFacts:
         (_gate(), "alice", "reject", "accepted", "rejected"),
         (_gate(approvals_required=2), "bob", "approve", "accepted", "open"),
         (_gate(approvals_required=2, approvals=frozenset({"bob"})), "bob", "approve", "repeated", "open"),
-        (_gate(approvals_required=2, approvals=frozenset({"bob"})), "carol", "approve", "accepted", "approved"),
-        (_gate(state="approved", decided_by="bob", approvals=frozenset({"bob"})), "bob", "approve", "repeated", "approved"),
+        (
+            _gate(approvals_required=2, approvals=frozenset({"bob"})),
+            "carol",
+            "approve",
+            "accepted",
+            "approved",
+        ),
+        (
+            _gate(state="approved", decided_by="bob", approvals=frozenset({"bob"})),
+            "bob",
+            "approve",
+            "repeated",
+            "approved",
+        ),
         (_gate(state="approved", decided_by="bob"), "carol", "approve", "conflict", "approved"),
         (_gate(state="approved", decided_by="bob"), "bob", "reject", "conflict", "approved"),
         (_gate(state="rejected", decided_by="bob"), "bob", "reject", "repeated", "rejected"),
