@@ -18,7 +18,7 @@ from mlcd.errors import AdapterUnavailable, Unauthorized
 from mlcd.ingest import alertmanager, gitlab, minio, mlflow_hooks
 from mlcd.ingest.authentication import authenticate
 from mlcd.ingest.delivery import Envelope, ModelDirectory, Source, Unparseable, body_digest, ignored
-from mlcd.ingest.publisher import Outcome, Publisher
+from mlcd.ingest.publisher import Outcome, Publisher, Status
 
 log = logs.get(__name__)
 RETRY_AFTER_S = 30
@@ -134,4 +134,4 @@ def _accepted(outcome: Outcome) -> Answer:
             {"id": e.id, "type": e.type, "model": getattr(e.data, "model", None)} for e in outcome.events
         ],
     }
-    return Answer(200 if outcome.status == "duplicate" else 202, body, {})
+    return Answer(200 if outcome.status is Status.DUPLICATE else 202, body, {})
