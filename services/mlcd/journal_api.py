@@ -34,9 +34,12 @@ def router(
 
     api = APIRouter(prefix="/api/v1", tags=["events"])
 
-    @api.get("/events", summary="Journaled events, newest first, as structured CloudEvents")
+    @api.get(
+        "/events",
+        summary="Journaled events, newest first, as structured CloudEvents",
+        dependencies=[Depends(caller)],
+    )
     async def list_events(
-        _: Annotated[auth.Identity, Depends(caller)],
         model: Annotated[str | None, Query(description="Only events about this model")] = None,
         event_type: Annotated[str | None, Query(alias="type", description="Only this event type")] = None,
         limit: Annotated[int, Query(description=f"How many, 1 to {MAX_LIMIT}")] = 100,
@@ -46,7 +49,7 @@ def router(
         try:
             async with engine_provider().connect() as conn:
                 rows = await outbox.journal(conn, model=model, event_type=event_type, limit=limit)
-        except SQLAlchemyError as e:
+        except (SQLAlchemyError, OSError) as e:
             log.warning("journal query failed", error=str(e))
             raise HTTPException(503, "the state store is unavailable", {"Retry-After": "5"}) from e
         return [event for _, event in rows]
