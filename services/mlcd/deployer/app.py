@@ -1,6 +1,7 @@
 """The deployer's HTTP API: a model's serving status, and the on-call's manual rollback."""
 
-from __future__ import annotations
+# No `from __future__ import annotations`: FastAPI must see the local `caller` dependency in the
+# route signatures at definition time.
 
 from collections.abc import Callable
 from typing import Annotated, Any

@@ -172,7 +172,9 @@ async def advance_one(
         await _supersede(uow, rollout, waiting, policies, registry, serving)
         return
     state = await serving.state(rollout.model)
-    figures = await analysis.measure(rollout.model, rollout.version, policy.rollout.interval.total_seconds())
+    # Only this step's traffic counts: the window starts when the step was applied.
+    window_s = min(policy.rollout.interval.total_seconds(), (_now() - rollout.updated_at).total_seconds())
+    figures = await analysis.measure(rollout.model, rollout.version, max(0.001, window_s))
     verdict = steps.judge(figures, policy.rollout.thresholds, ready=state.ready, not_ready_why=state.message)
     if not verdict.conclusive:
         await rollouts.postpone(uow.connection, rollout, _now() + policy.rollout.interval, verdict.reason)

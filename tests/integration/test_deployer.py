@@ -1,0 +1,380 @@
+"""The deployer for real: MLflow registry, local serving with real predictions (and the KServe adapter
+against the Kubernetes API emulator), rollout state in SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from kubernetes import client
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from mlcd import auth, events
+from mlcd.adapters import kserve
+from mlcd.adapters.mlflow import MlflowRegistry
+from mlcd.adapters.prometheus import LocalAnalysis
+from mlcd.bus import runtime
+from mlcd.bus.memory import MemoryBus
+from mlcd.bus.service import bind
+from mlcd.deployer import app, handlers
+from mlcd.local.serving import LocalServing, PredictionFailed
+from mlcd.policy.book import PolicyBook
+from mlcd.ports import Serving
+from mlcd.store import rollouts
+from mlcd.store.tables import outbox
+from mlcd.store.unit_of_work import UnitOfWork
+from tests.fakes import kube_api
+from tests.support.serving_models import GOOD_ROWS, SHIFTED_ROWS, register_versions
+
+
+@pytest.fixture(scope="module")
+def model(mlflow_uri: str) -> str:
+    name = f"wine_{uuid.uuid4().hex[:8]}"
+    register_versions(mlflow_uri, name)
+    return name
+
+
+@dataclass
+class Deployer:
+    """The deployer's handlers and timer over real adapters, driven step by step by the test."""
+
+    engine: AsyncEngine
+    model: str
+    ports: dict[str, Any]
+    bus: MemoryBus
+
+    @property
+    def serving(self) -> Serving:
+        serving: Serving = self.ports["serving"]
+        return serving
+
+    async def deliver(self, payload: events.Payload) -> None:
+        envelope = events.new_event(payload, source="mlcd/test")
+        chain = handlers.SERVICE.handlers[type(payload)]
+        async with self.engine.begin() as conn:
+            uow = UnitOfWork(conn, handlers.SERVICE.source, cause=envelope)
+            for handler in chain:
+                await bind(handler, self.ports)(uow=uow, event=envelope)
+            await uow.flush()
+        await self.relay()
+
+    async def tick(self, *, due: bool = True, ports: dict[str, Any] | None = None) -> None:
+        if due:
+            async with self.engine.begin() as conn:
+                await conn.execute(update(rollouts.rollouts).values(next_analysis_at=_past()))
+        (timer,) = handlers.SERVICE.timers
+        async with runtime.unit_of_work(self.engine, handlers.SERVICE.source) as uow:
+            await bind(timer.run, ports or self.ports)(uow)
+        await self.relay()
+
+    async def relay(self) -> None:
+        await runtime.OutboxRelay(self.engine, self.bus).publish_pending()
+
+    async def traffic(self, rows: list[list[float]], n: int = 20) -> None:
+        serving = self.ports["serving"]
+        if not isinstance(serving, LocalServing):
+            return
+        for _ in range(n):
+            try:
+                await serving.predict(self.model, rows)
+            except PredictionFailed:
+                pass
+
+    async def emitted(self) -> list[tuple[str, dict[str, Any]]]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(outbox.c.event_type, outbox.c.value)
+                .where(outbox.c.subject == self.model)
+                .order_by(outbox.c.seq)
+            )
+            return [(r.event_type.split(".")[2], json.loads(r.value)) for r in rows]
+
+    async def kinds(self) -> list[str]:
+        return [kind for kind, _ in await self.emitted()]
+
+    async def champion(self) -> str | None:
+        found = await self.ports["registry"].version_by_alias(self.model, "champion")
+        return None if found is None else str(found.version)
+
+
+def _past() -> Any:
+    from datetime import UTC, datetime, timedelta
+
+    return datetime.now(UTC) - timedelta(seconds=1)
+
+
+def _policies(folder: Path, model: str, mode: str = "serverless") -> PolicyBook:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{model}.yaml").write_text(
+        f"model: {model}\nserving_name: {model.replace('_', '-')}\n"
+        f"rollout:\n  mode: {mode}\n  steps: [10, 50, 100]\n  interval: 30s\n"
+        "  thresholds: {max_error_rate: 0.05, max_p95_latency_s: 2.0}\n"
+    )
+    return PolicyBook(folder)
+
+
+async def _reset_champion(deployer: Deployer) -> None:
+    registry = deployer.ports["registry"]
+    await registry.set_alias(deployer.model, "champion", "1")
+    await deployer.serving.promote(
+        deployer.model, "1", (await registry.get_version(deployer.model, "1")).source
+    )
+
+
+@pytest.fixture
+async def local(engine: AsyncEngine, model: str, mlflow_uri: str, tmp_path: Path) -> AsyncIterator[Deployer]:
+    serving = LocalServing(tmp_path / "home", mlflow_uri)
+    ports = {
+        "policies": _policies(tmp_path / "policies", model),
+        "registry": MlflowRegistry(mlflow_uri),
+        "serving": serving,
+        "analysis": LocalAnalysis(serving),
+    }
+    deployer = Deployer(engine, model, ports, MemoryBus(events.TOPICS))
+    await _reset_champion(deployer)
+    yield deployer
+
+
+def _payload(kind: str, emitted: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    return [data for k, data in emitted if k == kind]
+
+
+async def test_clean_rollout_goes_through_every_step_and_moves_champion(local: Deployer) -> None:
+    await local.deliver(events.PromotionApproved(model=local.model, model_version="2"))
+    state = await local.serving.state(local.model)
+    assert (state.stable_version, state.canary_version, state.canary_percent) == ("1", "2", 10)
+
+    await local.traffic(GOOD_ROWS)
+    await local.tick()
+    assert (await local.serving.state(local.model)).canary_percent == 50
+
+    await local.traffic(GOOD_ROWS)
+    await local.tick()
+
+    emitted = await local.emitted()
+    assert [k for k, _ in emitted] == [
+        "rollout_started",
+        "rollout_step_completed",
+        "rollout_step_completed",
+        "rollout_step_completed",
+        "rollout_succeeded",
+    ]
+    assert [p["traffic_percent"] for p in _payload("rollout_step_completed", emitted)] == [10, 50, 100]
+    assert _payload("rollout_step_completed", emitted)[0]["analysis"]["requests"] > 0
+    assert _payload("rollout_succeeded", emitted)[0]["previous_version"] == "1"
+    state = await local.serving.state(local.model)
+    assert (state.stable_version, state.canary_version) == ("2", None)
+    assert await local.champion() == "2"
+    version = await local.ports["registry"].get_version(local.model, "2")
+    assert version.tags[handlers.PREVIOUS_CHAMPION_TAG] == "1"
+
+
+async def test_failed_analysis_at_50_percent_rolls_back_and_keeps_champion(local: Deployer) -> None:
+    await local.deliver(events.PromotionApproved(model=local.model, model_version="3"))
+    await local.traffic(GOOD_ROWS)
+    await local.tick()
+    assert (await local.serving.state(local.model)).canary_percent == 50
+
+    await local.traffic(SHIFTED_ROWS)  # a data shift the new version cannot handle
+    await local.tick()
+
+    emitted = await local.emitted()
+    assert [k for k, _ in emitted][-1] == "rolled_back"
+    (rolled_back,) = _payload("rolled_back", emitted)
+    assert (rolled_back["from_version"], rolled_back["to_version"]) == ("3", "1")
+    assert rolled_back["reason"].startswith("analysis failed at 50%: error rate")
+    assert rolled_back["figures"]["error_rate"] == 1.0
+    state = await local.serving.state(local.model)
+    assert (state.stable_version, state.canary_version) == ("1", None)
+    assert await local.champion() == "1"
+
+
+async def test_drift_rollback_request_returns_a_finished_rollout_to_the_previous_version(
+    local: Deployer,
+) -> None:
+    await local.deliver(events.PromotionApproved(model=local.model, model_version="2"))
+    await local.tick()
+    await local.tick()
+    assert await local.champion() == "2"
+
+    await local.deliver(
+        events.RollbackRequested(
+            model=local.model, reason="drift: critical", requested_by="monitoring policy"
+        )
+    )
+
+    (rolled_back,) = _payload("rolled_back", await local.emitted())
+    assert (rolled_back["from_version"], rolled_back["to_version"]) == ("2", "1")
+    assert "drift" in rolled_back["reason"]
+    assert (await local.serving.state(local.model)).stable_version == "1"
+    assert await local.champion() == "2"  # champion stays where it was unless to_version says otherwise
+
+
+class _Killed(BaseException):
+    """The process dies: nothing after this point runs, the open transaction never commits."""
+
+
+class _DiesAfterSideEffect:
+    def __init__(self, serving: Serving) -> None:
+        self.serving = serving
+
+    async def state(self, model: str) -> Any:
+        return await self.serving.state(model)
+
+    async def set_canary(self, model: str, version: str, artifact_uri: str, percent: int) -> None:
+        await self.serving.set_canary(model, version, artifact_uri, percent)
+        raise _Killed()
+
+
+async def test_a_deployer_killed_between_steps_resumes_without_repeating_a_step(local: Deployer) -> None:
+    await local.deliver(events.PromotionApproved(model=local.model, model_version="2"))
+    await local.traffic(GOOD_ROWS)
+    with pytest.raises(_Killed):
+        await local.tick(ports={**local.ports, "serving": _DiesAfterSideEffect(local.serving)})
+    assert await local.kinds() == ["rollout_started"]
+
+    await local.tick()  # the restarted deployer
+    await local.tick()
+
+    emitted = await local.emitted()
+    assert [p["traffic_percent"] for p in _payload("rollout_step_completed", emitted)] == [10, 50, 100]
+    assert [k for k, _ in emitted].count("rollout_succeeded") == 1
+    assert await local.champion() == "2"
+
+
+async def test_an_approval_during_a_rollout_waits_then_supersedes_it(local: Deployer) -> None:
+    await local.deliver(events.PromotionApproved(model=local.model, model_version="2"))
+    await local.deliver(events.PromotionApproved(model=local.model, model_version="3"))
+    assert (await local.serving.state(local.model)).canary_version == "2"
+
+    await local.tick()
+
+    emitted = await local.emitted()
+    notices = [p["message"] for p in _payload("notice_raised", emitted)]
+    assert "waits behind the rollout of version 2" in notices[0]
+    assert "superseded by version 3" in notices[1]
+    assert [p["model_version"] for p in _payload("rollout_started", emitted)] == ["2", "3"]
+    state = await local.serving.state(local.model)
+    assert (state.stable_version, state.canary_version, state.canary_percent) == ("1", "3", 10)
+    async with local.engine.connect() as conn:
+        history = await rollouts.history(conn, local.model)
+    assert [(r.version, r.state) for r in history] == [("3", "running"), ("2", "superseded")]
+
+
+async def test_manual_rollback_during_a_rollout_through_the_api(local: Deployer) -> None:
+    tokens = {
+        "oncall-token": auth.Identity("olga", frozenset({"oncall"})),
+        "dev-token": auth.Identity("dan", frozenset()),
+    }
+    api = FastAPI()
+    api.include_router(app.router(local.engine, None, local.ports["registry"], tokens.get))
+    await local.deliver(events.PromotionApproved(model=local.model, model_version="2"))
+
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url="http://mlcd") as http:
+        refused = await http.post(
+            f"/api/v1/models/{local.model}/rollback", json={}, headers={"Authorization": "Bearer dev-token"}
+        )
+        anonymous = await http.post(f"/api/v1/models/{local.model}/rollback", json={})
+        accepted = await http.post(
+            f"/api/v1/models/{local.model}/rollback",
+            json={"reason": "latency complaints"},
+            headers={"Authorization": "Bearer oncall-token"},
+        )
+        await _handle_requested_rollbacks(local)
+        status = (
+            await http.get(f"/api/v1/models/{local.model}", headers={"Authorization": "Bearer dev-token"})
+        ).json()
+
+    assert (refused.status_code, anonymous.status_code, accepted.status_code) == (403, 401, 202)
+    assert status["champion"] == "1"
+    assert status["rollout"] is None
+    assert status["last_rollout"]["state"] == "rolled_back"
+    assert status["events"][0]["type"] == events.RolledBack.type
+    assert status["events"][0]["data"]["reason"] == "latency complaints (requested by olga)"
+    state = await local.serving.state(local.model)
+    assert (state.stable_version, state.canary_version) == ("1", None)
+
+
+async def _handle_requested_rollbacks(deployer: Deployer) -> None:
+    subscription = await deployer.bus.subscribe("probe", [events.RollbackRequested.topic()])
+    await deployer.relay()
+    records = await subscription.poll(100, 1.0)
+    for record in records:
+        decoded = events.decode(record)
+        assert not isinstance(decoded, events.DecodeError)
+        if isinstance(decoded.data, events.RollbackRequested):
+            await deployer.deliver(decoded.data)
+
+
+# --- the same deployer over the KServe adapter --------------------------------------------------------
+
+
+@pytest.fixture
+async def on_kserve(
+    engine: AsyncEngine, model: str, mlflow_uri: str, tmp_path: Path
+) -> AsyncIterator[tuple[Deployer, kube_api.KubeApi]]:
+    async with kube_api.running() as cluster:
+        registry = MlflowRegistry(mlflow_uri)
+        name = model.replace("_", "-")
+        cluster.add("models", name, (await registry.get_version(model, "1")).source)
+        policies = _policies(tmp_path / "policies", model)
+        serving = kserve.KServeServing(
+            lambda: client.ApiClient(client.Configuration(host=cluster.url)), "models", policies
+        )
+        counters = LocalServing(tmp_path / "no-traffic", mlflow_uri)
+        ports = {
+            "policies": policies,
+            "registry": registry,
+            "serving": serving,
+            "analysis": LocalAnalysis(counters),
+        }
+        deployer = Deployer(engine, model, ports, MemoryBus(events.TOPICS))
+        await _reset_champion(deployer)
+        yield deployer, cluster
+
+
+async def test_clean_rollout_on_kserve_walks_canary_traffic_percent_up(
+    on_kserve: tuple[Deployer, kube_api.KubeApi],
+) -> None:
+    deployer, cluster = on_kserve
+    name = deployer.model.replace("_", "-")
+    percents: list[Any] = []
+    await deployer.deliver(events.PromotionApproved(model=deployer.model, model_version="2"))
+    percents.append(cluster.get("models", name)["spec"]["predictor"].get("canaryTrafficPercent"))
+    await deployer.tick()
+    percents.append(cluster.get("models", name)["spec"]["predictor"].get("canaryTrafficPercent"))
+    await deployer.tick()
+    percents.append(cluster.get("models", name)["spec"]["predictor"].get("canaryTrafficPercent"))
+
+    assert percents == [10, 50, None]
+    v2 = await deployer.ports["registry"].get_version(deployer.model, "2")
+    assert cluster.get("models", name)["spec"]["predictor"]["model"]["storageUri"] == v2.source
+    assert await deployer.champion() == "2"
+    assert set(cluster.verbs) <= {"get", "list", "patch"}
+
+
+async def test_a_canary_revision_that_never_gets_ready_is_rolled_back_on_kserve(
+    on_kserve: tuple[Deployer, kube_api.KubeApi],
+) -> None:
+    deployer, cluster = on_kserve
+    name = deployer.model.replace("_", "-")
+    registry = deployer.ports["registry"]
+    cluster.fail((await registry.get_version(deployer.model, "3")).source)
+    await deployer.deliver(events.PromotionApproved(model=deployer.model, model_version="3"))
+
+    await deployer.tick()
+
+    (rolled_back,) = _payload("rolled_back", await deployer.emitted())
+    assert rolled_back["reason"].startswith("analysis failed at 10%: revision not Ready")
+    v1 = await registry.get_version(deployer.model, "1")
+    spec = cluster.get("models", name)["spec"]["predictor"]
+    assert spec["model"]["storageUri"] == v1.source and "canaryTrafficPercent" not in spec
+    assert await deployer.champion() == "1"
