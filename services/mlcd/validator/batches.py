@@ -1,14 +1,18 @@
-"""Reading an arrived data batch: which format, and whether it parses into a table (no I/O)."""
+"""Reading an arrived data batch: which format, and whether it parses into a table (no I/O).
+
+pandas is imported with the first batch, so the service starts fast.
+"""
 
 from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from typing import Literal
-
-import pandas as pd
+from typing import TYPE_CHECKING, Literal
 
 from mlcd.policy.schema import DataSource
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 Format = Literal["csv", "parquet"]
 _SUFFIXES: dict[str, Format] = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
@@ -44,6 +48,8 @@ def parse(raw: bytes, fmt: Format) -> Batch:
 
 
 def _csv(raw: bytes) -> pd.DataFrame:
+    import pandas as pd
+
     if raw.startswith(_PARQUET_MAGIC):
         raise Unreadable("the file is named .csv but holds Parquet data")
     try:
@@ -61,6 +67,8 @@ def _csv(raw: bytes) -> pd.DataFrame:
 
 
 def _parquet(raw: bytes) -> pd.DataFrame:
+    import pandas as pd
+
     if not (raw.startswith(_PARQUET_MAGIC) and raw.endswith(_PARQUET_MAGIC)):
         raise Unreadable("not a Parquet file: the PAR1 markers are missing")
     try:

@@ -10,13 +10,14 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from mlcd.config import Settings
 from mlcd.errors import PermanentError
 from mlcd.events import ExpectationResult
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 _EXAMPLES = 5
 _REASON_ITEMS = 6
