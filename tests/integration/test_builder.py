@@ -15,7 +15,7 @@ from mlcd import events
 from mlcd.adapters import gitlab
 from mlcd.builder.handlers import SERVICE
 from mlcd.config import Settings
-from mlcd.errors import TemporaryError
+from mlcd.errors import PermanentError, TemporaryError
 from mlcd.policy.book import PolicyBook
 from mlcd.ports import PipelineRef, Run
 from mlcd.store import migrate
@@ -41,8 +41,11 @@ class RecordingOrchestrator:
 
     def __init__(self) -> None:
         self.published: dict[tuple[str, str], str] = {}
+        self.refusal: str | None = None
 
     async def publish(self, pipeline: str, version: str, package: Path) -> PipelineRef:
+        if self.refusal is not None:
+            raise PermanentError(self.refusal)
         self.published.setdefault((pipeline, version), await asyncio.to_thread(package.read_text))
         return PipelineRef(
             pipeline, version, f"pid-{pipeline}", f"vid-{version}", f"recorded://{pipeline}/{version}"
@@ -193,6 +196,18 @@ async def test_pipeline_that_does_not_compile_fails_the_commit_and_publishes_not
     assert [s["status"] for s in statuses] == ["pending", "failed"]
     assert "no_such_step" in statuses[-1]["description"]
     assert statuses[-1]["target_url"].startswith("http://mlcd.test/api/v1/events?model=wine_quality")
+
+
+async def test_package_the_orchestrator_refuses_fails_the_commit(
+    engine: AsyncEngine, ports: dict[str, Any], fake: FakeGitLab
+) -> None:
+    ports["orchestrator"].refusal = "InvalidInputError: pipeline spec is invalid"
+
+    emitted = await deliver(engine, push(GOOD), ports)
+
+    assert len(emitted) == 1 and isinstance(emitted[0], events.PipelineBuildFailed)
+    assert "orchestrator refused" in emitted[0].error and "pipeline spec is invalid" in emitted[0].error
+    assert [s["status"] for s in fake.statuses(PROJECT, GOOD)] == ["pending", "failed"]
 
 
 async def test_push_not_touching_the_pipeline_builds_nothing(

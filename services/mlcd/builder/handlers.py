@@ -19,10 +19,10 @@ from mlcd.builder import reports, triggers
 from mlcd.builder.compiler import CompileError, compile_in_child
 from mlcd.bus.service import ServiceSpec
 from mlcd.config import Settings
-from mlcd.errors import NotFound
+from mlcd.errors import NotFound, PermanentError
 from mlcd.policy.book import PolicyBook
 from mlcd.policy.schema import Policy
-from mlcd.ports import CodeHost, Orchestrator
+from mlcd.ports import CodeHost, Orchestrator, PipelineRef
 from mlcd.store.unit_of_work import UnitOfWork
 
 log = logs.get(__name__)
@@ -64,28 +64,24 @@ async def _publish(
     orchestrator: Orchestrator,
 ) -> None:
     assert policy.training is not None
-    model, pipeline, version = policy.model, policy.training.pipeline, triggers.short_commit(push.after)
+    model, pipeline = policy.model, policy.training.pipeline
     name = reports.status_name(model)
     await code_host.set_commit_status(
         push.project, push.after, "pending", name=name, description=f"compiling pipeline {pipeline}"
     )
     async with _workspace() as workspace:
-        package = workspace / f"{version}.yaml"
-        error = await _compile_at(push.project, push.after, policy, package, workspace, code_host, settings)
-        if error is not None:
-            await code_host.set_commit_status(
-                push.project,
-                push.after,
-                "failed",
-                name=name,
-                description=reports.one_line(f"does not compile: {error}"),
-                target_url=reports.failure_link(settings, model),
-            )
-            uow.emit(
-                events.PipelineBuildFailed(model=model, pipeline=pipeline, commit=push.after, error=error)
-            )
-            return
-        ref = await orchestrator.publish(pipeline, version, package)
+        ref = await _build(push, policy, workspace, code_host, orchestrator, settings)
+    if isinstance(ref, str):
+        await code_host.set_commit_status(
+            push.project,
+            push.after,
+            "failed",
+            name=name,
+            description=reports.one_line(f"not published: {ref}"),
+            target_url=reports.failure_link(settings, model),
+        )
+        uow.emit(events.PipelineBuildFailed(model=model, pipeline=pipeline, commit=push.after, error=ref))
+        return
     await code_host.set_commit_status(
         push.project,
         push.after,
@@ -106,6 +102,27 @@ async def _publish(
         )
     )
     log.info("pipeline published", model=model, pipeline=pipeline, version=ref.version)
+
+
+async def _build(
+    push: events.CodePushed,
+    policy: Policy,
+    workspace: Path,
+    code_host: CodeHost,
+    orchestrator: Orchestrator,
+    settings: Settings,
+) -> PipelineRef | str:
+    """The published version, or why there is none: the compile error or the orchestrator's refusal."""
+    assert policy.training is not None
+    version = triggers.short_commit(push.after)
+    package = workspace / f"{version}.yaml"
+    error = await _compile_at(push.project, push.after, policy, package, workspace, code_host, settings)
+    if error is not None:
+        return error
+    try:
+        return await orchestrator.publish(policy.training.pipeline, version, package)
+    except PermanentError as e:  # outages still raise and are retried
+        return f"the orchestrator refused the compiled package: {e}"
 
 
 async def _check(
