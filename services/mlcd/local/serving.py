@@ -43,7 +43,7 @@ class Prediction:
     outputs: Any
 
 
-class _Counter:
+class CanaryRouter:
     """Deterministic weighted routing: after n requests the canary has had round(n * percent / 100)."""
 
     def __init__(self) -> None:
@@ -69,7 +69,7 @@ class LocalServing:
         self._models: dict[tuple[str, str], Any] = {}
         self._failed: dict[tuple[str, str], str] = {}
         self._loading: dict[tuple[str, str], asyncio.Lock] = {}
-        self._counters: dict[str, _Counter] = {}
+        self._counters: dict[str, CanaryRouter] = {}
         for model, routing in self._state.models.items():
             set_traffic(model, routing.split())
 
@@ -161,7 +161,7 @@ class LocalServing:
         if previous is not None:
             set_traffic(model, dict.fromkeys(previous.split(), 0))
         self._state.models[model] = routing
-        self._counters[model] = _Counter()
+        self._counters[model] = CanaryRouter()
         serving_state.save(self._state_path, self._state)
         set_traffic(model, routing.split())
         log.info("local serving routes", model=model, split=routing.split())
@@ -173,7 +173,7 @@ class LocalServing:
         canary = routing.canary
         if canary is None or (model, canary.version) in self._failed:
             return routing.stable.version
-        counter = self._counters.setdefault(model, _Counter())
+        counter = self._counters.setdefault(model, CanaryRouter())
         return canary.version if counter.canary_next(canary.percent) else routing.stable.version
 
     async def _load_or_mark_failed(self, model: str, version: str) -> None:

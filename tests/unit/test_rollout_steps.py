@@ -1,0 +1,123 @@
+"""Rollout arithmetic, analysis verdicts, KServe patches and local traffic splitting, without I/O."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from mlcd.adapters import kserve
+from mlcd.deployer import steps
+from mlcd.local import inference_protocol, serving_state
+from mlcd.local.serving import CanaryRouter
+from mlcd.policy.schema import Thresholds
+
+LIMITS = Thresholds(max_error_rate=0.05, max_p95_latency_s=0.5, min_requests=10)
+
+
+def test_steps_advance_until_the_last() -> None:
+    assert steps.next_step([10, 50, 100], 0) == 1
+    assert steps.next_step([10, 50, 100], 2) is None
+    assert steps.is_final([10, 50, 100], 2) and not steps.is_final([10, 50, 100], 1)
+
+
+def test_figures_within_thresholds_pass() -> None:
+    verdict = steps.judge({"requests": 50, "error_rate": 0.01, "p95_latency_s": 0.2}, LIMITS, ready=True)
+    assert verdict.passed and verdict.conclusive
+
+
+def test_each_breached_threshold_is_named() -> None:
+    verdict = steps.judge({"requests": 50, "error_rate": 0.2, "p95_latency_s": 0.9}, LIMITS, ready=True)
+    assert not verdict.passed
+    assert verdict.reason == "error rate 0.200 above 0.05; p95 latency 0.900s above 0.5s"
+
+
+def test_a_revision_that_is_not_ready_fails_whatever_its_figures() -> None:
+    verdict = steps.judge({"requests": 50}, LIMITS, ready=False, not_ready_why="image pull failed")
+    assert not verdict.passed and verdict.conclusive
+    assert verdict.reason == "revision not Ready: image pull failed"
+
+
+def test_too_few_requests_is_inconclusive_not_a_failure() -> None:
+    verdict = steps.judge({"requests": 3, "error_rate": 1.0}, LIMITS, ready=True)
+    assert not verdict.conclusive
+
+
+@pytest.mark.parametrize("percent", [1, 10, 33, 50, 99])
+def test_traffic_split_is_exact_over_every_hundred_requests(percent: int) -> None:
+    counter = CanaryRouter()
+    assert sum(counter.canary_next(percent) for _ in range(100)) == percent
+
+
+def test_routing_split_names_the_share_of_each_version() -> None:
+    routing = serving_state.Routing(
+        stable=serving_state.Revision(version="1", uri="u1"),
+        canary=serving_state.Canary(version="2", uri="u2", percent=10),
+    )
+    assert routing.split() == {"1": 90, "2": 10}
+
+
+def test_merge_patch_follows_rfc_7386() -> None:
+    target = {"a": "b", "c": {"d": "e", "f": "g"}, "l": [1, 2]}
+    patch = {"a": "z", "c": {"f": None}, "l": [3]}
+    assert kserve.merge_patch(target, patch) == {"a": "z", "c": {"d": "e"}, "l": [3]}
+
+
+def _isvc(**predictor: object) -> dict[str, object]:
+    return {
+        "apiVersion": "serving.kserve.io/v1beta1",
+        "kind": "InferenceService",
+        "metadata": {"name": "wine", "resourceVersion": "7"},
+        "spec": {
+            "predictor": {
+                "model": {"modelFormat": {"name": "sklearn"}, "storageUri": "s3://m/1"},
+                **predictor,
+            }
+        },
+    }
+
+
+@pytest.mark.parametrize("mode", ["serverless", "raw"])
+def test_every_patched_inference_service_validates_against_the_crd(mode: kserve.Mode) -> None:
+    current = _isvc()
+    for patch in (
+        kserve.canary_patch(current, mode, "2", "s3://m/2", 10),
+        kserve.stable_patch(current, mode, "2", "s3://m/2"),
+    ):
+        assert kserve.schema_problems(kserve.merge_patch(current, patch)) == []
+
+
+def test_a_fresh_inference_service_remembers_its_storage_uri_as_stable() -> None:
+    patch = kserve.canary_patch(_isvc(), "serverless", "2", "s3://m/2", 10)
+    assert patch["metadata"]["annotations"][kserve.STABLE_URI] == "s3://m/1"
+
+
+def test_serving_state_reads_the_canary_from_the_spec_and_readiness_from_the_status() -> None:
+    obj = kserve.merge_patch(_isvc(), kserve.canary_patch(_isvc(), "serverless", "2", "s3://m/2", 10))
+    obj["status"] = {"conditions": [{"type": "Ready", "status": "False", "message": "model load failed"}]}
+    state = kserve.serving_state("wine", obj, "serverless")
+    assert (state.canary_version, state.canary_percent, state.ready) == ("2", 10, False)
+    assert state.message == "model load failed"
+
+
+def test_one_tensor_becomes_an_array_of_its_shape() -> None:
+    request = inference_protocol.InferenceRequest.model_validate(
+        {"inputs": [{"name": "x", "shape": [2, 2], "datatype": "FP64", "data": [1, 2, 3, 4]}]}
+    )
+    assert inference_protocol.model_input(request).tolist() == [[1, 2], [3, 4]]
+
+
+def test_a_tensor_that_does_not_fit_its_shape_is_a_bad_request() -> None:
+    request = inference_protocol.InferenceRequest.model_validate(
+        {"inputs": [{"name": "x", "shape": [2, 3], "datatype": "FP64", "data": [1, 2, 3, 4]}]}
+    )
+    with pytest.raises(inference_protocol.BadTensor, match="do not fit shape"):
+        inference_protocol.model_input(request)
+
+
+def test_predictions_come_back_as_typed_tensors() -> None:
+    import numpy as np
+
+    (tensor,) = inference_protocol.outputs(np.array([0, 1, 1]))
+    assert (tensor.datatype, tensor.shape, tensor.data) == ("INT64", [3], [0, 1, 1])
+    assert Counter(tensor.data) == Counter({1: 2, 0: 1})
