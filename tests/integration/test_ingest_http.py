@@ -141,7 +141,7 @@ async def test_unparseable_authenticated_delivery_is_accepted_parked_raw_and_jou
     async with sqlite_engine.connect() as conn:
         [parked] = await dead_letters.listing(conn)
         pending = await outbox.unsent(conn, 10)
-    assert parked.topic == "mlcd.hooks.gitlab" and "not JSON" in parked.error
+    assert parked.topic == "mlcd.ingest" and "not JSON" in parked.error
     dlq, journal = (p.record for p in pending)
     assert dlq.topic == events.DLQ_TOPIC and dlq.value == truncated
     assert "not JSON" in (dlq.header("mlcd_error") or "")

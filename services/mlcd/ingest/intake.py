@@ -22,6 +22,8 @@ from mlcd.ingest.publisher import Outcome, Publisher, Status
 
 log = logs.get(__name__)
 RETRY_AFTER_S = 30
+# Parked deliveries name this topic as their origin: `mlcd dlq replay` brings them back to ingest there.
+RAW_TOPIC = events.DeliveryIgnored.topic()
 _SECRET_HEADERS = frozenset(
     {"authorization", "x-gitlab-token", "webhook-signature", "x-mlflow-signature", "cookie"}
 )
@@ -99,7 +101,7 @@ def raw_record(source: Source, headers: Mapping[str, str], body: bytes) -> event
     """The delivery as kept on the DLQ: body and headers, secrets left out, so it can be replayed."""
     kept = tuple((k, v.encode()) for k, v in headers.items() if k not in _SECRET_HEADERS)
     return events.Record(
-        topic=f"mlcd.hooks.{source}", value=body, headers=(*kept, ("mlcd_source", source.encode()))
+        topic=RAW_TOPIC, key=source.encode(), value=body, headers=(*kept, ("mlcd_source", source.encode()))
     )
 
 
