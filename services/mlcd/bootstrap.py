@@ -59,12 +59,12 @@ def build_ports(settings: Settings) -> dict[str, Any]:
     """Every port, filled by the production adapter when configured, else the embedded default."""
     from mlcd.adapters import gitlab, kfp, mlflow, notify, objectstore
 
-    registry = mlflow.build(settings)
-    serving, analysis = _serving(settings, registry)
+    policies = PolicyBook(settings.policies_dir)
+    serving, analysis = _serving(settings, policies)
     return {
         "settings": settings,
-        "policies": PolicyBook(settings.policies_dir),
-        "registry": registry,
+        "policies": policies,
+        "registry": mlflow.build(settings),
         "objects": objectstore.build(settings),
         "code_host": gitlab.build(settings),
         "orchestrator": kfp.build(settings),
@@ -74,13 +74,13 @@ def build_ports(settings: Settings) -> dict[str, Any]:
     }
 
 
-def _serving(settings: Settings, registry: Any) -> tuple[Any, Any]:
+def _serving(settings: Settings, policies: PolicyBook) -> tuple[Any, Any]:
     from mlcd.adapters import prometheus
 
     if settings.kserve_namespace:
         from mlcd.adapters import kserve
 
-        return kserve.build(settings), prometheus.build(settings)
+        return kserve.build(settings, policies), prometheus.build(settings)
     from mlcd.local import serving as local_serving
 
     local = local_serving.build(settings)
@@ -127,7 +127,7 @@ def app(settings: Settings, host: Any, ports: dict[str, Any], *, with_ui: bool) 
     from mlcd import http
 
     async def readiness() -> dict[str, str | None]:
-        parts = await host.readiness()
+        parts: dict[str, str | None] = await host.readiness()
         for name in ("registry", "objects", "code_host", "orchestrator", "serving"):
             try:
                 await ports[name].ping()

@@ -6,8 +6,10 @@ Ingest serves the webhooks and the API; the consumer services serve /healthz, /r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -19,7 +21,14 @@ from mlcd.runner import ServiceHost
 
 log = logs.get(__name__)
 
-Companion = Callable[[asyncio.Event], Awaitable[None]]
+Companion = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # mlcd owns SIGTERM/SIGINT: a stop drains the consumers as well as the HTTP server.
+        yield
 
 
 async def run_with_http(
@@ -43,8 +52,7 @@ async def run_with_http(
         access_log=False,
         lifespan="off",
     )
-    server = uvicorn.Server(config)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    server = _Server(config)
     await host.start()
     tasks = [asyncio.create_task(server.serve(), name="http")]
     tasks += [

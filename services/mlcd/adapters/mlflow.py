@@ -61,7 +61,9 @@ class MlflowRegistry:
         def fetch() -> ModelVersion | None:
             client = self._mlflow()
             version = (client.get_registered_model(model).aliases or {}).get(alias)
-            return None if version is None else _model_version(client, client.get_model_version(model, version))
+            return (
+                None if version is None else _model_version(client, client.get_model_version(model, version))
+            )
 
         try:
             return await self._call(f"read alias {model}@{alias}", fetch)
@@ -70,13 +72,15 @@ class MlflowRegistry:
 
     async def set_alias(self, model: str, alias: str, version: str) -> None:
         await self._call(
-            f"set alias {model}@{alias}", lambda: self._mlflow().set_registered_model_alias(model, alias, version)
+            f"set alias {model}@{alias}",
+            lambda: self._mlflow().set_registered_model_alias(model, alias, version),
         )
 
     async def delete_alias(self, model: str, alias: str) -> None:
         try:
             await self._call(
-                f"delete alias {model}@{alias}", lambda: self._mlflow().delete_registered_model_alias(model, alias)
+                f"delete alias {model}@{alias}",
+                lambda: self._mlflow().delete_registered_model_alias(model, alias),
             )
         except NotFound:
             return

@@ -34,6 +34,20 @@ ONCALL_TOKEN_NAME = "alice"
 Event = dict[str, Any]
 
 
+_FAILURES: dict[str, tuple[str, ...]] = {
+    "mlcd.training.pipeline_published.v1": ("mlcd.training.pipeline_build_failed.v1",),
+    "mlcd.data.validated.v1": ("mlcd.data.rejected.v1",),
+    "mlcd.training.succeeded.v1": ("mlcd.training.failed.v1",),
+    "mlcd.promotion.gate_opened.v1": ("mlcd.promotion.rejected.v1",),
+    "mlcd.serving.rollout_succeeded.v1": ("mlcd.serving.rolled_back.v1",),
+}
+
+
+def _why(event: Event) -> str:
+    data = event.get("data") or {}
+    return str(data.get("reason") or data.get("error") or data)[:300]
+
+
 class StepMissing(Exception):
     """An expected event did not happen in time; the message names the step and the event."""
 
@@ -67,11 +81,17 @@ class Story:
     async def expect(
         self, step: str, event_type: str, timeout_s: float, where: Callable[[Event], bool] = lambda e: True
     ) -> Event:
+        """Wait for the event; a failure event of the same stage that appears meanwhile ends the wait."""
         deadline = time.monotonic() + timeout_s
+        known = {e["id"] for e in await self.journal()}
         while time.monotonic() < deadline:
             for event in await self.journal():
-                if event["type"] == event_type and event.get("subject") == MODEL and where(event):
+                if event.get("subject") != MODEL:
+                    continue
+                if event["type"] == event_type and where(event):
                     return event
+                if event["id"] not in known and event["type"] in _FAILURES.get(event_type, ()):
+                    raise StepMissing(f"step '{step}': {event['type']} instead: {_why(event)}")
             await asyncio.sleep(0.3)
         raise StepMissing(f"step '{step}': no {event_type} for {MODEL} within {timeout_s:.0f}s")
 

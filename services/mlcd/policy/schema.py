@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 from fnmatch import fnmatch
+from itertools import pairwise
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
@@ -109,7 +110,7 @@ class Rollout(_Strict):
     @field_validator("steps")
     @classmethod
     def _increasing_to_100(cls, steps: list[int]) -> list[int]:
-        if not steps or steps[-1] != 100 or any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
+        if not steps or steps[-1] != 100 or any(b <= a for a, b in pairwise(steps)):
             raise ValueError("steps must rise strictly and end at 100")
         if any(s <= 0 or s > 100 for s in steps):
             raise ValueError("each step is a percentage in 1..100")
@@ -119,10 +120,14 @@ class Rollout(_Strict):
 Action = Literal["retrain", "rollback", "notify"]
 
 
+def _default_actions() -> dict[str, Action]:
+    return {"critical": "rollback", "warning": "retrain", "info": "notify"}
+
+
 class Monitoring(_Strict):
     debounce: Duration = timedelta(minutes=10)
     actions: dict[str, Action] = Field(
-        default_factory=lambda: {"critical": "rollback", "warning": "retrain", "info": "notify"},
+        default_factory=_default_actions,
         description="Alert severity → action.",
     )
 
