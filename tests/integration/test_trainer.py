@@ -8,7 +8,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +21,13 @@ from mlcd import events
 from mlcd.adapters.kfp import KfpClientOrchestrator, LocalOrchestrator
 from mlcd.adapters.mlflow import MlflowRegistry
 from mlcd.bus import runtime
+from mlcd.bus.port import Bus
 from mlcd.bus.service import bind
 from mlcd.config import Settings
 from mlcd.policy.book import PolicyBook
 from mlcd.store import migrate
 from mlcd.store.database import create_engine
-from mlcd.store.tables import outbox
+from mlcd.store.tables import inbox, outbox
 from mlcd.store.unit_of_work import UnitOfWork
 from mlcd.trainer import decisions
 from mlcd.trainer.handlers import SERVICE, follow_runs
@@ -135,6 +136,38 @@ async def test_trigger_redelivered_after_a_crash_starts_one_run(
     assert run["runtime_config"]["parameters"]["n_estimators"] == 50  # from the model's policy
 
 
+async def test_duplicate_delivery_on_the_bus_starts_one_run(
+    engine: AsyncEngine, bus: Bus, fake: kfp_api.FakeKfp, kfp_ports: dict[str, Any]
+) -> None:
+    handlers = {t.type: [bind(h, kfp_ports) for h in chain] for t, chain in SERVICE.handlers.items()}
+    consumer = runtime.Consumer(
+        bus=bus, engine=engine, group=SERVICE.group, handlers=handlers, source=SERVICE.source
+    )
+    stop = asyncio.Event()
+    consuming = asyncio.create_task(consumer.run(stop))
+    try:
+        await asyncio.wait_for(consumer.ready.wait(), 30)
+        record = events.encode(events.new_event(validated("s3://landing/wine_quality/a.csv"), source="test"))
+        # Same model, so same partition: once the last event is handled, both copies before it were too.
+        last = events.new_event(events.RetrainRequested(model=MODEL, reason="drift"), source="test")
+        await bus.publish([record, record, events.encode(last)])
+
+        async def handled() -> bool:
+            async with engine.connect() as conn:
+                return bool(await conn.scalar(select(inbox.c.event_id).where(inbox.c.event_id == last.id)))
+
+        deadline = time.monotonic() + 30
+        while not await handled():
+            assert time.monotonic() < deadline, "the trainer did not handle the events"
+            await asyncio.sleep(0.1)
+    finally:
+        stop.set()
+        await consuming
+
+    assert len(fake.created_runs()) == 1
+    assert len(await emitted(engine, events.TrainingStarted)) == 1
+
+
 async def test_triggers_during_a_run_coalesce_into_one_follow_up_on_the_newest_data(
     engine: AsyncEngine, fake: kfp_api.FakeKfp, kfp_ports: dict[str, Any]
 ) -> None:
@@ -222,31 +255,82 @@ async def test_retrain_without_any_data_raises_a_notice(
     assert "no data batch was validated yet" in notice["message"]
 
 
-@pytest.mark.slow
-async def test_a_real_failing_pipeline_task_reports_training_failed(
-    tmp_path: Path, sqlite_url: str, mlflow_uri: str
-) -> None:
-    script = REPO / "pipelines" / "wine_quality" / "make_batches.py"
-    await asyncio.to_thread(subprocess.run, [sys.executable, str(script), str(tmp_path / "data")], check=True)
+@pytest.fixture
+async def local_engine(sqlite_url: str) -> AsyncIterator[AsyncEngine]:
     engine = create_engine(sqlite_url)
     await migrate.upgrade(engine)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+async def local_orchestrator(tmp_path: Path) -> AsyncIterator[LocalOrchestrator]:
     orchestrator = LocalOrchestrator(tmp_path / "home", REPO / "pipelines")
-    ports = {
+    yield orchestrator
+    await orchestrator.close()
+
+
+@pytest.fixture
+async def clean_batch(tmp_path: Path) -> str:
+    script = REPO / "pipelines" / "wine_quality" / "make_batches.py"
+    await asyncio.to_thread(subprocess.run, [sys.executable, str(script), str(tmp_path / "data")], check=True)
+    return (tmp_path / "data" / "clean.csv").as_uri()
+
+
+def local_ports(
+    tmp_path: Path, mlflow_uri: str, orchestrator: LocalOrchestrator, **policy_parameters: Any
+) -> dict[str, Any]:
+    return {
         "settings": Settings(home=tmp_path / "home", mlflow_tracking_uri=mlflow_uri),
-        "policies": policies(tmp_path, fail_on_purpose=True),
+        "policies": policies(tmp_path, **policy_parameters),
         "orchestrator": orchestrator,
         "registry": MlflowRegistry(mlflow_uri),
     }
-    try:
-        await deliver(engine, ports, validated((tmp_path / "data" / "clean.csv").as_uri()), unique("evt"))
 
-        async def failed() -> bool:
-            return bool(await emitted(engine, events.TrainingFailed))
 
-        await follow_until(engine, ports, failed, timeout_s=240)
-        [report] = await emitted(engine, events.TrainingFailed)
-        assert report["failed_task"] == "train-model"
-        assert "fail_on_purpose is set" in report["log_tail"]
-    finally:
-        await orchestrator.close()
-        await engine.dispose()
+@pytest.mark.slow
+async def test_a_real_pipeline_run_reports_the_registered_version_and_its_metrics(
+    tmp_path: Path,
+    local_engine: AsyncEngine,
+    local_orchestrator: LocalOrchestrator,
+    clean_batch: str,
+    mlflow_uri: str,
+) -> None:
+    ports = local_ports(tmp_path, mlflow_uri, local_orchestrator, n_estimators=10)
+    trigger_id = unique("evt")
+
+    await deliver(local_engine, ports, validated(clean_batch), trigger_id)
+
+    async def succeeded() -> bool:
+        return bool(await emitted(local_engine, events.TrainingSucceeded))
+
+    await follow_until(local_engine, ports, succeeded, timeout_s=240)
+    [result] = await emitted(local_engine, events.TrainingSucceeded)
+    assert result["metrics"]["accuracy"] > 0.8 and "recall_class_2" in result["metrics"]
+    version = MlflowClient(tracking_uri=mlflow_uri).get_model_version(MODEL, result["model_version"])
+    assert version.tags["data_uri"] == clean_batch
+    assert version.tags["pipeline_version"] == result["pipeline_version"]
+    aliases = MlflowClient(tracking_uri=mlflow_uri).get_registered_model(MODEL).aliases
+    assert decisions.run_alias(decisions.run_name(MODEL, trigger_id)) not in aliases
+
+
+@pytest.mark.slow
+async def test_a_real_failing_pipeline_task_reports_training_failed(
+    tmp_path: Path,
+    local_engine: AsyncEngine,
+    local_orchestrator: LocalOrchestrator,
+    clean_batch: str,
+    mlflow_uri: str,
+) -> None:
+    ports = local_ports(tmp_path, mlflow_uri, local_orchestrator, fail_on_purpose=True)
+
+    await deliver(local_engine, ports, validated(clean_batch), unique("evt"))
+
+    async def failed() -> bool:
+        return bool(await emitted(local_engine, events.TrainingFailed))
+
+    await follow_until(local_engine, ports, failed, timeout_s=240)
+    [report] = await emitted(local_engine, events.TrainingFailed)
+    assert report["failed_task"] == "train-model"
+    assert report["reason"] == "task train-model failed"
+    assert "fail_on_purpose is set" in report["log_tail"]
