@@ -1,0 +1,38 @@
+"""The `mlcd` command's surface that users and the Helm chart rely on."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+MLCD = str(Path(sys.executable).parent / "mlcd")
+DESIGNED = ["up", "demo", "serve", "gates", "rollback", "status", "events", "dlq", "policy", "pipelines", "db"]
+
+
+def _mlcd(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([MLCD, *args], capture_output=True, text=True, timeout=60, env=env)
+
+
+def test_help_lists_every_designed_command() -> None:
+    result = _mlcd("--help")
+    assert result.returncode == 0
+    listed = {line.split()[1] for line in result.stdout.splitlines() if line.startswith("│ ") and len(line.split()) > 1}
+    assert set(DESIGNED) <= listed, f"missing: {set(DESIGNED) - listed}"
+
+
+def test_sub_commands_are_listed_under_their_groups() -> None:
+    assert {"list", "show", "approve", "reject"} <= set(_mlcd("gates", "--help").stdout.split())
+    assert {"list", "tail"} <= set(_mlcd("events", "--help").stdout.split())
+    assert {"list", "replay"} <= set(_mlcd("dlq", "--help").stdout.split())
+    assert "check" in _mlcd("policy", "--help").stdout.split()
+
+
+def test_serving_an_unknown_service_fails_with_one_clear_line(tmp_path: Path) -> None:
+    import os
+
+    env = {**os.environ, "MLCD_HOME": str(tmp_path)}
+    result = _mlcd("serve", "frobnicator", env=env)
+    assert result.returncode != 0
+    assert "unknown service 'frobnicator'" in result.stderr
+    assert "Traceback" not in result.stderr
