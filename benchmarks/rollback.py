@@ -126,6 +126,7 @@ async def _measure(
     from mlcd.bus import runtime
     from mlcd.config import Settings
     from mlcd.runner import ServiceHost
+    from mlcd.store import inbox
 
     home = root / mode
     _policy(home / "policies", model)
@@ -152,10 +153,14 @@ async def _measure(
             await serving.promote(model, "1", (await registry.get_version(model, "1")).source)
             for run in range(runs):
                 async with runtime.unit_of_work(host.engine, "mlcd/bench", host.waker) as uow:
-                    uow.emit(events.PromotionApproved(model=model, model_version="2"))
+                    approval = uow.emit(events.PromotionApproved(model=model, model_version="2"))
 
-                async def canary_on() -> bool:
-                    return bool((await serving.state(model)).canary_version == "2")
+                async def canary_on(approval: str = approval) -> bool:
+                    # The gatekeeper also handles the approval (MLflow tags); let it finish first so
+                    # the figure is the rollback alone, not the rollback queued behind that work.
+                    async with host.engine.connect() as conn:
+                        settled = await inbox.seen(conn, "mlcd-gatekeeper", approval)
+                    return settled and (await serving.state(model)).canary_version == "2"
 
                 async def canary_off() -> bool:
                     return (await serving.state(model)).canary_version is None

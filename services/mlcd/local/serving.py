@@ -139,7 +139,7 @@ class LocalServing:
     async def predict(self, model: str, data: Any, version: str | None = None) -> Prediction:
         """Route one request (or send it to `version`), predict in a worker thread, count the outcome."""
         chosen = version or self._pick(model)
-        if chosen not in self._state.models[model].split():
+        if chosen not in self._routing(model).split():
             raise NotFound(f"model {model} does not serve version {chosen}")
         loaded = await self._loaded(model, chosen)
         started = time.perf_counter()
