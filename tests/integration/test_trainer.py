@@ -25,7 +25,7 @@ from mlcd.bus.port import Bus
 from mlcd.bus.service import bind
 from mlcd.config import Settings
 from mlcd.policy.book import PolicyBook
-from mlcd.store import migrate
+from mlcd.store import migrate, training
 from mlcd.store.database import create_engine
 from mlcd.store.tables import inbox, outbox
 from mlcd.store.unit_of_work import UnitOfWork
@@ -193,6 +193,12 @@ async def test_triggers_during_a_run_coalesce_into_one_follow_up_on_the_newest_d
     assert result["model_version"] == "4" and result["metrics"] == METRICS
     assert result["data_uri"] == "s3://landing/wine_quality/1.csv"
     assert [s["trigger_event_id"] for s in await emitted(engine, events.TrainingStarted)] == [first, third]
+    async with engine.connect() as conn:
+        runs = await training.runs(conn, MODEL)
+    assert [(r.data_uri, r.state) for r in runs] == [
+        ("s3://landing/wine_quality/1.csv", "SUCCEEDED"),
+        ("s3://landing/wine_quality/2.csv", "RUNNING"),
+    ]
 
 
 async def test_failing_task_reports_training_failed_with_the_reason(

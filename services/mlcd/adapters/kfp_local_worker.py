@@ -84,6 +84,7 @@ def run(state_path: Path) -> int:
         state.update(state="SUCCEEDED", outputs=_jsonable(task.outputs))
     except Exception as e:  # every way a run can fail ends in a FAILED state file, never a lost run
         state.update(state="FAILED", error=plain(f"{type(e).__name__}: {e}"), failed_task=failed_task(str(e)))
+        print(state["error"])  # so the log tail ends with why the run failed
     sys.stdout.flush()
     sys.stderr.flush()
     state.update(finished_at=now(), log_tail=log_tail(Path(state["log"])))

@@ -8,7 +8,7 @@ BEGIN IMMEDIATE already serialises writers.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Column, DateTime, Index, Integer, String, Table, Text, insert, select, update
@@ -84,6 +84,28 @@ class TrainingRun:
     finished_at: datetime | None = None
     model_version: str | None = None
     outcome: str | None = None
+
+
+def started_run(
+    name: str, trigger: Trigger, run_id: str, pipeline: str, pipeline_version: str, first_check: timedelta
+) -> TrainingRun:
+    """The row of a run just started for `trigger`."""
+    now = datetime.now(UTC)
+    return TrainingRun(
+        run_name=name,
+        model=trigger.model,
+        run_id=run_id,
+        trigger_event_id=trigger.event_id,
+        reason=trigger.reason,
+        data_uri=trigger.data_uri,
+        pipeline=pipeline,
+        pipeline_version=pipeline_version,
+        commit=trigger.commit,
+        state=RUNNING,
+        checks=0,
+        next_check_at=now + first_check,
+        started_at=now,
+    )
 
 
 def _aware(value: datetime | None) -> datetime | None:

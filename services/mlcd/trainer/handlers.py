@@ -137,25 +137,10 @@ async def start_run(
         policy_parameters=policy.parameters,
     )
     run = await orchestrator.find_run(name) or await orchestrator.submit(name, pipeline, parameters)
-    now = datetime.now(UTC)
-    await training.record_started(
-        uow.connection,
-        training.TrainingRun(
-            run_name=name,
-            model=trigger.model,
-            run_id=run.run_id,
-            trigger_event_id=trigger.event_id,
-            reason=trigger.reason,
-            data_uri=trigger.data_uri,
-            pipeline=pipeline.pipeline,
-            pipeline_version=pipeline.version,
-            commit=trigger.commit,
-            state=training.RUNNING,
-            checks=0,
-            next_check_at=now + decisions.check_delay(0),
-            started_at=now,
-        ),
+    row = training.started_run(
+        name, trigger, run.run_id, pipeline.pipeline, pipeline.version, decisions.check_delay(0)
     )
+    await training.record_started(uow.connection, row)
     started = events.TrainingStarted(
         model=trigger.model,
         run_id=run.run_id,
