@@ -2,8 +2,9 @@
 
 `python -m mlcd.adapters.kfp_local_worker run STATE.json` runs the package the state file names with the
 SubprocessRunner in this venv and writes the outcome back into the state file (atomically), so a restarted
-mlcd reads it. `python -m mlcd.adapters.kfp_local_worker compile FOLDER OUT.yaml` compiles the one pipeline
-that FOLDER/pipeline.py defines. Both run outside mlcd's event loop, in their own process.
+mlcd reads it. `python -m mlcd.adapters.kfp_local_worker compile FOLDER OUT.yaml` compiles the pipeline
+FOLDER/pipeline.py defines (the working tree's, run when nothing was published yet). Both run outside
+mlcd's event loop, in their own process.
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ def run(state_path: Path) -> int:
 
 
 def compile_folder(folder: Path, target: Path) -> int:
-    """Compile the single `@dsl.pipeline` of FOLDER/pipeline.py into TARGET (KFP IR YAML)."""
+    """Compile the `@dsl.pipeline` of FOLDER/pipeline.py into TARGET (KFP IR YAML)."""
     from kfp import compiler
     from kfp.dsl.graph_component import GraphComponent
 
@@ -105,11 +106,13 @@ def compile_folder(folder: Path, target: Path) -> int:
         return 2
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    found = [value for value in vars(module).values() if isinstance(value, GraphComponent)]
+    # The builder's choice too: the module's `pipeline` attribute, else its only @dsl.pipeline.
+    named = getattr(module, "pipeline", None)
+    found = [v for v in vars(module).values() if isinstance(v, GraphComponent)]
+    if isinstance(named, GraphComponent):
+        found = [named]
     if len(found) != 1:
-        print(
-            f"{source} defines {len(found)} @dsl.pipeline functions; exactly one is needed", file=sys.stderr
-        )
+        print(f"{source} defines {len(found)} pipelines; name the one to run `pipeline`", file=sys.stderr)
         return 2
     target.parent.mkdir(parents=True, exist_ok=True)
     compiler.Compiler().compile(found[0], str(target))
