@@ -123,6 +123,20 @@ def routers(settings: Settings, host: Any, ports: dict[str, Any], *, with_ui: bo
     return result
 
 
+def ingest_companions(settings: Settings, host: Any, ports: dict[str, Any]) -> list[Any]:
+    """Tasks that run beside the ingest HTTP endpoints: MinIO's Kafka target and replayed deliveries."""
+    from mlcd.ingest.raw_topics import RawDeliveryConsumer
+
+    raw = RawDeliveryConsumer(
+        bus=host.bus,
+        engine=host.engine,
+        policies=ports["policies"],
+        minio_topic=settings.minio_kafka_topic,
+        waker=host.waker,
+    )
+    return [raw.run]
+
+
 def app(settings: Settings, host: Any, ports: dict[str, Any], *, with_ui: bool) -> FastAPI:
     from mlcd import http
 

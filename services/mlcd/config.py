@@ -52,9 +52,11 @@ class Settings(BaseSettings):
         300.0, description="Longest a data batch validation may take (then retried as an outage)."
     )
 
-    s3_endpoint: str | None = Field(None, description="MinIO/S3 endpoint host:port; unset: MLCD_HOME/objects.")
-    s3_access_key: SecretStr | None = None
-    s3_secret_key: SecretStr | None = None
+    s3_endpoint: str | None = Field(
+        None, description="MinIO/S3 endpoint host:port; unset: MLCD_HOME/objects."
+    )
+    s3_access_key: SecretStr | None = Field(None, description="Access key of MLCD_S3_ENDPOINT (secret).")
+    s3_secret_key: SecretStr | None = Field(None, description="Secret key of MLCD_S3_ENDPOINT (secret).")
     s3_secure: bool = Field(False, description="Use TLS towards MLCD_S3_ENDPOINT.")
     s3_timeout_s: float = Field(30.0, description="Timeout of every object store call.")
 

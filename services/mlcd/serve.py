@@ -89,7 +89,6 @@ async def serve(settings: Settings, name: str) -> int:
     if name == "ingest":
         host = ServiceHost(settings, [], ports)
         app = bootstrap.app(settings, host, ports, with_ui=True)
-    else:
-        host = ServiceHost(settings, [bootstrap.service(name)], ports)
-        app = http.create_app([], host.readiness)
-    return await run_with_http(host, app, settings)
+        return await run_with_http(host, app, settings, bootstrap.ingest_companions(settings, host, ports))
+    host = ServiceHost(settings, [bootstrap.service(name)], ports)
+    return await run_with_http(host, http.create_app([], host.readiness), settings)

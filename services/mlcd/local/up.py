@@ -52,7 +52,7 @@ async def up(
         ports = bootstrap.build_ports(settings)
         host = ServiceHost(settings, bootstrap.consumer_services(), ports)
         app = bootstrap.app(settings, host, ports, with_ui=True)
-        companions: list[Companion] = []
+        companions: list[Companion] = bootstrap.ingest_companions(settings, host, ports)
         if settings.s3_endpoint is None and settings.minio_webhook_token is not None:
             watcher = ObjectFolderWatcher(
                 settings.home / "objects",
