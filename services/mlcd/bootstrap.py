@@ -7,6 +7,7 @@ fills each port, and which routers the HTTP app serves.
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,14 @@ def build_ports(settings: Settings) -> dict[str, Any]:
         "analysis": analysis,
         "notifier": notify.build(settings),
     }
+
+
+async def close_ports(ports: dict[str, Any]) -> None:
+    """Let adapters that own processes or connections release them (the local runner's workers)."""
+    for port in ports.values():
+        close = getattr(port, "close", None)
+        if close is not None and inspect.iscoroutinefunction(close):
+            await close()
 
 
 def _serving(settings: Settings, policies: PolicyBook) -> tuple[Any, Any]:

@@ -86,9 +86,13 @@ async def serve(settings: Settings, name: str) -> int:
     if name not in bootstrap.SERVICES:
         raise ConfigError(f"unknown service {name!r}; choose one of {', '.join(bootstrap.SERVICES)}")
     ports = bootstrap.build_ports(settings)
-    if name == "ingest":
-        host = ServiceHost(settings, [], ports)
-        app = bootstrap.app(settings, host, ports, with_ui=True)
-        return await run_with_http(host, app, settings, bootstrap.ingest_companions(settings, host, ports))
-    host = ServiceHost(settings, [bootstrap.service(name)], ports)
-    return await run_with_http(host, http.create_app([], host.readiness), settings)
+    try:
+        if name == "ingest":
+            host = ServiceHost(settings, [], ports)
+            app = bootstrap.app(settings, host, ports, with_ui=True)
+            companions = bootstrap.ingest_companions(settings, host, ports)
+            return await run_with_http(host, app, settings, companions)
+        host = ServiceHost(settings, [bootstrap.service(name)], ports)
+        return await run_with_http(host, http.create_app([], host.readiness), settings)
+    finally:
+        await bootstrap.close_ports(ports)

@@ -36,7 +36,7 @@ def router(policies: PolicyBook, identify: Identify) -> APIRouter:
     async def ui() -> HTMLResponse:
         return HTMLResponse(page, headers={"Content-Security-Policy": "default-src 'self' 'unsafe-inline'"})
 
-    @routes.get("/api/v1/models", tags=["models"], summary="Models mlcd has a policy for")
+    @routes.get("/api/v1/policies", tags=["policies"], summary="Models mlcd has a policy for")
     async def catalog(_: auth.Identity = Depends(caller)) -> list[CatalogEntry]:
         return [
             CatalogEntry(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Callable
+from typing import Any
 
 from mlcd import auth, bootstrap, logs
 from mlcd.adapters.mlflow import EMBEDDED_PORT_OFFSET
@@ -48,6 +49,7 @@ async def up(
     if settings.mlflow_tracking_uri is None:
         mlflow = EmbeddedMlflow(settings.home, settings.http_port + EMBEDDED_PORT_OFFSET)
         await mlflow.start()
+    ports: dict[str, Any] = {}
     try:
         ports = bootstrap.build_ports(settings)
         host = ServiceHost(settings, bootstrap.consumer_services(), ports)
@@ -64,5 +66,6 @@ async def up(
             companions.append(ProgressView(host.engine).run)
         return await run_with_http(host, app, settings, companions, stop=stop, on_ready=on_ready)
     finally:
+        await bootstrap.close_ports(ports)
         if mlflow is not None:
             mlflow.stop()
