@@ -95,7 +95,9 @@ async def _open_gate(engine: object) -> str:
     return stored.id
 
 
-async def test_oncall_engineer_approves_a_gate_from_the_page(site: tuple[str, object], tmp_path: Path) -> None:
+async def test_oncall_engineer_approves_a_gate_from_the_page(
+    site: tuple[str, object], tmp_path: Path
+) -> None:
     from playwright.async_api import async_playwright
 
     base, engine = site
@@ -103,7 +105,12 @@ async def test_oncall_engineer_approves_a_gate_from_the_page(site: tuple[str, ob
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(
             executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+            ],
         )
         page = await browser.new_page()
         await page.goto(f"{base}/ui")

@@ -7,7 +7,19 @@ import sys
 from pathlib import Path
 
 MLCD = str(Path(sys.executable).parent / "mlcd")
-DESIGNED = ["up", "demo", "serve", "gates", "rollback", "status", "events", "dlq", "policy", "pipelines", "db"]
+DESIGNED = [
+    "up",
+    "demo",
+    "serve",
+    "gates",
+    "rollback",
+    "status",
+    "events",
+    "dlq",
+    "policy",
+    "pipelines",
+    "db",
+]
 
 
 def _mlcd(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -17,7 +29,11 @@ def _mlcd(*args: str, env: dict[str, str] | None = None) -> subprocess.Completed
 def test_help_lists_every_designed_command() -> None:
     result = _mlcd("--help")
     assert result.returncode == 0
-    listed = {line.split()[1] for line in result.stdout.splitlines() if line.startswith("│ ") and len(line.split()) > 1}
+    listed = {
+        line.split()[1]
+        for line in result.stdout.splitlines()
+        if line.startswith("│ ") and len(line.split()) > 1
+    }
     assert set(DESIGNED) <= listed, f"missing: {set(DESIGNED) - listed}"
 
 
