@@ -139,7 +139,7 @@ def app(fake: FakeKfp) -> FastAPI:
     @api.middleware("http")
     async def record(request: Request, call_next: Any) -> Any:
         fake.calls.append(Call(request.method, request.url.path, dict(request.query_params)))
-        while fake.hang:  # noqa: ASYNC110 - flipped from the test's thread; an asyncio.Event is bound to a loop
+        while fake.hang:  # flipped from the test thread; an asyncio.Event is bound to one loop
             await asyncio.sleep(0.05)
         return await call_next(request)
 
