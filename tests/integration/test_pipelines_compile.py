@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from mlcd.builder.compiler import CompileError, compile_in_child, compile_pipeline
+from mlcd.adapters.kfp_compiler import CompileError, compile_in_child, compile_pipeline
 from mlcd.commands.pipelines import app
 
 REPO = Path(__file__).resolve().parents[2]

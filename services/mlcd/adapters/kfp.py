@@ -10,7 +10,8 @@ them with `kfp.local`'s SubprocessRunner in a separate worker process (`mlcd.ada
 so the event loop never blocks. `PipelineRef.package_uri` is the compiled YAML: the local runner runs that
 very package (its components' source is inside it), so the pipeline's Python source is only needed to
 compile. Each run's state lives in MLCD_HOME/runs/<run name>.json (written by the worker, atomically): a
-restarted mlcd finds its runs, and a second submit under the same name returns the first run.
+restarted mlcd finds its runs, and a second submit under the same name returns the first run. S3
+credentials reach the worker through its environment only, never a run parameter or a state file.
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
 from mlcd import logs
+from mlcd.adapters import kfp_compiler
 from mlcd.adapters import kfp_local_worker as worker
 from mlcd.config import Settings
 from mlcd.errors import AdapterUnavailable, MlcdError, NotFound, PermanentError
@@ -237,11 +239,18 @@ class LocalOrchestrator:
 
     ORPHAN_AFTER = timedelta(minutes=2)  # a PENDING run whose worker never reported is given up after this
 
-    def __init__(self, home: Path, pipelines_dir: Path = Path("pipelines"), compile_timeout_s: float = 120.0):
+    def __init__(
+        self,
+        home: Path,
+        pipelines_dir: Path = Path("pipelines"),
+        compile_timeout_s: float = 120.0,
+        credentials: Mapping[str, str] | None = None,
+    ):
         self.packages = home.resolve() / "pipelines"
         self.runs = home.resolve() / "runs"
         self.pipelines_dir = pipelines_dir
         self.compile_timeout_s = compile_timeout_s
+        self._credentials = dict(credentials or {})  # into each worker's environment, never a state file
         self._workers: dict[str, subprocess.Popen[bytes]] = {}
 
     async def publish(self, pipeline: str, version: str, package: Path) -> PipelineRef:
@@ -329,6 +338,7 @@ class LocalOrchestrator:
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
+                env={**os.environ, **self._credentials},
                 start_new_session=True,  # its task subprocesses form one group that `close` can stop
             )
 
@@ -369,25 +379,12 @@ class LocalOrchestrator:
         if target.exists():
             return target
         partial = target.with_name(f".partial-{target.name}")  # the compiler insists on a .yaml suffix
-        partial.parent.mkdir(parents=True, exist_ok=True)
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "mlcd.adapters.kfp_local_worker",
-            "compile",
-            str(folder),
-            str(partial),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
         try:
-            output, _ = await asyncio.wait_for(process.communicate(), self.compile_timeout_s)
-        except TimeoutError as e:
-            process.kill()
-            await process.wait()
-            raise AdapterUnavailable(f"compiling {folder} took longer than {self.compile_timeout_s}s") from e
-        if process.returncode != 0:
-            raise PermanentError(f"{folder} does not compile: {output.decode(errors='replace')[-2000:]}")
+            await kfp_compiler.compile_in_child(folder, partial, self.compile_timeout_s)
+        except kfp_compiler.CompileTimedOut as e:
+            raise AdapterUnavailable(str(e)) from e
+        except kfp_compiler.CompileError as e:
+            raise PermanentError(f"{folder} does not compile: {e}") from e
         partial.replace(target)
         log.info("compiled the working tree's pipeline", pipeline=pipeline, package=str(target))
         return target
@@ -464,8 +461,20 @@ def _stop_group(process: subprocess.Popen[bytes], timeout_s: float = 10) -> None
         process.wait(5)
 
 
+def s3_credentials(settings: Settings) -> dict[str, str]:
+    """MLCD_S3_ACCESS_KEY/SECRET_KEY under the names the pipeline's tasks read from their environment."""
+    named = {"AWS_ACCESS_KEY_ID": settings.s3_access_key, "AWS_SECRET_ACCESS_KEY": settings.s3_secret_key}
+    return {name: secret.get_secret_value() for name, secret in named.items() if secret is not None}
+
+
 def build(settings: Settings) -> Orchestrator:
-    """Kubeflow Pipelines when MLCD_KFP_HOST is set, else the kfp local runner under MLCD_HOME."""
+    """Kubeflow Pipelines when MLCD_KFP_HOST is set, else the kfp local runner under MLCD_HOME.
+
+    On a cluster the pipeline's pods take S3 credentials from a Kubernetes Secret; the local runner's
+    workers get them from the settings, in their environment.
+    """
     if settings.kfp_host:
         return KfpClientOrchestrator(settings.kfp_host, settings.kfp_timeout_s)
-    return LocalOrchestrator(settings.home, settings.pipelines_dir)
+    return LocalOrchestrator(
+        settings.home, settings.pipelines_dir, settings.build_timeout_s, credentials=s3_credentials(settings)
+    )

@@ -1,8 +1,9 @@
-"""Compile a pipeline folder (its `pipeline.py`) into a KFP IR YAML package.
+"""Compile a pipeline folder (its `pipeline.py`) into a KFP IR YAML package: the one compiler of mlcd.
 
 `compile_pipeline` runs in the caller's process and leaves `sys.path` and `sys.modules` as it found
-them; the builder runs it in a child process (`python -m mlcd.builder.compiler FOLDER OUT.yaml`) so user
-code can neither hang nor pollute the service. A failure is one line a person can act on.
+them (`mlcd pipelines compile`). The builder and the embedded orchestrator run it in a child process
+(`compile_in_child`, i.e. `python -m mlcd.adapters.kfp_compiler FOLDER OUT.yaml`) so user code can neither
+hang nor pollute the service. A failure is one line a person can act on.
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ ERROR_PREFIX = "mlcd-compile-error: "
 
 class CompileError(MlcdError):
     """The pipeline folder does not compile; the message says where and why."""
+
+
+class CompileTimedOut(CompileError):
+    """Compiling took longer than allowed (user code that hangs, or a machine too busy)."""
 
 
 def compile_pipeline(folder: Path, out_yaml: Path) -> str:
@@ -111,7 +116,7 @@ async def compile_in_child(folder: Path, out_yaml: Path, timeout_s: float) -> No
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "mlcd.builder.compiler",
+        "mlcd.adapters.kfp_compiler",
         str(folder),
         str(out_yaml),
         stdin=asyncio.subprocess.DEVNULL,
@@ -122,7 +127,7 @@ async def compile_in_child(folder: Path, out_yaml: Path, timeout_s: float) -> No
     try:
         _, stderr = await asyncio.wait_for(process.communicate(), timeout_s)
     except TimeoutError as e:
-        raise CompileError(f"{folder}: compiling took longer than {timeout_s:g}s") from e
+        raise CompileTimedOut(f"{folder}: compiling took longer than {timeout_s:g}s") from e
     finally:
         if process.returncode is None:
             os.killpg(process.pid, signal.SIGKILL)
@@ -141,7 +146,7 @@ def _child_error(stderr: str, returncode: int | None) -> str:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 3:
-        print("usage: python -m mlcd.builder.compiler FOLDER OUT.yaml", file=sys.stderr)
+        print("usage: python -m mlcd.adapters.kfp_compiler FOLDER OUT.yaml", file=sys.stderr)
         return 2
     try:
         compile_pipeline(Path(argv[1]), Path(argv[2]))

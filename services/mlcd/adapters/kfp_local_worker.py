@@ -1,15 +1,13 @@
-"""The embedded orchestrator's worker process: runs one compiled pipeline on `kfp.local`, or compiles one.
+"""The embedded orchestrator's worker process: runs one compiled pipeline on `kfp.local`.
 
 `python -m mlcd.adapters.kfp_local_worker run STATE.json` runs the package the state file names with the
-SubprocessRunner in this venv and writes the outcome back into the state file (atomically), so a restarted
-mlcd reads it. `python -m mlcd.adapters.kfp_local_worker compile FOLDER OUT.yaml` compiles the pipeline
-FOLDER/pipeline.py defines (the working tree's, run when nothing was published yet). Both run outside
-mlcd's event loop, in their own process.
+SubprocessRunner in this venv, outside mlcd's event loop, and writes the outcome back into the state file
+(atomically), so a restarted mlcd reads it. Credentials reach the tasks through this process's
+environment (inherited by each task subprocess), never through the state file.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -93,38 +91,10 @@ def run(state_path: Path) -> int:
     return 0 if state["state"] == "SUCCEEDED" else 1
 
 
-def compile_folder(folder: Path, target: Path) -> int:
-    """Compile the `@dsl.pipeline` of FOLDER/pipeline.py into TARGET (KFP IR YAML)."""
-    from kfp import compiler
-    from kfp.dsl.graph_component import GraphComponent
-
-    source = folder / "pipeline.py"
-    sys.path.insert(0, str(folder.resolve()))
-    spec = importlib.util.spec_from_file_location(f"mlcd_pipeline_{folder.name}", source)
-    if spec is None or spec.loader is None:
-        print(f"{source}: not a Python module", file=sys.stderr)
-        return 2
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    # The builder's choice too: the module's `pipeline` attribute, else its only @dsl.pipeline.
-    named = getattr(module, "pipeline", None)
-    found = [v for v in vars(module).values() if isinstance(v, GraphComponent)]
-    if isinstance(named, GraphComponent):
-        found = [named]
-    if len(found) != 1:
-        print(f"{source} defines {len(found)} pipelines; name the one to run `pipeline`", file=sys.stderr)
-        return 2
-    target.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(found[0], str(target))
-    return 0
-
-
 def main(argv: list[str]) -> int:
     if len(argv) == 3 and argv[1] == "run":
         return run(Path(argv[2]))
-    if len(argv) == 4 and argv[1] == "compile":
-        return compile_folder(Path(argv[2]), Path(argv[3]))
-    print("usage: kfp_local_worker run STATE.json | compile FOLDER OUT.yaml", file=sys.stderr)
+    print("usage: python -m mlcd.adapters.kfp_local_worker run STATE.json", file=sys.stderr)
     return 2
 
 

@@ -15,8 +15,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from mlcd import events, logs
+from mlcd.adapters.kfp_compiler import CompileError, compile_in_child
 from mlcd.builder import reports, triggers
-from mlcd.builder.compiler import CompileError, compile_in_child
 from mlcd.bus.service import ServiceSpec
 from mlcd.config import Settings
 from mlcd.errors import NotFound, PermanentError

@@ -22,7 +22,7 @@ def compile(
     ),
 ) -> None:
     """Compile PATH/pipeline.py's @dsl.pipeline; exit 2 with a one-line reason when it does not compile."""
-    from mlcd.builder.compiler import CompileError, compile_pipeline
+    from mlcd.adapters.kfp_compiler import CompileError, compile_pipeline
 
     target = output or Path(f"{path.resolve().name}.yaml")
     try:
