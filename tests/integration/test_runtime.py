@@ -25,9 +25,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from mlcd import events
 from mlcd.bus import runtime
 from mlcd.bus.kafka import KafkaBus
+from mlcd.bus.memory import MemoryBus
 from mlcd.bus.port import partition_for
 from mlcd.errors import AdapterUnavailable, PermanentError
 from mlcd.store import dead_letters, outbox
+from mlcd.store import inbox as inbox_rows
 from mlcd.store.tables import inbox
 from mlcd.store.unit_of_work import UnitOfWork
 from tests.conftest import unique
@@ -259,6 +261,60 @@ async def test_poison_records_go_to_the_dlq_and_the_consumer_goes_on(bus: Any, e
     assert letters[0].error.startswith("missing CloudEvents headers")
     assert letters[1].error.startswith("invalid mlcd.data.arrived.v1 payload")
     assert [r.note for r in await effects.rows(engine)] == ["after-the-poison.csv"]
+
+
+async def test_failure_in_the_middle_of_a_batch_keeps_the_events_around_it(
+    bus: Any, engine: AsyncEngine
+) -> None:
+    calls: list[str] = []
+
+    async def fails_on_the_second(event: events.Envelope[Any], uow: UnitOfWork) -> None:
+        calls.append(event.data.key)
+        if event.data.key == "2.csv":
+            raise PermanentError("batch 2 is unreadable")
+        await effects.write(uow.connection, event)
+
+    await flows.publish(bus, *(flows.arrived(key=f"{i}.csv") for i in (1, 2, 3)))
+    async with flows.running(flows.consumer(bus, engine, [fails_on_the_second])):
+
+        async def both_neighbours_handled() -> bool:
+            return await effect_count(engine) == 2
+
+        await flows.eventually(both_neighbours_handled, "the events before and after the failure")
+    assert [r.note for r in await effects.rows(engine)] == ["1.csv", "3.csv"]
+    assert calls.count("2.csv") == 1, "the failing handler runs once per attempt"
+    [letter] = await _parked(engine)
+    assert letter.error == "PermanentError: batch 2 is unreadable"
+
+
+async def test_batch_that_loses_an_inbox_race_leaves_the_event_to_the_member_that_won(
+    engine: AsyncEngine,
+) -> None:
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite serialises writers, so no other member can commit in the middle of a batch")
+    bus = MemoryBus(events.TOPICS)
+    raced = flows.arrived(key="raced.csv")
+
+    async def another_member_wins(event: events.Envelope[Any], uow: UnitOfWork) -> None:
+        if event.id == raced.id and not await _handled_elsewhere(engine, event.id):
+            async with engine.begin() as other:  # the other member commits first
+                await inbox_rows.record(other, "mlcd-probe", event.id, event.type)
+        await effects.write(uow.connection, event)
+
+    await flows.publish(bus, flows.arrived(key="before.csv"), raced, flows.arrived(key="after.csv"))
+    async with flows.running(flows.consumer(bus, engine, [another_member_wins])):
+
+        async def others_handled() -> bool:
+            return await effect_count(engine) == 2
+
+        await flows.eventually(others_handled, "the events the race did not concern")
+    assert [r.note for r in await effects.rows(engine)] == ["before.csv", "after.csv"]
+    assert await _parked(engine) == []
+
+
+async def _handled_elsewhere(engine: AsyncEngine, event_id: str) -> bool:
+    async with engine.connect() as conn:
+        return await inbox_rows.seen(conn, "mlcd-probe", event_id)
 
 
 # --- (e) two consumers in one group -------------------------------------------------------------------

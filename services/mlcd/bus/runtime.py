@@ -1,8 +1,9 @@
 """The consumer runtime: handlers by event type, inbox dedupe, outbox, retries, the DLQ, the relay.
 
-A poll batch is handled in one database transaction, each event inside its own savepoint, so one
-event's failure never undoes another's work; offsets are committed only after that transaction.
-A failing event is retried with bounded exponential backoff in its own transaction, then parked.
+A poll batch is handled in one database transaction (inbox read once, inbox and outbox rows written
+together); when one event's handler fails, the events before it are committed without it, and offsets
+are committed only after that transaction. A failing event is retried with bounded exponential backoff
+in its own transaction, then parked.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from mlcd import events, logs, metrics
@@ -71,8 +73,43 @@ async def unit_of_work(
         waker.wake()
 
 
+class _Batch:
+    """Inbox and outbox rows of a poll batch's handled events, written together in its transaction.
+
+    Round trips per event are what bound throughput on PostgreSQL: the inbox is read once for the whole
+    batch and its rows and the emitted events are inserted in two statements at the end.
+    """
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+        self._handled: list[tuple[str, str]] = []
+        self._emitted: list[events.Envelope[Any]] = []
+
+    def handled(self, event: events.Envelope[Any], uow: UnitOfWork) -> None:
+        self.seen.add(event.id)
+        self._handled.append((event.id, event.type))
+        self._emitted.extend(uow.emitted)
+        uow.emitted = []
+
+    async def write(self, conn: AsyncConnection, group: str) -> None:
+        if self._emitted:
+            await outbox.add(conn, self._emitted)
+        await inbox.record_many(conn, group, self._handled)
+        self._handled, self._emitted = [], []
+
+
+def _event_ids(records: Sequence[Record]) -> list[str]:
+    return [event_id for event_id in (r.header("ce_id") for r in records) if event_id]
+
+
 class _Failure(Exception):
     def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+class _FailedAt(Exception):
+    def __init__(self, index: int, error: BaseException) -> None:
+        self.index = index
         self.error = error
 
 
@@ -142,6 +179,40 @@ class Consumer:
     async def _handle_in_one_transaction(
         self, records: Sequence[Record]
     ) -> tuple[list[Record], tuple[Record, BaseException] | None]:
+        """Handle a batch in one transaction; returns what was committed and the first failure, if any.
+
+        No savepoints (each costs two round trips per event): when a handler fails, the transaction is
+        rolled back and the events before it are handled again and committed; the failing one is left
+        to `_retry_then_park`. Handlers are idempotent, so running one twice is safe.
+        """
+        limit, failure = len(records), None
+        while limit:
+            try:
+                await self._handle_all(records[:limit])
+                break
+            except _FailedAt as failed:
+                limit, failure = failed.index, (records[failed.index], failed.error)
+            except IntegrityError:
+                return await self._handle_after_lost_race(records)
+        return list(records[:limit]), failure
+
+    async def _handle_all(self, records: Sequence[Record]) -> None:
+        batch = _Batch()
+        async with self.engine.begin() as conn:
+            batch.seen = await inbox.seen_among(conn, self.group, _event_ids(records))
+            for index, record in enumerate(records):
+                try:
+                    await self._handle_one(conn, record, attempt=1, batch=batch)
+                except _Failure as failure:
+                    raise _FailedAt(index, failure.error) from failure
+            await batch.write(conn, self.group)
+
+    async def _handle_after_lost_race(
+        self, records: Sequence[Record]
+    ) -> tuple[list[Record], tuple[Record, BaseException] | None]:
+        # Another member handled one of these events meanwhile (a rebalance) and nothing was committed.
+        # Event by event, the inbox row inside each savepoint turns that one into a skip.
+        log.warning("batch lost an inbox race; handling it event by event", group=self.group)
         done: list[Record] = []
         async with self.engine.begin() as conn:
             for record in records:
@@ -167,14 +238,21 @@ class Consumer:
         async with self.engine.begin() as conn:
             await self._park(conn, record, f"{type(error).__name__}: {error}", attempt)
 
-    async def _handle_one(self, conn: AsyncConnection, record: Record, *, attempt: int) -> None:
+    async def _handle_one(
+        self, conn: AsyncConnection, record: Record, *, attempt: int, batch: _Batch | None = None
+    ) -> None:
+        """Handle one event; with a `batch`, its inbox and outbox rows are written with the batch's."""
         decoded = events.decode(record)
         if isinstance(decoded, events.DecodeError):
             await self._park(conn, record, decoded.reason, attempts=0)
             return
         handlers = self.handlers.get(decoded.type, ())
         with logs.bound(event_id=decoded.id, event_type=decoded.type, model=decoded.key, group=self.group):
-            if not handlers or await inbox.seen(conn, self.group, decoded.id):
+            if batch is not None:
+                duplicate = decoded.id in batch.seen
+            else:
+                duplicate = bool(handlers) and await inbox.seen(conn, self.group, decoded.id)
+            if not handlers or duplicate:
                 if handlers:
                     metrics.EVENTS_DUPLICATE.labels(self.group).inc()
                     log.info("duplicate skipped")
@@ -184,8 +262,11 @@ class Consumer:
             try:
                 for handler in handlers:
                     await handler(decoded, uow)
-                await uow.flush()
-                await inbox.record(conn, self.group, decoded.id, decoded.type)
+                if batch is not None:
+                    batch.handled(decoded, uow)
+                else:
+                    await uow.flush()
+                    await inbox.record(conn, self.group, decoded.id, decoded.type)
             except Exception as e:  # any handler failure is retried or parked, never fatal to the loop
                 metrics.EVENTS_FAILED.labels(self.group, decoded.type).inc()
                 log.warning("handler failed", attempt=attempt, error=f"{type(e).__name__}: {e}")
@@ -214,7 +295,6 @@ def dead_letter_record(record: Record, group: str, error: str, attempts: int) ->
         ("mlcd_consumer_group", group.encode()),
     ]
     return Record(topic=events.DLQ_TOPIC, key=record.key, value=record.value, headers=tuple(headers))
-
 
 
 class OutboxRelay:

