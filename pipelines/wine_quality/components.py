@@ -17,13 +17,16 @@ BASE_IMAGE = "python:3.11-slim"
 def load_batch(
     data_uri: str,
     s3_endpoint: str,
-    s3_access_key: str,
-    s3_secret_key: str,
     min_rows: int,
     batch: Output[Dataset],
 ) -> int:
-    """Read the CSV batch at `data_uri` (s3://bucket/key, file:// URI or path), check its shape, keep it."""
+    """Read the CSV batch at `data_uri` (s3://bucket/key, file:// URI or path), check its shape, keep it.
+
+    S3 credentials come from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), never from a
+    parameter: KFP shows parameters in its UI and keeps them in the run record.
+    """
     import io
+    import os
     import urllib.parse
     from pathlib import Path
 
@@ -39,7 +42,12 @@ def load_batch(
         bucket, _, key = data_uri.removeprefix("s3://").partition("/")  # the key as stored, not URL-decoded
         secure = s3_endpoint.startswith("https://")
         endpoint = s3_endpoint.removeprefix("https://").removeprefix("http://").rstrip("/")
-        client = Minio(endpoint, access_key=s3_access_key, secret_key=s3_secret_key, secure=secure)
+        client = Minio(
+            endpoint,
+            access_key=os.environ.get("AWS_ACCESS_KEY_ID", ""),
+            secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY", ""),
+            secure=secure,
+        )
         response = client.get_object(bucket, key)
         try:
             raw = response.read()
@@ -135,8 +143,13 @@ def register_model(
     n_estimators: int,
     test_fraction: float,
     run_alias: str,
+    run_name: str,
 ) -> NamedTuple("Registered", [("model_version", str), ("mlflow_run_id", str)]):  # type: ignore[misc]
-    """Log params, metrics, tags and the model to MLflow and register a version under `model_name`."""
+    """Log params, metrics, tags and the model to MLflow and register a version under `model_name`.
+
+    A run mlcd started (`run_name` set) registers its version with the tags `mlcd.registered_by` and
+    `mlcd.run_name` from the start, so MLflow's model-version-created webhook tells mlcd it was its own.
+    """
     import json
     import pickle
     from collections import namedtuple
@@ -148,6 +161,7 @@ def register_model(
     with open(model.path, "rb") as source:
         classifier = pickle.load(source)
     tags = {"data_uri": data_uri, "git_commit": git_commit, "pipeline_version": pipeline_version}
+    mlcd_tags = {"mlcd.registered_by": "mlcd-trainer", "mlcd.run_name": run_name} if run_name else {}
     mlflow.set_tracking_uri(mlflow_tracking_uri)
     mlflow.set_experiment(model_name)
     with mlflow.start_run() as run:
@@ -159,16 +173,16 @@ def register_model(
         info = mlflow.sklearn.log_model(
             classifier,
             name="model",
-            registered_model_name=model_name,
             pip_requirements=[f"scikit-learn=={sklearn.__version__}"],
             skops_trusted_types=["sklearn.tree._tree.Tree"],  # the forest's own trees, written just above
         )
-    version = str(info.registered_model_version)
-    client = MlflowClient(tracking_uri=mlflow_tracking_uri)
-    for key, value in tags.items():
-        client.set_model_version_tag(model_name, version, key, value)
+    # Registered with its tags in one call: the created-webhook carries only the tags given at creation.
+    registered = mlflow.register_model(info.model_uri, model_name, tags={**tags, **mlcd_tags})
+    version = str(registered.version)
     if run_alias:
-        client.set_registered_model_alias(model_name, run_alias, version)
+        MlflowClient(tracking_uri=mlflow_tracking_uri).set_registered_model_alias(
+            model_name, run_alias, version
+        )
     print(f"registered {model_name} version {version} from MLflow run {run.info.run_id}")
     outputs = namedtuple("Registered", ["model_version", "mlflow_run_id"])
     return outputs(version, run.info.run_id)

@@ -9,10 +9,13 @@ import sys
 from pathlib import Path
 from typing import NamedTuple
 
-from kfp import compiler, dsl
+from kfp import compiler, dsl, kubernetes
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import components
+
+S3_CREDENTIALS_SECRET = "mlcd-s3-credentials"
+S3_CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 
 
 @dsl.pipeline(name="wine-quality", description="Train, evaluate and register the wine-quality classifier.")
@@ -27,17 +30,19 @@ def wine_quality(
     random_state: int = 42,
     min_rows: int = 30,
     s3_endpoint: str = "",
-    s3_access_key: str = "",
-    s3_secret_key: str = "",
+    s3_credentials_secret: str = S3_CREDENTIALS_SECRET,
     fail_on_purpose: bool = False,
     run_alias: str = "",
+    run_name: str = "",
 ) -> NamedTuple("Outputs", [("model_version", str), ("metrics", str)]):  # type: ignore[misc]
-    loaded = components.load_batch(
-        data_uri=data_uri,
-        s3_endpoint=s3_endpoint,
-        s3_access_key=s3_access_key,
-        s3_secret_key=s3_secret_key,
-        min_rows=min_rows,
+    loaded = components.load_batch(data_uri=data_uri, s3_endpoint=s3_endpoint, min_rows=min_rows)
+    # On a cluster the credentials come from a Kubernetes Secret (the local runner ignores this and
+    # passes its own environment); optional, so batches read from elsewhere need no Secret.
+    kubernetes.use_secret_as_env(
+        loaded,
+        secret_name=s3_credentials_secret,
+        secret_key_to_env={key: key for key in S3_CREDENTIAL_KEYS},
+        optional=True,
     )
     trained = components.train_model(
         batch=loaded.outputs["batch"],
@@ -57,6 +62,7 @@ def wine_quality(
         n_estimators=n_estimators,
         test_fraction=test_fraction,
         run_alias=run_alias,
+        run_name=run_name,
     )
     for task in (loaded, trained, registered):
         task.set_caching_options(False)  # each run must read the batch anew and register a new version

@@ -65,12 +65,17 @@ async def test_pipeline_compiles_to_kfp_ir_yaml(tmp_path: Path) -> None:
     ref = await LocalOrchestrator(tmp_path, PIPELINES).latest("wine_quality")
 
     assert ref is not None and ref.version.startswith("tree-")
-    spec = yaml.safe_load(await asyncio.to_thread(Path(ref.package_uri).read_text))
+    spec, platform = yaml.safe_load_all(await asyncio.to_thread(Path(ref.package_uri).read_text))
     assert spec["pipelineInfo"]["name"] == "wine-quality"
     assert set(spec["root"]["dag"]["tasks"]) == {"load-batch", "train-model", "register-model"}
     inputs = set(spec["root"]["inputDefinitions"]["parameters"])
     assert {"data_uri", "model_name", "mlflow_tracking_uri", "git_commit", "pipeline_version"} <= inputs
-    assert {"n_estimators", "s3_endpoint", "s3_access_key", "s3_secret_key", "fail_on_purpose"} <= inputs
+    assert {"n_estimators", "s3_endpoint", "fail_on_purpose", "run_alias", "run_name"} <= inputs
+    assert not {name for name in inputs if "key" in name or "password" in name}  # no secret parameter
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    [from_secret] = executors["exec-load-batch"]["secretAsEnv"]
+    assert from_secret["secretNameParameter"] == {"componentInputParameter": "s3_credentials_secret"}
+    assert {e["envVar"] for e in from_secret["keyToEnv"]} == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
 
 
 async def test_local_run_registers_a_model_version_with_metrics_and_tags(
@@ -82,8 +87,11 @@ async def test_local_run_registers_a_model_version_with_metrics_and_tags(
     model = unique("wine")
     data_uri = batches["clean"].as_uri()
 
+    name = unique("run")
+
     run = await finished(
-        orchestrator, await orchestrator.submit(unique("run"), ref, parameters(data_uri, mlflow_uri, model))
+        orchestrator,
+        await orchestrator.submit(name, ref, parameters(data_uri, mlflow_uri, model, run_name=name)),
     )
 
     assert run.state == "SUCCEEDED", run.log_tail
@@ -93,6 +101,9 @@ async def test_local_run_registers_a_model_version_with_metrics_and_tags(
     assert registered.tags["data_uri"] == data_uri
     assert registered.tags["git_commit"] == "0123abcd"
     assert registered.tags["pipeline_version"] == "tree"
+    # What ingest reads off MLflow's model-version-created webhook to ignore mlcd's own versions:
+    assert registered.tags["mlcd.registered_by"] == "mlcd-trainer"
+    assert registered.tags["mlcd.run_name"] == name
     assert registered.run_id is not None
     metrics = client.get_run(registered.run_id).data.metrics
     assert metrics["accuracy"] > 0.8
@@ -105,24 +116,23 @@ async def test_pipeline_reads_a_batch_from_minio(
     s3 = Minio(minio.endpoint, access_key=minio.access_key, secret_key=minio.secret_key, secure=False)
     s3.make_bucket("landing")
     s3.fput_object("landing", "wine_quality/batch 01.csv", str(batches["clean"]))
-    orchestrator = LocalOrchestrator(tmp_path, PIPELINES)
+    credentials = {"AWS_ACCESS_KEY_ID": minio.access_key, "AWS_SECRET_ACCESS_KEY": minio.secret_key}
+    orchestrator = LocalOrchestrator(tmp_path, PIPELINES, credentials=credentials)
     ref = await orchestrator.latest("wine_quality")
     assert ref is not None
     model = unique("wine")
-    secrets = {
-        "s3_endpoint": f"http://{minio.endpoint}",
-        "s3_access_key": minio.access_key,
-        "s3_secret_key": minio.secret_key,
-    }
+    endpoint = {"s3_endpoint": f"http://{minio.endpoint}"}
 
     uri = "s3://landing/wine_quality/batch 01.csv"
     run = await finished(
         orchestrator,
-        await orchestrator.submit(unique("run"), ref, parameters(uri, mlflow_uri, model, **secrets)),
+        await orchestrator.submit(unique("run"), ref, parameters(uri, mlflow_uri, model, **endpoint)),
     )
 
     assert run.state == "SUCCEEDED", run.log_tail
     assert MlflowClient(tracking_uri=mlflow_uri).get_model_version(model, run.outputs["model_version"])
+    records = [path.read_text() for path in (tmp_path / "runs").iterdir() if path.is_file()]
+    assert records and not any(minio.secret_key in r or minio.access_key in r for r in records)
 
 
 async def test_malformed_batch_fails_the_load_task_with_the_reason(

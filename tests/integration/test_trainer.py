@@ -14,10 +14,12 @@ from typing import Any
 
 import pytest
 from mlflow import MlflowClient
+from pydantic import SecretStr
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mlcd import events
+from mlcd.adapters import kfp, objectstore
 from mlcd.adapters.kfp import KfpClientOrchestrator, LocalOrchestrator
 from mlcd.adapters.mlflow import MlflowRegistry
 from mlcd.bus import runtime
@@ -35,6 +37,7 @@ from tests.conftest import REPO, unique
 from tests.fakes import kfp_api
 
 MODEL = "wine_quality"
+ACCESS_KEY, SECRET_KEY = "trainer-access-key-7f3a", "trainer-secret-key-91c2"  # must never be recorded
 METRICS = {"accuracy": 0.97, "f1_macro": 0.96}
 
 
@@ -61,11 +64,20 @@ async def kfp_ports(tmp_path: Path, fake: kfp_api.FakeKfp, mlflow_uri: str) -> d
     package.write_text("pipelineInfo:\n  name: wine-quality\n")
     orchestrator = KfpClientOrchestrator(fake.url, timeout_s=5)
     await orchestrator.publish("wine_quality", "0123abcd", package)
+    settings = Settings(
+        home=tmp_path,
+        mlflow_tracking_uri=mlflow_uri,
+        kfp_host=fake.url,
+        s3_endpoint="minio.example:9000",  # only named in run parameters: no S3 call is made
+        s3_access_key=SecretStr(ACCESS_KEY),
+        s3_secret_key=SecretStr(SECRET_KEY),
+    )
     return {
-        "settings": Settings(home=tmp_path, mlflow_tracking_uri=mlflow_uri, kfp_host=fake.url),
+        "settings": settings,
         "policies": policies(tmp_path),
         "orchestrator": orchestrator,
         "registry": MlflowRegistry(mlflow_uri),
+        "objects": objectstore.build(settings),
     }
 
 
@@ -134,6 +146,19 @@ async def test_trigger_redelivered_after_a_crash_starts_one_run(
     run = fake.run_named(decisions.run_name(MODEL, trigger_id))
     assert run["runtime_config"]["parameters"]["data_uri"] == "s3://landing/wine_quality/a.csv"
     assert run["runtime_config"]["parameters"]["n_estimators"] == 50  # from the model's policy
+
+
+async def test_a_cluster_run_gets_the_s3_endpoint_but_never_the_credentials(
+    engine: AsyncEngine, fake: kfp_api.FakeKfp, kfp_ports: dict[str, Any]
+) -> None:
+    trigger_id = unique("evt")
+
+    await deliver(engine, kfp_ports, validated("s3://landing/wine_quality/a.csv"), trigger_id)
+
+    run = fake.run_named(decisions.run_name(MODEL, trigger_id))
+    assert run["runtime_config"]["parameters"]["s3_endpoint"] == "http://minio.example:9000"
+    recorded = json.dumps([fake.runs, await emitted(engine, events.TrainingStarted)], default=str)
+    assert ACCESS_KEY not in recorded and SECRET_KEY not in recorded
 
 
 async def test_duplicate_delivery_on_the_bus_starts_one_run(
@@ -270,8 +295,21 @@ async def local_engine(sqlite_url: str) -> AsyncIterator[AsyncEngine]:
 
 
 @pytest.fixture
-async def local_orchestrator(tmp_path: Path) -> AsyncIterator[LocalOrchestrator]:
-    orchestrator = LocalOrchestrator(tmp_path / "home", REPO / "pipelines")
+def local_settings(tmp_path: Path, mlflow_uri: str) -> Settings:
+    """The embedded defaults (folder object store, kfp.local), with S3 credentials configured."""
+    return Settings(
+        home=tmp_path / "home",
+        mlflow_tracking_uri=mlflow_uri,
+        pipelines_dir=REPO / "pipelines",
+        s3_access_key=SecretStr(ACCESS_KEY),
+        s3_secret_key=SecretStr(SECRET_KEY),
+    )
+
+
+@pytest.fixture
+async def local_orchestrator(local_settings: Settings) -> AsyncIterator[LocalOrchestrator]:
+    orchestrator = kfp.build(local_settings)
+    assert isinstance(orchestrator, LocalOrchestrator)
     yield orchestrator
     await orchestrator.close()
 
@@ -284,51 +322,64 @@ async def clean_batch(tmp_path: Path) -> str:
 
 
 def local_ports(
-    tmp_path: Path, mlflow_uri: str, orchestrator: LocalOrchestrator, **policy_parameters: Any
+    tmp_path: Path, settings: Settings, orchestrator: LocalOrchestrator, **policy_parameters: Any
 ) -> dict[str, Any]:
+    assert settings.mlflow_tracking_uri is not None
     return {
-        "settings": Settings(home=tmp_path / "home", mlflow_tracking_uri=mlflow_uri),
+        "settings": settings,
         "policies": policies(tmp_path, **policy_parameters),
         "orchestrator": orchestrator,
-        "registry": MlflowRegistry(mlflow_uri),
+        "registry": MlflowRegistry(settings.mlflow_tracking_uri),
+        "objects": objectstore.build(settings),
     }
 
 
 @pytest.mark.slow
-async def test_a_real_pipeline_run_reports_the_registered_version_and_its_metrics(
+async def test_a_real_run_reads_an_ingested_batch_from_the_folder_store_and_reports_its_version(
     tmp_path: Path,
     local_engine: AsyncEngine,
+    local_settings: Settings,
     local_orchestrator: LocalOrchestrator,
     clean_batch: str,
     mlflow_uri: str,
 ) -> None:
-    ports = local_ports(tmp_path, mlflow_uri, local_orchestrator, n_estimators=10)
+    ports = local_ports(tmp_path, local_settings, local_orchestrator, n_estimators=10)
+    batch = await asyncio.to_thread(Path(clean_batch.removeprefix("file://")).read_bytes)
+    stored = await ports["objects"].put("landing", "wine_quality/batch 01.csv", batch)
+    canonical = "s3://landing/wine_quality/batch 01.csv"  # how ingest names a batch, embedded or not
     trigger_id = unique("evt")
 
-    await deliver(local_engine, ports, validated(clean_batch), trigger_id)
+    await deliver(local_engine, ports, validated(canonical), trigger_id)
 
     async def succeeded() -> bool:
         return bool(await emitted(local_engine, events.TrainingSucceeded))
 
     await follow_until(local_engine, ports, succeeded, timeout_s=240)
     [result] = await emitted(local_engine, events.TrainingSucceeded)
+    assert result["data_uri"] == canonical
+    assert [s["data_uri"] for s in await emitted(local_engine, events.TrainingStarted)] == [canonical]
     assert result["metrics"]["accuracy"] > 0.8 and "recall_class_2" in result["metrics"]
-    version = MlflowClient(tracking_uri=mlflow_uri).get_model_version(MODEL, result["model_version"])
-    assert version.tags["data_uri"] == clean_batch
+    client = MlflowClient(tracking_uri=mlflow_uri)
+    version = client.get_model_version(MODEL, result["model_version"])
+    assert version.tags["data_uri"] == stored and stored.startswith("file://")  # what the pipeline read
     assert version.tags["pipeline_version"] == result["pipeline_version"]
-    aliases = MlflowClient(tracking_uri=mlflow_uri).get_registered_model(MODEL).aliases
+    assert version.tags["mlcd.registered_by"] == "mlcd-trainer"
+    assert version.tags["mlcd.run_name"] == decisions.run_name(MODEL, trigger_id)
+    aliases = client.get_registered_model(MODEL).aliases
     assert decisions.run_alias(decisions.run_name(MODEL, trigger_id)) not in aliases
+    run_records = [p.read_text() for p in (local_settings.home / "runs").iterdir() if p.is_file()]
+    assert run_records and not any(ACCESS_KEY in r or SECRET_KEY in r for r in run_records)
 
 
 @pytest.mark.slow
 async def test_a_real_failing_pipeline_task_reports_training_failed(
     tmp_path: Path,
     local_engine: AsyncEngine,
+    local_settings: Settings,
     local_orchestrator: LocalOrchestrator,
     clean_batch: str,
-    mlflow_uri: str,
 ) -> None:
-    ports = local_ports(tmp_path, mlflow_uri, local_orchestrator, fail_on_purpose=True)
+    ports = local_ports(tmp_path, local_settings, local_orchestrator, fail_on_purpose=True)
 
     await deliver(local_engine, ports, validated(clean_batch), unique("evt"))
 

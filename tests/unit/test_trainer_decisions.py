@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
+from pathlib import Path
 
 from pydantic import SecretStr
 
+from mlcd.adapters.objectstore import FolderObjectStore, MinioObjectStore
 from mlcd.config import Settings
 from mlcd.ports import Run
 from mlcd.trainer import decisions
+from mlcd.trainer.handlers import readable_uri
 
 
 def test_a_trigger_starts_a_run_when_none_is_active() -> None:
@@ -29,9 +32,9 @@ def test_run_name_and_alias_are_stable_per_trigger() -> None:
     assert alias.replace("-", "").isalnum()  # MLflow accepts it as an alias
 
 
-def test_run_parameters_let_the_policy_tune_but_not_redirect_the_run() -> None:
+def test_run_parameters_let_the_policy_tune_but_not_redirect_the_run_and_carry_no_secret() -> None:
     settings = Settings(
-        s3_endpoint="minio:9000", s3_access_key=SecretStr("ak"), s3_secret_key=SecretStr("sk")
+        s3_endpoint="minio:9000", s3_access_key=SecretStr("ak-123"), s3_secret_key=SecretStr("sk-456")
     )
 
     parameters = decisions.run_parameters(
@@ -48,8 +51,30 @@ def test_run_parameters_let_the_policy_tune_but_not_redirect_the_run() -> None:
     assert parameters["n_estimators"] == 80
     assert parameters["data_uri"] == "s3://landing/wine_quality/b.csv"
     assert parameters["s3_endpoint"] == "http://minio:9000"
-    assert (parameters["s3_access_key"], parameters["s3_secret_key"]) == ("ak", "sk")
+    assert parameters["run_name"] == "mlcd-wine_quality-evt"
     assert parameters["run_alias"] == decisions.run_alias("mlcd-wine_quality-evt")
+    assert not {"ak-123", "sk-456"} & {str(value) for value in parameters.values()}
+
+
+def test_an_s3_uri_splits_into_bucket_and_the_key_as_stored() -> None:
+    assert decisions.s3_location("s3://landing/wine_quality/batch 01%2B.csv") == (
+        "landing",
+        "wine_quality/batch 01%2B.csv",
+    )
+    assert decisions.s3_location("file:///tmp/b.csv") is None
+    assert decisions.s3_location("/tmp/b.csv") is None
+    assert decisions.s3_location("s3://landing") is None
+
+
+def test_the_trainer_hands_the_orchestrator_the_object_stores_uri_of_a_batch(tmp_path: Path) -> None:
+    folder = FolderObjectStore(tmp_path / "objects")
+    minio = MinioObjectStore("minio:9000", "ak", "sk")
+
+    local = readable_uri("s3://landing/wine_quality/b 1.csv", folder)
+
+    assert local == (tmp_path / "objects" / "landing" / "wine_quality" / "b 1.csv").resolve().as_uri()
+    assert readable_uri("s3://landing/wine_quality/b.csv", minio) == "s3://landing/wine_quality/b.csv"
+    assert readable_uri("file:///data/b.csv", folder) == "file:///data/b.csv"
 
 
 def test_checks_slow_down_and_level_off() -> None:

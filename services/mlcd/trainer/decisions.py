@@ -64,9 +64,11 @@ def run_parameters(
     settings: Settings,
     policy_parameters: dict[str, Any],
 ) -> dict[str, Any]:
-    """The policy's parameters, then what mlcd knows about this run (which the policy cannot override)."""
-    secret = settings.s3_secret_key.get_secret_value() if settings.s3_secret_key else ""
-    access = settings.s3_access_key.get_secret_value() if settings.s3_access_key else ""
+    """The policy's parameters, then what mlcd knows about this run (which the policy cannot override).
+
+    No secret is ever a parameter (KFP shows parameters in its UI and run records): the pipeline's tasks
+    read S3 credentials from their environment.
+    """
     return {
         **policy_parameters,
         "data_uri": data_uri,
@@ -74,11 +76,18 @@ def run_parameters(
         "mlflow_tracking_uri": tracking_uri,
         "git_commit": commit,
         "pipeline_version": pipeline_version,
+        "run_name": name,
         "run_alias": run_alias(name),
         "s3_endpoint": s3_endpoint_url(settings),
-        "s3_access_key": access,
-        "s3_secret_key": secret,
     }
+
+
+def s3_location(uri: str) -> tuple[str, str] | None:
+    """(bucket, key) of an `s3://bucket/key` URI, the key as stored (not URL-decoded); None for others."""
+    if not uri.startswith("s3://"):
+        return None
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    return (bucket, key) if bucket and key else None
 
 
 def check_delay(checks: int) -> timedelta:

@@ -33,10 +33,13 @@ async def on_data_validated(
     settings: Settings,
     policies: PolicyBook,
     orchestrator: ports.Orchestrator,
+    objects: ports.ObjectStore,
 ) -> None:
     data = event.data
     trigger = Trigger(data.model, event.id, data.uri, f"data validated: {data.uri}")
-    await request_training(trigger, uow, settings=settings, policies=policies, orchestrator=orchestrator)
+    await request_training(
+        trigger, uow, settings=settings, policies=policies, orchestrator=orchestrator, objects=objects
+    )
 
 
 async def on_retrain_requested(
@@ -46,6 +49,7 @@ async def on_retrain_requested(
     settings: Settings,
     policies: PolicyBook,
     orchestrator: ports.Orchestrator,
+    objects: ports.ObjectStore,
 ) -> None:
     data = event.data
     data_uri = data.data_uri or await training.last_data_uri(uow.connection, data.model)
@@ -56,7 +60,9 @@ async def on_retrain_requested(
         uow.emit(events.NoticeRaised(model=data.model, message=message, cause_event_id=event.id))
         return
     trigger = Trigger(data.model, event.id, data_uri, f"retrain requested: {data.reason}")
-    await request_training(trigger, uow, settings=settings, policies=policies, orchestrator=orchestrator)
+    await request_training(
+        trigger, uow, settings=settings, policies=policies, orchestrator=orchestrator, objects=objects
+    )
 
 
 async def on_pipeline_published(
@@ -66,6 +72,7 @@ async def on_pipeline_published(
     settings: Settings,
     policies: PolicyBook,
     orchestrator: ports.Orchestrator,
+    objects: ports.ObjectStore,
 ) -> None:
     data = event.data
     policy = policies.get(data.model)
@@ -77,7 +84,9 @@ async def on_pipeline_published(
         return
     reason = f"pipeline {data.pipeline} {data.version} published"
     trigger = Trigger(data.model, event.id, data_uri, reason, commit=data.commit)
-    await request_training(trigger, uow, settings=settings, policies=policies, orchestrator=orchestrator)
+    await request_training(
+        trigger, uow, settings=settings, policies=policies, orchestrator=orchestrator, objects=objects
+    )
 
 
 async def request_training(
@@ -87,6 +96,7 @@ async def request_training(
     settings: Settings,
     policies: PolicyBook,
     orchestrator: ports.Orchestrator,
+    objects: ports.ObjectStore,
 ) -> None:
     """Start a run for `trigger`, or make it the model's follow-up when a run is active."""
     policy = policies.get(trigger.model)
@@ -104,7 +114,9 @@ async def request_training(
             "run active; trigger coalesced into the follow-up", model=trigger.model, data_uri=trigger.data_uri
         )
     elif admission is decisions.Admission.START:
-        await start_run(trigger, policy.training, uow, settings=settings, orchestrator=orchestrator)
+        await start_run(
+            trigger, policy.training, uow, settings=settings, orchestrator=orchestrator, objects=objects
+        )
 
 
 async def start_run(
@@ -114,6 +126,7 @@ async def start_run(
     *,
     settings: Settings,
     orchestrator: ports.Orchestrator,
+    objects: ports.ObjectStore,
 ) -> None:
     name = decisions.run_name(trigger.model, trigger.event_id)
     if await training.get_run(uow.connection, name) is not None:
@@ -128,7 +141,7 @@ async def start_run(
         return
     parameters = decisions.run_parameters(
         model=trigger.model,
-        data_uri=trigger.data_uri,
+        data_uri=readable_uri(trigger.data_uri, objects),
         commit=trigger.commit,
         pipeline_version=pipeline.version,
         name=name,
@@ -153,6 +166,15 @@ async def start_run(
     log.info("training run started", model=trigger.model, run=name, pipeline_version=pipeline.version)
 
 
+def readable_uri(data_uri: str, objects: ports.ObjectStore) -> str:
+    """The batch's URI as the orchestrator reads it: the object store's own URI for a canonical s3:// one.
+
+    Events keep the canonical `s3://bucket/key`; the embedded folder store answers with a file:// URI.
+    """
+    location = decisions.s3_location(data_uri)
+    return objects.uri(*location) if location is not None else data_uri
+
+
 async def follow_runs(
     uow: UnitOfWork,
     *,
@@ -160,12 +182,19 @@ async def follow_runs(
     policies: PolicyBook,
     orchestrator: ports.Orchestrator,
     registry: ports.Registry,
+    objects: ports.ObjectStore,
 ) -> None:
     """Timer: look at each active run that is due; report the ones that ended and start their follow-ups."""
     for row in await training.due(uow.connection, datetime.now(UTC)):
         with logs.bound(model=row.model, run=row.run_name):
             await follow(
-                row, uow, settings=settings, policies=policies, orchestrator=orchestrator, registry=registry
+                row,
+                uow,
+                settings=settings,
+                policies=policies,
+                orchestrator=orchestrator,
+                registry=registry,
+                objects=objects,
             )
 
 
@@ -177,6 +206,7 @@ async def follow(
     policies: PolicyBook,
     orchestrator: ports.Orchestrator,
     registry: ports.Registry,
+    objects: ports.ObjectStore,
 ) -> None:
     conn = uow.connection
     await training.lock_model(conn, row.model)
@@ -203,7 +233,9 @@ async def follow(
     await _report(row, outcome, uow)
     follow_up = await training.take_pending(conn, row.model)
     if follow_up is not None and policy is not None and policy.training is not None:
-        await start_run(follow_up, policy.training, uow, settings=settings, orchestrator=orchestrator)
+        await start_run(
+            follow_up, policy.training, uow, settings=settings, orchestrator=orchestrator, objects=objects
+        )
 
 
 async def _outcome(
