@@ -206,10 +206,15 @@ class LocalServing:
         return self._models[key]
 
     def _load(self, model: str, version: str) -> Any:
+        import mlflow
         import mlflow.artifacts
         import mlflow.pyfunc
         from mlflow.exceptions import MlflowException
 
+        # MLflow 3 resolves `models:/m-<id>` sources through the process-wide registry URI, ignoring the
+        # one passed to download_artifacts; a serving process talks to exactly one tracking server.
+        mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.set_registry_uri(self.tracking_uri)
         target = self.folder / "models" / model / version
         if not (target / "MLmodel").exists():
             target.parent.mkdir(parents=True, exist_ok=True)
