@@ -162,6 +162,11 @@ class Stack:
             rows = await outbox.journal(conn, model=self.model, event_type=event_type.type, limit=100)
         return [event for _, event in rows]
 
+    async def published(self, event_type: type[events.Payload]) -> list[dict[str, Any]]:
+        """The journaled events of a type, once the relay has published at least one."""
+        found: list[dict[str, Any]] = await eventually(lambda: self.journal(event_type), event_type.type)
+        return found
+
     async def open_gate(self, version: str, author: str = "alice") -> dict[str, Any]:
         await self.publish(trained(self.model, version, author))
 
@@ -290,9 +295,9 @@ async def test_gate_lifecycle_through_the_api(stack: Stack) -> None:
     tags = await stack.decided_tags(candidate)
     assert tags["mlcd.decision"] == "approved" and tags["mlcd.approved_by"] == "olivia"
     assert await stack.challenger() == candidate
-    (approval,) = await stack.journal(events.PromotionApproved)
+    (approval,) = await stack.published(events.PromotionApproved)
     assert approval["data"]["gate_id"] == gate["id"] and approval["data"]["approved_by"] == ["olivia"]
-    (opened,) = await stack.journal(events.GateOpened)
+    (opened,) = await stack.published(events.GateOpened)
     assert opened["data"]["gate_id"] == gate["id"]
 
     (notice,) = stack.gitlab.commit_comments(PROJECT, COMMIT)[:1]
@@ -311,7 +316,7 @@ async def test_failing_rules_reject_and_tag_the_version_without_a_gate(stack: St
     assert tags["mlcd.decision"] == "rejected"
     assert tags["mlcd.reason"] == "rules failed: no_regression"
     assert tags["mlcd.rule.no_regression"].startswith("fail: ")
-    (rejection,) = await stack.journal(events.PromotionRejected)
+    (rejection,) = await stack.published(events.PromotionRejected)
     outcome = {r["name"]: r for r in rejection["data"]["rules"]}["no_regression"]
     assert outcome["values"] == {"candidate.metrics.accuracy": 0.88, "champion.metrics.accuracy": 0.9}
     assert (await stack.http.get("/api/v1/gates", headers=_bearer("dev"))).json() == []
@@ -325,7 +330,7 @@ async def test_first_model_without_approval_goes_straight_to_challenger(stack: S
 
     assert (await stack.decided_tags(candidate))["mlcd.decision"] == "approved"
     assert await stack.challenger() == candidate
-    (approval,) = await stack.journal(events.PromotionApproved)
+    (approval,) = await stack.published(events.PromotionApproved)
     assert approval["data"]["gate_id"] is None
     assert [r["name"] for r in approval["data"]["rules"]] == ["accuracy_floor"]
 
@@ -386,7 +391,7 @@ async def test_gate_decided_by_a_merge_request_comment(stack: Stack) -> None:
 
     notes = await eventually(replies, "two merge-request replies")
     assert any("by @dan refused" in n for n in notes) and any("by @mia accepted" in n for n in notes)
-    (approval,) = await stack.journal(events.PromotionApproved)
+    (approval,) = await stack.published(events.PromotionApproved)
     assert approval["data"]["approved_by"] == ["mia"]
 
 
@@ -444,7 +449,7 @@ async def test_alert_storm_yields_one_action_per_model(stack: Stack) -> None:
 
     await eventually(both_actions, "the retrain and the rollback in the journal")
     assert len(await stack.journal(events.RetrainRequested)) == 1
-    (rollback,) = await stack.journal(events.RollbackRequested)
+    (rollback,) = await stack.published(events.RollbackRequested)
     assert rollback["data"]["requested_by"] == "monitoring-policy"
 
 
