@@ -60,7 +60,10 @@ def demo() -> None:
     """Play the whole story on the embedded defaults and print its timeline."""
     from mlcd.local.demo import run_demo
 
-    raise typer.Exit(asyncio.run(run_demo(_settings())))
+    settings = _settings()
+    # The story and its timeline are the output; the services speak up only when something is wrong.
+    logs.configure("WARNING", settings.secret_values())
+    raise typer.Exit(asyncio.run(run_demo(settings)))
 
 
 @app.command()

@@ -8,6 +8,7 @@ it counts requests, errors and latency per revision (`figures`) for the embedded
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import tempfile
 import time
@@ -238,6 +239,8 @@ class LocalServing:
 
 
 def build(settings: Settings) -> LocalServing:
+    # MLflow draws a progress bar on every model download; in a service log that is noise.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     return LocalServing(settings.home, mlflow_adapter.tracking_uri(settings))
 
 
