@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
-import httpx
 import typer
+
+from mlcd.commands import _api
 
 app = typer.Typer(help="Promotion gates waiting for (or given) an on-call decision.", no_args_is_help=True)
 
 _JSON = typer.Option(False, "--json", help="The API's JSON answer.")
-_TIMEOUT_S = 15.0
 
 
 @app.command("list")
@@ -22,7 +21,7 @@ def list_(
 ) -> None:
     """Gates, newest first."""
     params = {key: value for key, value in {"state": state, "model": model}.items() if value}
-    found = _call("GET", "/api/v1/gates", params=params)
+    found = _api.call("GET", "/api/v1/gates", params=params)
     if as_json:
         typer.echo(json.dumps(found, indent=2))
         return
@@ -38,7 +37,7 @@ def list_(
 @app.command()
 def show(gate_id: str = typer.Argument(..., help="The gate's id."), as_json: bool = _JSON) -> None:
     """One gate: its rules with the values they saw, and its audit log."""
-    gate = _call("GET", f"/api/v1/gates/{gate_id}")
+    gate = _api.call("GET", f"/api/v1/gates/{gate_id}")
     if as_json:
         typer.echo(json.dumps(gate, indent=2))
         return
@@ -85,57 +84,6 @@ def reject(
 
 
 def _decide(gate_id: str, decision: str, reason: str) -> None:
-    answer = _call("POST", f"/api/v1/gates/{gate_id}/{decision}", body={"reason": reason})
+    answer = _api.call("POST", f"/api/v1/gates/{gate_id}/{decision}", body={"reason": reason})
     gate = answer["gate"]
     typer.echo(f"gate {gate['id']} is {gate['state']}: {answer['message']}")
-
-
-def _call(
-    method: str, path: str, *, params: dict[str, str] | None = None, body: dict[str, Any] | None = None
-) -> Any:
-    from pydantic import ValidationError
-
-    from mlcd.config import Settings
-
-    try:
-        settings = Settings()
-    except ValidationError as e:
-        raise _fail(f"invalid MLCD_* settings: {e.errors()[0]['loc']}: {e.errors()[0]['msg']}") from None
-    token = _token(settings)
-    url = settings.effective_api_url.rstrip("/") + path
-    headers = {"Authorization": f"Bearer {token}", "X-Mlcd-Via": "cli"}
-    try:
-        response = httpx.request(method, url, params=params, json=body, headers=headers, timeout=_TIMEOUT_S)
-    except httpx.HTTPError as e:
-        raise _fail(
-            f"cannot reach the mlcd API at {settings.effective_api_url}: {type(e).__name__}"
-        ) from None
-    if response.status_code >= 400:
-        raise _fail(f"{response.status_code}: {_problem(response)}")
-    return response.json()
-
-
-def _token(settings: Any) -> str:
-    if settings.api_token is not None and settings.api_token.get_secret_value():
-        return str(settings.api_token.get_secret_value())
-    path = settings.home / "admin-token"
-    try:
-        return str(path.read_text().strip())
-    except OSError:
-        raise _fail(f"no API token: set MLCD_API_TOKEN or run `mlcd up` once to write {path}") from None
-
-
-def _problem(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        return response.text.strip()[:200] or response.reason_phrase
-    if isinstance(body, dict):
-        message = str(body.get("error") or body.get("detail") or body)
-        return message + (f" (gate is {body['state']})" if "state" in body else "")
-    return str(body)
-
-
-def _fail(message: str) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(1)

@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import httpx
 import typer
 
-app = typer.Typer(help="Serving: status and rollback.")
+from mlcd.commands import _api
 
-_TIMEOUT_S = 15.0
+app = typer.Typer(help="Serving: status and rollback.")
 
 
 @app.command()
@@ -20,7 +19,8 @@ def rollback(
     reason: str | None = typer.Option(None, "--reason", help="Why, for the journal."),
 ) -> None:
     """Send all of MODEL's traffic back to the previous revision (on-call tokens only)."""
-    answer = _call("POST", f"/api/v1/models/{model}/rollback", {"to_version": to_version, "reason": reason})
+    body = {"to_version": to_version, "reason": reason}
+    answer = _api.call("POST", f"/api/v1/models/{model}/rollback", body=body)
     target = f"version {to_version}" if to_version else "the previous version"
     typer.echo(f"rollback of {model} to {target} requested (event {answer['event_id']})")
 
@@ -31,7 +31,7 @@ def status(
     as_json: bool = typer.Option(False, "--json", help="Print the API's JSON."),
 ) -> None:
     """Champion, candidate, rollout and step, and the model's last events."""
-    answer = _call("GET", f"/api/v1/models/{model}" if model else "/api/v1/models")
+    answer = _api.call("GET", f"/api/v1/models/{model}" if model else "/api/v1/models")
     if as_json:
         typer.echo(json.dumps(answer, indent=2))
     elif model is None:
@@ -65,47 +65,3 @@ def _status_lines(answer: dict[str, Any]) -> list[str]:
     for event in answer["events"][:10]:
         lines.append(f"  {event['time']}  {event['type']}")
     return lines
-
-
-def _call(method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-    from pydantic import ValidationError
-
-    from mlcd.config import Settings
-
-    try:
-        settings = Settings()
-    except ValidationError as e:
-        raise _fail(f"invalid MLCD_* settings: {e.errors()[0]['msg']}") from None
-    headers = {"Authorization": f"Bearer {_token(settings)}"}
-    url = settings.effective_api_url.rstrip("/") + path
-    try:
-        response = httpx.request(method, url, json=body, headers=headers, timeout=_TIMEOUT_S)
-    except httpx.HTTPError as e:
-        raise _fail(
-            f"cannot reach the mlcd API at {settings.effective_api_url}: {type(e).__name__}"
-        ) from None
-    if response.status_code >= 400:
-        raise _fail(f"{response.status_code}: {_detail(response)}")
-    return response.json()
-
-
-def _token(settings: Any) -> str:
-    if settings.api_token is not None and settings.api_token.get_secret_value():
-        return str(settings.api_token.get_secret_value())
-    path = settings.home / "admin-token"
-    try:
-        return str(path.read_text().strip())
-    except OSError:
-        raise _fail(f"no API token: set MLCD_API_TOKEN or run `mlcd up` once to write {path}") from None
-
-
-def _detail(response: httpx.Response) -> str:
-    try:
-        return str(response.json().get("detail", response.text))
-    except (ValueError, AttributeError):
-        return response.text.strip()[:200] or response.reason_phrase
-
-
-def _fail(message: str) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(1)
