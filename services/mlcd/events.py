@@ -8,7 +8,6 @@ This module imports nothing of mlcd.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import uuid
 from collections.abc import Sequence
@@ -63,6 +62,8 @@ class CodePushed(Payload):
 
 
 class TagPushed(Payload):
+    """A tag was pushed."""
+
     type: ClassVar[str] = "mlcd.git.tag_pushed.v1"
     model: str | None = None
     project: str
@@ -120,6 +121,8 @@ class DeliveryIgnored(Payload):
 
 
 class DataArrived(Payload):
+    """A data batch landed under a model's landing prefix (MinIO `s3:ObjectCreated:*`)."""
+
     type: ClassVar[str] = "mlcd.data.arrived.v1"
     model: str
     bucket: str
@@ -140,6 +143,8 @@ class ExpectationResult(BaseModel):
 
 
 class DataValidated(Payload):
+    """A batch passed the model's Great Expectations suite; it may be trained on."""
+
     type: ClassVar[str] = "mlcd.data.validated.v1"
     model: str
     uri: str
@@ -150,6 +155,8 @@ class DataValidated(Payload):
 
 
 class DataRejected(Payload):
+    """A batch failed validation (or was empty, unreadable or too large); it is never trained on."""
+
     type: ClassVar[str] = "mlcd.data.rejected.v1"
     model: str
     uri: str
@@ -163,6 +170,8 @@ class DataRejected(Payload):
 
 
 class PipelinePublished(Payload):
+    """A pipeline was compiled and uploaded as a new version named after the commit."""
+
     type: ClassVar[str] = "mlcd.training.pipeline_published.v1"
     model: str
     pipeline: str
@@ -174,6 +183,8 @@ class PipelinePublished(Payload):
 
 
 class PipelineBuildFailed(Payload):
+    """A pipeline did not compile at a pushed commit."""
+
     type: ClassVar[str] = "mlcd.training.pipeline_build_failed.v1"
     model: str
     pipeline: str
@@ -182,6 +193,8 @@ class PipelineBuildFailed(Payload):
 
 
 class RetrainRequested(Payload):
+    """Retraining was asked for (a monitoring policy, or a person)."""
+
     type: ClassVar[str] = "mlcd.training.retrain_requested.v1"
     model: str
     reason: str
@@ -189,6 +202,8 @@ class RetrainRequested(Payload):
 
 
 class TrainingStarted(Payload):
+    """A training run was submitted; its name derives from the triggering event."""
+
     type: ClassVar[str] = "mlcd.training.started.v1"
     model: str
     run_id: str
@@ -199,6 +214,8 @@ class TrainingStarted(Payload):
 
 
 class TrainingSucceeded(Payload):
+    """A training run finished and registered a model version with its metrics."""
+
     type: ClassVar[str] = "mlcd.training.succeeded.v1"
     model: str
     run_id: str
@@ -211,6 +228,8 @@ class TrainingSucceeded(Payload):
 
 
 class TrainingFailed(Payload):
+    """A training run failed; the failing task and its log tail say why."""
+
     type: ClassVar[str] = "mlcd.training.failed.v1"
     model: str
     run_id: str
@@ -242,6 +261,8 @@ class RuleOutcome(BaseModel):
 
 
 class GateOpened(Payload):
+    """A candidate passed its rules and waits for an on-call decision."""
+
     type: ClassVar[str] = "mlcd.promotion.gate_opened.v1"
     model: str
     gate_id: str
@@ -268,6 +289,8 @@ class GateDecisionRequested(Payload):
 
 
 class PromotionApproved(Payload):
+    """A candidate may be rolled out (rules passed, and approved where the policy asks)."""
+
     type: ClassVar[str] = "mlcd.promotion.approved.v1"
     model: str
     model_version: str
@@ -277,6 +300,8 @@ class PromotionApproved(Payload):
 
 
 class PromotionRejected(Payload):
+    """A candidate will not be rolled out: a rule failed, a person rejected it, or its gate expired."""
+
     type: ClassVar[str] = "mlcd.promotion.rejected.v1"
     model: str
     model_version: str
@@ -290,6 +315,8 @@ class PromotionRejected(Payload):
 
 
 class RolloutStarted(Payload):
+    """A canary rollout of a model version began."""
+
     type: ClassVar[str] = "mlcd.serving.rollout_started.v1"
     model: str
     model_version: str
@@ -298,6 +325,8 @@ class RolloutStarted(Payload):
 
 
 class RolloutStepCompleted(Payload):
+    """A canary step passed its analysis and traffic moved on."""
+
     type: ClassVar[str] = "mlcd.serving.rollout_step_completed.v1"
     model: str
     model_version: str
@@ -306,6 +335,8 @@ class RolloutStepCompleted(Payload):
 
 
 class RolloutSucceeded(Payload):
+    """The new version takes all traffic and is the champion."""
+
     type: ClassVar[str] = "mlcd.serving.rollout_succeeded.v1"
     model: str
     model_version: str
@@ -313,6 +344,8 @@ class RolloutSucceeded(Payload):
 
 
 class RollbackRequested(Payload):
+    """Serving should go back to the previous revision (drift policy, failed analysis, a person)."""
+
     type: ClassVar[str] = "mlcd.serving.rollback_requested.v1"
     model: str
     reason: str
@@ -321,6 +354,8 @@ class RollbackRequested(Payload):
 
 
 class RolledBack(Payload):
+    """Traffic is back on the previous revision; the reason and failing figures say why."""
+
     type: ClassVar[str] = "mlcd.serving.rolled_back.v1"
     model: str
     from_version: str | None
@@ -333,6 +368,8 @@ class RolledBack(Payload):
 
 
 class AlertFired(Payload):
+    """Model monitoring reported a firing alert (drift, SLO) for a model."""
+
     type: ClassVar[str] = "mlcd.monitoring.alert_fired.v1"
     model: str
     alert: str
@@ -344,6 +381,8 @@ class AlertFired(Payload):
 
 
 class AlertResolved(Payload):
+    """A monitoring alert for a model resolved."""
+
     type: ClassVar[str] = "mlcd.monitoring.alert_resolved.v1"
     model: str
     alert: str
@@ -558,8 +597,25 @@ def json_schemas() -> dict[str, str]:
     return schemas
 
 
-def schema_fingerprint() -> str:
-    return hashlib.sha256("".join(json_schemas().values()).encode()).hexdigest()
+def reference() -> str:
+    """The events reference page (`docs/events/README.md`): every type, its topic and what it means."""
+    lines = [
+        "# Events reference",
+        "",
+        "Generated from `services/mlcd/events.py` by `python -m mlcd.events`; a test keeps it in step.",
+        "Every event is a CloudEvents 1.0 event. On Kafka it travels in binary mode: `ce_*` headers, the",
+        "payload JSON as the value, the model (else the project path) as the key. One topic per domain;",
+        f"what cannot be handled is parked on `{DLQ_TOPIC}`.",
+        "",
+        "| type | topic | meaning | schema |",
+        "|---|---|---|---|",
+    ]
+    for type_name, cls in sorted(PAYLOAD_TYPES.items()):
+        meaning = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else cls.__name__
+        lines.append(
+            f"| `{type_name}` | `{cls.topic()}` | {meaning} | [{type_name}.json]({type_name}.json) |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
@@ -571,4 +627,5 @@ if __name__ == "__main__":
         stale.unlink()
     for name, text in json_schemas().items():
         (target / name).write_text(text)
+    (target / "README.md").write_text(reference())
     print(f"wrote {len(PAYLOAD_TYPES)} schemas to {target}")
