@@ -36,21 +36,38 @@ class SecretRedactor:
 
 
 def configure(level: str = "INFO", secrets: Iterable[str] = (), stream: Any = None) -> None:
-    """Set up JSON logging for the process; call once at the entry point."""
-    logging.basicConfig(format="%(message)s", stream=stream or sys.stderr, level=level.upper(), force=True)
+    """Set up JSON logging for the process; call once at the entry point.
+
+    Lines from libraries that use the standard `logging` module (uvicorn, aiokafka) go through the same
+    redaction and come out as JSON too.
+    """
+    stream = stream or sys.stderr
+    redactor = SecretRedactor(secrets)
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redactor,
+    ]
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.JSONRenderer(),
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(level.upper())
     for noisy in ("aiokafka", "kafka", "alembic", "urllib3", "mlflow", "great_expectations", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            SecretRedactor(secrets),
-            structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(),
-        ],
+        processors=[*shared, structlog.processors.format_exc_info, structlog.processors.JSONRenderer()],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )
 
