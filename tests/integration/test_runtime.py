@@ -287,11 +287,11 @@ async def test_failure_in_the_middle_of_a_batch_keeps_the_events_around_it(
     assert letter.error == "PermanentError: batch 2 is unreadable"
 
 
+# PostgreSQL only: SQLite serialises writers, so no other member can commit in the middle of a batch.
+@pytest.mark.parametrize("store_url", ["postgres"], indirect=True)
 async def test_batch_that_loses_an_inbox_race_leaves_the_event_to_the_member_that_won(
     engine: AsyncEngine,
 ) -> None:
-    if engine.dialect.name != "postgresql":
-        pytest.skip("SQLite serialises writers, so no other member can commit in the middle of a batch")
     bus = MemoryBus(events.TOPICS)
     raced = flows.arrived(key="raced.csv")
 
