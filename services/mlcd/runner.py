@@ -226,7 +226,7 @@ class ServiceHost:
         while not self._work_stop.is_set():
             try:
                 await consumer.run(self._work_stop)
-            except Exception:
+            except Exception:  # whatever broke the loop, the consumer must come back; it is logged
                 log.exception("consumer failed; rejoining", group=consumer.group)
                 await self._pause(self._work_stop)
 
@@ -234,7 +234,7 @@ class ServiceHost:
         while not self._relay_stop.is_set():
             try:
                 await self.relay.run(self._relay_stop)
-            except Exception:
+            except Exception:  # the relay must outlive any failure; rows stay in the outbox meanwhile
                 log.exception("outbox relay failed; restarting")
                 await self._pause(self._relay_stop)
 
@@ -245,7 +245,7 @@ class ServiceHost:
                 try:
                     async with runtime.unit_of_work(self.engine, spec.source, self.waker) as uow:
                         await tick(uow)
-                except Exception:
+                except Exception:  # one failed tick must not stop the timer; the next tick retries
                     log.exception("timer tick failed")
 
     @staticmethod
