@@ -117,9 +117,17 @@ class KafkaBus:
                 )
                 for r in records
             ]
-            await asyncio.wait_for(asyncio.gather(*futures), self.request_timeout_s)
+            # return_exceptions: every failed send is looked at here, none is left "never retrieved".
+            acks = await asyncio.wait_for(
+                asyncio.gather(*futures, return_exceptions=True), self.request_timeout_s
+            )
         except (KafkaError, OSError, TimeoutError) as e:
             raise AdapterUnavailable(f"Kafka did not acknowledge {len(records)} record(s): {e!r}") from e
+        failed = [ack for ack in acks if isinstance(ack, BaseException)]
+        if failed:
+            raise AdapterUnavailable(
+                f"Kafka refused {len(failed)} of {len(records)} record(s): {failed[0]!r}"
+            )
 
     async def subscribe(self, group: str, topics: Sequence[str]) -> _KafkaSubscription:
         consumer = AIOKafkaConsumer(
