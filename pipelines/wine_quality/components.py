@@ -163,6 +163,7 @@ def register_model(
     tags = {"data_uri": data_uri, "git_commit": git_commit, "pipeline_version": pipeline_version}
     mlcd_tags = {"mlcd.registered_by": "mlcd-trainer", "mlcd.run_name": run_name} if run_name else {}
     mlflow.set_tracking_uri(mlflow_tracking_uri)
+    mlflow.set_registry_uri(mlflow_tracking_uri)  # else an inherited MLFLOW_REGISTRY_URI would win
     mlflow.set_experiment(model_name)
     with mlflow.start_run() as run:
         mlflow.log_params(

@@ -52,7 +52,9 @@ def _journal(db: Path) -> list[dict[str, object]]:
 @pytest.mark.slow
 def test_demo_plays_the_whole_story(tmp_path: Path) -> None:
     port = processes.free_port()
-    env = {**os.environ, "MLCD_HOME": str(tmp_path), "MLCD_HTTP_PORT": str(port)}
+    # A fresh user's shell: nothing MLflow-related inherited from the test session's own servers.
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "MLCD_"))}
+    env = {**inherited, "MLCD_HOME": str(tmp_path), "MLCD_HTTP_PORT": str(port)}
     result = subprocess.run([MLCD, "demo"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]

@@ -207,25 +207,23 @@ class LocalServing:
         return self._models[key]
 
     def _load(self, model: str, version: str) -> Any:
-        import mlflow
         import mlflow.artifacts
         import mlflow.pyfunc
+        from mlflow import MlflowClient
         from mlflow.exceptions import MlflowException
 
-        # MLflow 3 resolves `models:/m-<id>` sources through the process-wide registry URI, ignoring the
-        # one passed to download_artifacts; a serving process talks to exactly one tracking server.
-        mlflow.set_tracking_uri(self.tracking_uri)
-        mlflow.set_registry_uri(self.tracking_uri)
         target = self.folder / "models" / model / version
         if not (target / "MLmodel").exists():
             target.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
                 try:
+                    # The registry's download URI is the artifact's own location: `models:/` URIs would
+                    # resolve through MLflow's process-wide registry URI, not the one given here.
+                    client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
                     fetched = mlflow.artifacts.download_artifacts(
-                        artifact_uri=f"models:/{model}/{version}",
+                        artifact_uri=client.get_model_version_download_uri(model, version),
                         dst_path=scratch,
                         tracking_uri=self.tracking_uri,
-                        registry_uri=self.tracking_uri,
                     )
                 except MlflowException as e:
                     if e.error_code == "RESOURCE_DOES_NOT_EXIST":
