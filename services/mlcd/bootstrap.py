@@ -119,7 +119,11 @@ def routers(settings: Settings, host: Any, ports: dict[str, Any], *, with_ui: bo
             code_host=ports["code_host"],
         ),
         deployer_app.router(
-            engine=host.engine, waker=host.waker, registry=ports["registry"], identify=identify
+            engine=host.engine,
+            waker=host.waker,
+            registry=ports["registry"],
+            identify=identify,
+            policies=policies,
         ),
     ]
     if with_ui:

@@ -44,7 +44,7 @@ async def site(tmp_path: Path, mlflow_uri: str) -> AsyncIterator[tuple[str, obje
         [
             ui.router(policies, identify),
             gatekeeper_app.router(engine, waker, policies, identify),
-            deployer_app.router(engine, waker, MlflowRegistry(mlflow_uri), identify),
+            deployer_app.router(engine, waker, MlflowRegistry(mlflow_uri), identify, policies),
             journal_api.router(lambda: engine, identify),
         ],
         readiness=_ready,

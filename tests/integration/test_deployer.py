@@ -275,7 +275,9 @@ async def test_manual_rollback_during_a_rollout_through_the_api(local: Deployer)
         "dev-token": auth.Identity("dan", frozenset()),
     }
     api = FastAPI()
-    api.include_router(app.router(local.engine, None, local.ports["registry"], tokens.get))
+    api.include_router(
+        app.router(local.engine, None, local.ports["registry"], tokens.get, local.ports["policies"])
+    )
     await local.deliver(events.PromotionApproved(model=local.model, model_version="2"))
 
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url="http://mlcd") as http:
@@ -283,6 +285,9 @@ async def test_manual_rollback_during_a_rollout_through_the_api(local: Deployer)
             f"/api/v1/models/{local.model}/rollback", json={}, headers={"Authorization": "Bearer dev-token"}
         )
         anonymous = await http.post(f"/api/v1/models/{local.model}/rollback", json={})
+        unknown = await http.post(
+            "/api/v1/models/no_such_model/rollback", json={}, headers={"Authorization": "Bearer oncall-token"}
+        )
         accepted = await http.post(
             f"/api/v1/models/{local.model}/rollback",
             json={"reason": "latency complaints"},
@@ -294,6 +299,7 @@ async def test_manual_rollback_during_a_rollout_through_the_api(local: Deployer)
         ).json()
 
     assert (refused.status_code, anonymous.status_code, accepted.status_code) == (403, 401, 202)
+    assert unknown.status_code == 404 and "no policy" in unknown.json()["detail"]
     assert status["champion"] == "1"
     assert status["rollout"] is None
     assert status["last_rollout"]["state"] == "rolled_back"

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from mlcd import auth, cli, events
 from mlcd.adapters.mlflow import MlflowRegistry
 from mlcd.deployer import app
+from mlcd.policy.book import PolicyBook
 from mlcd.store import migrate, rollouts
 from mlcd.store.database import create_engine
 from tests.support import ingest_app
@@ -46,8 +47,13 @@ def api(tmp_path: Path, mlflow_uri: str) -> Iterator[tuple[str, str, Path]]:
                 next_analysis_at=None,
                 cause_event_id="seed",
             )
+        policies = tmp_path / "policies"
+        policies.mkdir()
+        (policies / f"{model}.yaml").write_text(f"model: {model}\n")
         web = FastAPI()
-        web.include_router(app.router(engine, None, MlflowRegistry(mlflow_uri), TOKENS.get))
+        web.include_router(
+            app.router(engine, None, MlflowRegistry(mlflow_uri), TOKENS.get, PolicyBook(policies))
+        )
         yield web
         await engine.dispose()
 

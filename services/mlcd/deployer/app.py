@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from mlcd import auth, events, logs
 from mlcd.bus import runtime
 from mlcd.errors import MlcdError
+from mlcd.policy.book import PolicyBook
 from mlcd.ports import Registry
 from mlcd.store import outbox, rollouts
 
@@ -35,6 +36,7 @@ def router(
     waker: runtime.RelayWaker | None,
     registry: Registry,
     identify: Callable[[str | None], auth.Identity | None],
+    policies: PolicyBook,
 ) -> APIRouter:
     """GET /api/v1/models[/{model}] for any valid token; POST …/rollback for on-call tokens only."""
 
@@ -94,6 +96,8 @@ def router(
     ) -> dict[str, Any]:
         if not identity.in_any(ONCALL):
             raise HTTPException(403, f"{identity.name} is not on call: rollbacks need the oncall group")
+        if policies.get(model) is None:
+            raise HTTPException(404, f"mlcd has no policy for a model named {model!r}; nothing to roll back")
         request = events.RollbackRequested(
             model=model,
             reason=body.reason or f"manual rollback by {identity.name}",
