@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import shutil
 from collections.abc import AsyncIterator
@@ -10,7 +9,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-import uvicorn
 import yaml
 from sqlalchemy import select
 
@@ -23,7 +21,7 @@ from mlcd.local import ui
 from mlcd.policy.book import PolicyBook
 from mlcd.store import database, gates, migrate
 from mlcd.store.tables import outbox
-from tests.support import processes
+from tests.support import ingest_app
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 REPO = Path(__file__).resolve().parents[2]
@@ -49,14 +47,8 @@ async def site(tmp_path: Path, mlflow_uri: str) -> AsyncIterator[tuple[str, obje
         ],
         readiness=_ready,
     )
-    port = processes.free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="off"))
-    serving = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.02)
-    yield f"http://127.0.0.1:{port}", engine
-    server.should_exit = True
-    await serving
+    async with ingest_app.serving(app) as url:
+        yield url, engine
     await engine.dispose()
 
 

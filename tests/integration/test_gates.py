@@ -9,9 +9,8 @@ import asyncio
 import dataclasses
 import hashlib
 import json
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ from mlcd.runner import ServiceHost
 from mlcd.store import gates, outbox
 from mlcd.store.tables import inbox
 from tests.fakes.gitlab_api import FakeGitLab
+from tests.support.flows import eventually
 from tests.support.ingest_app import serving
 
 REPO = Path(__file__).resolve().parents[2]
@@ -129,18 +129,6 @@ def trained(model: str, version: str, author: str = "alice") -> events.Envelope[
         author=author,
     )
     return events.new_event(data, source="mlcd/test")
-
-
-async def eventually(check: Callable[[], Awaitable[Any]], what: str, timeout_s: float = DEADLINE_S) -> Any:
-    """Poll `check` until it returns something truthy; fail naming `what` when time runs out."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        found = await check()
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 @dataclasses.dataclass

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from mlcd import events
 from mlcd.bus.memory import MemoryBus
 from mlcd.store import migrate, outbox
 from mlcd.store.database import create_engine
-from tests.support import alertmanager, ingest_app
+from tests.support import alertmanager, flows, ingest_app
 
 pytestmark = pytest.mark.slow
 
@@ -26,13 +25,11 @@ def manager(tmp_path: Path) -> Iterator[alertmanager.Alertmanager]:
 
 
 async def journal_of(engine: AsyncEngine, event_type: str, timeout_s: float) -> list[dict[str, object]]:
-    deadline = time.monotonic() + timeout_s
-    while True:
+    async def journaled() -> list[dict[str, object]]:
         async with engine.connect() as conn:
-            found = [entry for _, entry in await outbox.journal(conn, event_type=event_type)]
-        if found or time.monotonic() > deadline:
-            return found
-        await asyncio.sleep(0.2)
+            return [entry for _, entry in await outbox.journal(conn, event_type=event_type)]
+
+    return await flows.eventually(journaled, event_type, timeout_s)
 
 
 async def test_alert_added_to_alertmanager_reaches_mlcd_as_a_fired_model_alert(

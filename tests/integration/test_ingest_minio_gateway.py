@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from mlcd import events
 from mlcd.bus.memory import MemoryBus
 from mlcd.store import migrate, outbox
 from mlcd.store.database import create_engine
-from tests.support import ingest_app, minio_gateway
+from tests.support import flows, ingest_app, minio_gateway
 
 pytestmark = pytest.mark.slow
 
@@ -57,12 +56,12 @@ async def test_upload_through_the_gateway_arrives_as_data_for_the_model(
     try:
         async with ingest_app.serving(app, gateway.receiver_port):
             await asyncio.to_thread(upload, gateway, "wine_quality/batch 01.csv", data)
-            deadline = time.monotonic() + 30
-            arrived: list[dict[str, Any]] = []
-            while not arrived and time.monotonic() < deadline:
-                await asyncio.sleep(0.2)
+
+            async def journaled() -> list[dict[str, Any]]:
                 async with engine.connect() as conn:
-                    arrived = [e for _, e in await outbox.journal(conn, event_type=events.DataArrived.type)]
+                    return [e for _, e in await outbox.journal(conn, event_type=events.DataArrived.type)]
+
+            arrived = await flows.eventually(journaled, "the upload's data-arrived event")
     finally:
         await engine.dispose()
     [event] = arrived

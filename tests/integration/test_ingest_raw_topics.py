@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -15,6 +14,7 @@ from mlcd.ingest.intake import raw_record
 from mlcd.ingest.raw_topics import RawDeliveryConsumer
 from mlcd.policy.book import PolicyBook
 from mlcd.store import dead_letters, outbox
+from tests.support import flows
 from tests.support.ingest_app import FIXTURES, REPO
 
 MINIO_TOPIC = "minio.notifications"
@@ -31,12 +31,12 @@ async def consume_until(
     stop = asyncio.Event()
     task = asyncio.create_task(consumer.run(stop))
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
+
+        async def parked() -> bool:
             async with engine.connect() as conn:
-                if len(await dead_letters.listing(conn, include_replayed=True)) >= dead_letters_expected:
-                    break
-            await asyncio.sleep(0.1)
+                return len(await dead_letters.listing(conn, include_replayed=True)) >= dead_letters_expected
+
+        await flows.eventually(parked, f"{dead_letters_expected} dead letters")
     finally:
         stop.set()
         await task

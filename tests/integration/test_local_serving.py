@@ -3,7 +3,6 @@ per-revision counters scraped by a real Prometheus and read back through PromQL.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -16,7 +15,7 @@ from fastapi import FastAPI
 
 from mlcd.adapters.prometheus import LocalAnalysis, PrometheusAnalysis
 from mlcd.local.serving import LocalServing, router
-from tests.support import ingest_app, prometheus
+from tests.support import flows, ingest_app, prometheus
 from tests.support.serving_models import GOOD_ROWS, SHIFTED_ROWS, infer_body, register_versions
 
 
@@ -117,8 +116,7 @@ async def test_a_restart_keeps_stable_and_canary(
 
 
 async def _until(probe: Callable[[], Awaitable[float]], at_least: float, timeout_s: float) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while await probe() < at_least:
-        if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError("Prometheus did not scrape the counters in time")
-        await asyncio.sleep(0.2)
+    async def reached() -> bool:
+        return await probe() >= at_least
+
+    await flows.eventually(reached, f"Prometheus scraping a count of {at_least}", timeout_s)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from mlflow import MlflowClient
 from mlcd.adapters.kfp import LocalOrchestrator
 from mlcd.ports import Run
 from tests.conftest import REPO, unique
+from tests.support import flows
 from tests.support.minio_gateway import Gateway, start_gateway
 
 pytestmark = pytest.mark.slow
@@ -41,12 +41,11 @@ def minio(tmp_path: Path) -> Iterator[Gateway]:
 
 
 async def finished(orchestrator: LocalOrchestrator, run: Run, timeout_s: float = 180) -> Run:
-    deadline = time.monotonic() + timeout_s
-    while not run.finished:
-        assert time.monotonic() < deadline, f"run {run.name} still {run.state} after {timeout_s}s"
-        await asyncio.sleep(0.25)
-        run = await orchestrator.get_run(run.run_id)
-    return run
+    async def ended() -> Run | None:
+        current = await orchestrator.get_run(run.run_id)
+        return current if current.finished else None
+
+    return await flows.eventually(ended, f"run {run.name} to finish", timeout_s)
 
 
 def parameters(data_uri: str, mlflow_uri: str, model: str, **extra: object) -> dict[str, object]:

@@ -7,7 +7,6 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from mlcd.trainer import decisions
 from mlcd.trainer.handlers import SERVICE, follow_runs
 from tests.conftest import REPO, unique
 from tests.fakes import kfp_api
+from tests.support import flows
 
 MODEL = "wine_quality"
 ACCESS_KEY, SECRET_KEY = "trainer-access-key-7f3a", "trainer-secret-key-91c2"  # must never be recorded
@@ -103,14 +103,13 @@ async def follow_until(
     engine: AsyncEngine, ports: dict[str, Any], done: Callable[[], Awaitable[bool]], timeout_s: float = 120
 ) -> None:
     """Run the trainer's follow timer until `done()` holds."""
-    deadline = time.monotonic() + timeout_s
-    while True:
+
+    async def followed() -> bool:
         async with runtime.unit_of_work(engine, SERVICE.source) as uow:
             await bind(follow_runs, ports)(uow)
-        if await done():
-            return
-        assert time.monotonic() < deadline, "the trainer did not report in time"
-        await asyncio.sleep(0.2)
+        return await done()
+
+    await flows.eventually(followed, "the trainer reporting the run", timeout_s)
 
 
 def validated(uri: str) -> events.DataValidated:
@@ -181,10 +180,7 @@ async def test_duplicate_delivery_on_the_bus_starts_one_run(
             async with engine.connect() as conn:
                 return bool(await conn.scalar(select(inbox.c.event_id).where(inbox.c.event_id == last.id)))
 
-        deadline = time.monotonic() + 30
-        while not await handled():
-            assert time.monotonic() < deadline, "the trainer did not handle the events"
-            await asyncio.sleep(0.1)
+        await flows.eventually(handled, "the trainer handling the events")
     finally:
         stop.set()
         await consuming

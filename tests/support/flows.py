@@ -9,12 +9,13 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from mlcd import events
 from mlcd.bus import runtime
 from mlcd.events import Record
 
+T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[2]
 FAST_RETRY = runtime.RetryPolicy(max_attempts=3, initial_s=0.01, max_s=0.05)
 
@@ -62,13 +63,14 @@ async def running(*parts: Any) -> AsyncIterator[asyncio.Event]:
         await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 60)
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], what: str, timeout_s: float = 30) -> None:
-    """Wait until `check` holds, looking again every 50 ms; fail naming `what` after the timeout."""
+async def eventually(check: Callable[[], Awaitable[T]], what: str, timeout_s: float = 30) -> T:
+    """Ask `check` every 50 ms until its answer is truthy and return that answer; fail naming `what`."""
     deadline = time.monotonic() + timeout_s
-    while not await check():
+    while not (answer := await check()):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
         await asyncio.sleep(0.05)
+    return answer
 
 
 class Reader:
