@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,10 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import processes
+from tests.support.mlcd_service import MLCD, REPO, ServiceProcess
 
-REPO = Path(__file__).resolve().parents[2]
-MLCD = str(Path(sys.executable).parent / "mlcd")
 SECRET = "gitlab-secret-for-serve-test"
 
 
@@ -34,52 +30,28 @@ def environment(tmp_path: Path, kafka_bootstrap: str, pg_url: str, mlflow_uri: s
     }
 
 
-def _start(service: str, env: dict[str, str], tmp_path: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = processes.free_port()
-    process = processes.start(
-        [MLCD, "serve", service],
-        tmp_path / f"{service}.log",
-        env={**env, "MLCD_HTTP_PORT": str(port)},
-        cwd=REPO,
-    )
-    base = f"http://127.0.0.1:{port}"
-
-    def alive() -> bool:
-        try:
-            return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    processes.wait_until(alive, 60, f"mlcd serve {service}", process)
-    return process, base
-
-
 @pytest.fixture
-def gatekeeper(environment: dict[str, str], tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    process, base = _start("gatekeeper", environment, tmp_path)
-    yield process, base
-    processes.stop(process)
+def gatekeeper(environment: dict[str, str], tmp_path: Path) -> Iterator[ServiceProcess]:
+    service = ServiceProcess("gatekeeper", environment, tmp_path).start()
+    yield service
+    service.stop()
 
 
-def test_consumer_service_is_ready_and_drains_on_sigterm(
-    gatekeeper: tuple[subprocess.Popen[bytes], str],
-) -> None:
-    process, base = gatekeeper
-    ready = httpx.get(f"{base}/readyz", timeout=30)
+def test_consumer_service_is_ready_and_drains_on_sigterm(gatekeeper: ServiceProcess) -> None:
+    ready = httpx.get(f"{gatekeeper.base_url}/readyz", timeout=30)
     assert ready.status_code == 200, ready.text
     assert ready.json()["parts"]["bus"] is None and ready.json()["parts"]["store"] is None
-    assert "mlcd_events_consumed_total" in httpx.get(f"{base}/metrics", timeout=5).text
+    assert "mlcd_events_consumed_total" in httpx.get(f"{gatekeeper.base_url}/metrics", timeout=5).text
 
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(30) == 0
+    assert gatekeeper.stop() == 0
 
 
 def test_ingest_accepts_a_push_and_journals_it(environment: dict[str, str], tmp_path: Path) -> None:
-    process, base = _start("ingest", environment, tmp_path)
+    ingest = ServiceProcess("ingest", environment, tmp_path).start()
     try:
         body = (REPO / "tests" / "fixtures" / "ingest" / "gitlab_push.json").read_bytes()
         answer = httpx.post(
-            f"{base}/hooks/gitlab",
+            f"{ingest.base_url}/hooks/gitlab",
             content=body,
             headers={
                 "X-Gitlab-Token": SECRET,
@@ -91,7 +63,7 @@ def test_ingest_accepts_a_push_and_journals_it(environment: dict[str, str], tmp_
         )
         assert answer.status_code == 202, answer.text
         refused = httpx.post(
-            f"{base}/hooks/gitlab", content=body, headers={"X-Gitlab-Token": "wrong"}, timeout=30
+            f"{ingest.base_url}/hooks/gitlab", content=body, headers={"X-Gitlab-Token": "wrong"}, timeout=30
         )
         assert refused.status_code == 401
 
@@ -101,6 +73,4 @@ def test_ingest_accepts_a_push_and_journals_it(environment: dict[str, str], tmp_
         assert listed.returncode == 0, listed.stderr
         assert answer.json()["events"][0]["id"] in listed.stdout
     finally:
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(30) == 0
-        processes.stop(process)
+        assert ingest.stop() == 0
