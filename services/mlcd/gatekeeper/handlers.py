@@ -77,7 +77,7 @@ async def on_decision_requested(
     request = event.data
 
     async def authorise(gate: gates.Gate) -> str | None:
-        return await gitlab_refusal(gate, request.actor, policies, code_host, request.project)
+        return await gitlab_refusal(gate, request.actor, policies, code_host)
 
     result = await gate_decisions.decide(
         uow,
@@ -159,16 +159,17 @@ async def expire_gates(uow: UnitOfWork) -> None:
 
 
 async def gitlab_refusal(
-    gate: gates.Gate, username: str, policies: PolicyBook, code_host: ports.CodeHost, project: str = ""
+    gate: gates.Gate, username: str, policies: PolicyBook, code_host: ports.CodeHost
 ) -> str | None:
-    """Why a GitLab user may not decide the gate, or None: listed for an approver group, or a Maintainer."""
+    """Why a GitLab user may not decide the gate, or None: listed for an approver group, or a Maintainer
+    of the model's own project (never of the project the comment was made in: anyone maintains some)."""
     policy = policies.get(gate.model)
     groups = policy.approval.groups if policy else gate.approver_groups
     if policy is not None:
         members = {user.lower() for group in groups for user in policy.approval.gitlab_users.get(group, [])}
         if username.lower() in members:
             return None
-    target = gate.project or project
+    target = gate.project or (policy.code.project if policy is not None and policy.code else "")
     if policy is not None and policy.approval.allow_gitlab_maintainers and target:
         if await code_host.access_level(target, username) >= MAINTAINER:
             return None
