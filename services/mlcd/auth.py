@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic_core import ErrorDetails
 
 from mlcd.errors import ConfigError
 
@@ -51,11 +52,23 @@ class TokenBook:
 
     @classmethod
     def load(cls, path: Path) -> TokenBook:
+        """The file's tokens; a ConfigError says where it is broken, never quoting it (it may hold tokens)."""
         try:
-            raw = yaml.safe_load(path.read_text()) or []
-            return cls([TokenEntry.model_validate(item) for item in raw])
-        except (OSError, yaml.YAMLError, ValidationError, TypeError) as e:
+            return cls(_ENTRIES.validate_python(yaml.safe_load(path.read_text()) or []))
+        except OSError as e:
             raise ConfigError(f"API tokens file {path} is unreadable: {e}") from e
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(e, "problem", None) or type(e).__name__
+            # `from None`: the YAML error's own text quotes the offending line
+            raise ConfigError(f"API tokens file {path} is unreadable: {problem}{where}") from None
+        except ValidationError as e:
+            problems = "; ".join(
+                _problem(error) for error in e.errors(include_input=False, include_url=False)
+            )
+            # `from None`: the validation error's own text quotes the offending values
+            raise ConfigError(f"API tokens file {path} is unreadable: {problems}") from None
 
     def identify(self, token: str | None) -> Identity | None:
         if not token:
@@ -66,6 +79,19 @@ class TokenBook:
             if hmac.compare_digest(digest, entry.token_sha256.lower()):
                 found = entry
         return Identity(found.name, frozenset(found.groups)) if found else None
+
+
+_ENTRIES = TypeAdapter(list[TokenEntry])
+
+
+def _problem(error: ErrorDetails) -> str:
+    loc = error["loc"]
+    if not loc:
+        return f"the file should be a list of {{name, groups, token_sha256}}: {error['msg']}"
+    entry = f"entry {int(loc[0]) + 1}"
+    if error["type"] == "extra_forbidden":  # the unknown key itself might be a pasted token
+        return f"{entry} has a field other than name, groups and token_sha256"
+    return " ".join([entry, *(f"field {part}" for part in loc[1:])]) + f": {error['msg']}"
 
 
 def ensure_tokens_file(path: Path) -> str | None:

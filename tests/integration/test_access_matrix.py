@@ -412,6 +412,31 @@ def test_an_api_token_does_not_open_a_webhook_nor_a_webhook_secret_the_api(api: 
         assert answer.status_code == 401, answer.text
 
 
+BROKEN_TOKEN_FILES = {
+    # an operator wrote the token where its hash belongs, or broke the YAML on the token's line
+    "raw token field": "- name: olivia\n  groups: [oncall]\n  token: {token}\n",
+    "broken YAML": "- name: olivia\n  groups: [oncall]\n  token_sha256: {token} : [\n",
+}
+
+
+@pytest.mark.parametrize("mistake", BROKEN_TOKEN_FILES)
+def test_a_broken_tokens_file_keeps_the_api_closed_and_its_content_to_itself(
+    tmp_path: Path, mistake: str
+) -> None:
+    keys = WebhookSecrets.fresh()
+    configured = configuration(tmp_path, keys)
+    assert configured.api_tokens_file is not None
+    configured.api_tokens_file.write_text(BROKEN_TOKEN_FILES[mistake].format(token=token("olivia")))
+    with serving(configured, keys) as api:
+        api.shared_gate = api.open_gate()
+        for (method, path), access in GUARDED:
+            for headers in (*presented("right", access), {}):
+                answer = api.request(method, path, headers, api.open_gate() if method == "POST" else None)
+                assert answer.status_code >= 400, (path, answer.text)
+                assert "unreadable" in answer.text or answer.status_code == 401, answer.text
+                assert token("olivia") not in answer.text, f"{path} shows the tokens file: {answer.text}"
+
+
 def test_gate_author_in_the_approver_group_still_may_not_approve_their_own_change(api: Api) -> None:
     gate_id = api.open_gate(author="lead")
     answer = api.http.post(f"/api/v1/gates/{gate_id}/approve", headers=bearer("lead"), json={})
