@@ -6,6 +6,7 @@ Every setting is optional: unset means the embedded default of `mlcd up`.
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -100,7 +101,7 @@ class Settings(BaseSettings):
         return self.api_tokens_file or self.home / "api-tokens.yaml"
 
     def secret_values(self) -> list[str]:
-        """Every configured secret, for the log redactor."""
+        """Every configured secret for the log redactor, the database password as written and decoded."""
         secrets = [
             self.s3_access_key,
             self.s3_secret_key,
@@ -113,4 +114,6 @@ class Settings(BaseSettings):
             self.slack_webhook_url,
             self.api_token,
         ]
-        return [s.get_secret_value() for s in secrets if s is not None and s.get_secret_value()]
+        values = [s.get_secret_value() for s in secrets if s is not None and s.get_secret_value()]
+        password = urlsplit(self.database_url).password if self.database_url else None
+        return values + ([password, unquote(password)] if password else [])

@@ -23,11 +23,19 @@ class SecretRedactor:
 
     def __call__(self, _: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
         for key, value in list(event_dict.items()):
-            if _SECRET_KEYS.search(key) and value is not None:
-                event_dict[key] = REDACTED
-            elif isinstance(value, str):
-                event_dict[key] = self._scrub(value)
+            event_dict[key] = self._masked(key, value)
         return event_dict
+
+    def _masked(self, key: object, value: Any) -> Any:
+        if isinstance(key, str) and _SECRET_KEYS.search(key) and value is not None:
+            return REDACTED
+        if isinstance(value, str):
+            return self._scrub(value)
+        if isinstance(value, dict):
+            return {k: self._masked(k, v) for k, v in value.items()}
+        if isinstance(value, list | tuple | set):
+            return [self._masked(None, v) for v in value]
+        return value
 
     def _scrub(self, text: str) -> str:
         for secret in self._secrets:
@@ -47,6 +55,7 @@ def configure(level: str = "INFO", secrets: Iterable[str] = (), stream: Any = No
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,  # before the redactor: a traceback may quote a secret
         redactor,
     ]
     handler = logging.StreamHandler(stream)
@@ -65,7 +74,7 @@ def configure(level: str = "INFO", secrets: Iterable[str] = (), stream: Any = No
     for noisy in ("aiokafka", "kafka", "alembic", "urllib3", "mlflow", "great_expectations", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     structlog.configure(
-        processors=[*shared, structlog.processors.format_exc_info, structlog.processors.JSONRenderer()],
+        processors=[*shared, structlog.processors.JSONRenderer()],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=False,

@@ -13,7 +13,9 @@ import asyncio
 import hashlib
 import hmac
 import inspect
+import io
 import json
+import logging
 import os
 import re
 import secrets
@@ -29,6 +31,7 @@ from urllib.parse import quote
 
 import httpx
 import pytest
+import structlog
 import typer.main
 import yaml
 from fastapi import FastAPI
@@ -39,7 +42,7 @@ from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
 import mlcd
-from mlcd import bootstrap, cli, events
+from mlcd import bootstrap, cli, events, logs
 from mlcd.config import Settings
 from mlcd.errors import Unauthorized
 from mlcd.ingest.authentication import authenticate
@@ -758,6 +761,69 @@ def test_secret_scan_finds_each_encoding_of_a_secret() -> None:
         assert [leak.encoding for leak in found if leak.encoding == encoding], encoding
         assert secret not in str(found[0])
     assert not secret_scan.leaks({"probe": secret}, {"log": "s3cr3t with odd chars ***"})
+
+
+def test_every_configured_credential_is_known_to_the_log_redactor() -> None:
+    secret_fields = [
+        name for name, info in Settings.model_fields.items() if "SecretStr" in str(info.annotation)
+    ]
+    assert {"gitlab_token", "s3_secret_key", "mlflow_webhook_secret", "api_token"} <= set(secret_fields)
+    values = {name: f"{name}-{secrets.token_hex(6)}" for name in secret_fields}
+    password = f"pg/{secrets.token_hex(6)}+@"
+    configured = Settings.model_validate(
+        {**values, "database_url": f"postgresql+asyncpg://mlcd:{quote(password, safe='')}@db:5432/mlcd"}
+    )
+    known = set(configured.secret_values())
+    assert set(values.values()) <= known, f"not redacted: {sorted(set(values) - known)}"
+    assert {password, quote(password, safe="")} <= known, "the database password is not redacted"
+
+
+@pytest.fixture
+def json_logs(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[list[str]], io.StringIO]]:
+    """Configure mlcd's logging into a buffer, as `mlcd serve` does; the test's own logging comes back."""
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", list(root.handlers))
+    monkeypatch.setattr(root, "level", root.level)
+
+    def configure(known: list[str]) -> io.StringIO:
+        buffer = io.StringIO()
+        logs.configure("DEBUG", known, stream=buffer)
+        return buffer
+
+    yield configure
+    structlog.reset_defaults()
+
+
+def test_log_redaction_reaches_tracebacks_nested_values_and_library_records(
+    json_logs: Callable[[list[str]], io.StringIO],
+) -> None:
+    password = f"pg/{secrets.token_hex(6)}+@"
+    configured = Settings(
+        gitlab_token=SecretStr(f"glpat-{secrets.token_hex(8)}"),
+        database_url=f"postgresql+asyncpg://mlcd:{quote(password, safe='')}@db:5432/mlcd",
+    )
+    assert configured.gitlab_token is not None
+    gitlab_token = configured.gitlab_token.get_secret_value()
+    buffer = json_logs(configured.secret_values())
+    log = logs.get("access-test")
+    try:
+        raise RuntimeError(f"GitLab refused {gitlab_token} for {configured.database_url}")
+    except RuntimeError:
+        log.exception("consumer failed; rejoining")
+        logging.getLogger("some.library").exception("request failed")
+    log.warning("call failed", detail={"url": configured.database_url}, attempts=[gitlab_token])
+
+    lines = [json.loads(line) for line in buffer.getvalue().splitlines()]
+    assert [line["event"] for line in lines] == [
+        "consumer failed; rejoining",
+        "request failed",
+        "call failed",
+    ]
+    assert "RuntimeError" in lines[0]["exception"] and "RuntimeError" in lines[1]["exception"]
+    found = secret_scan.leaks(
+        {"GitLab token": gitlab_token, "database password": password}, {"log": buffer.getvalue()}
+    )
+    assert not found, "\n".join(map(str, found))
 
 
 def dump_store(url: str) -> str:
