@@ -68,6 +68,24 @@ def minio_put(n: int, prefix: str = "wine_quality/") -> tuple[str, bytes, dict[s
 MAKERS = {"gitlab": gitlab_push, "minio": minio_put}
 
 
+async def post(
+    client: httpx.AsyncClient, delivery: Delivery, path: str, body: bytes, headers: dict[str, str]
+) -> None:
+    """Send one delivery and record its answer (status, event ids, or the error) and when it came."""
+    try:
+        answer = await client.post(path, content=body, headers=headers)
+        delivery.status_code = answer.status_code
+        if answer.status_code < 300:
+            reply = answer.json()
+            delivery.status = reply["status"]
+            delivery.event_ids = [e["id"] for e in reply.get("events", [])]
+        else:
+            delivery.error = answer.text[:300]
+    except httpx.HTTPError as e:
+        delivery.error = f"{type(e).__name__}: {e}"
+    delivery.answered_at = time.monotonic()
+
+
 class Traffic:
     """One sequential sender per source, each starting a delivery every `interval_s` (later if the
     previous one is still waiting: a webhook source sends one delivery at a time per hook)."""
@@ -107,18 +125,7 @@ class Traffic:
                 n += 1
                 delivery = Delivery(source=source, sent_at=time.monotonic())
                 self.deliveries.append(delivery)
-                try:
-                    answer = await client.post(path, content=body, headers=headers)
-                    delivery.status_code = answer.status_code
-                    if answer.status_code < 300:
-                        reply = answer.json()
-                        delivery.status = reply["status"]
-                        delivery.event_ids = [e["id"] for e in reply["events"]]
-                    else:
-                        delivery.error = answer.text[:300]
-                except httpx.HTTPError as e:
-                    delivery.error = f"{type(e).__name__}: {e}"
-                delivery.answered_at = time.monotonic()
+                await post(client, delivery, path, body, headers)
                 next_at = max(next_at + self.interval_s, time.monotonic())
                 try:
                     await asyncio.wait_for(self._stop.wait(), max(0.0, next_at - time.monotonic()))
