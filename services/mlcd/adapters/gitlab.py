@@ -92,8 +92,15 @@ class GitLabCodeHost:
             status["target_url"] = target_url
 
         def create() -> None:
+            commit = self._project(project).commits.get(sha, lazy=True)
+            # A handler killed after posting and before its commit posts again when it is redelivered;
+            # a status the commit already carries (same name, state and text) is not added a second time.
+            posted = commit.statuses.list(get_all=True, query_parameters={"all": True, "name": name})
+            wanted = (name, state, status["description"])
+            if any((s.name, s.status, s.description or "") == wanted for s in posted):
+                return
             try:
-                self._project(project).commits.get(sha, lazy=True).statuses.create(status)
+                commit.statuses.create(status)
             except GitlabCreateError as e:
                 # GitLab refuses to set pending/running twice; a retried handler meets this, and it is done.
                 if e.response_code == 400 and "Cannot transition status" in str(e.error_message):

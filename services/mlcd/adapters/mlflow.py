@@ -70,6 +70,17 @@ class MlflowRegistry:
         except NotFound:
             return None
 
+    async def version_by_tag(self, model: str, key: str, value: str) -> ModelVersion | None:
+        def search() -> ModelVersion | None:
+            client = self._mlflow()
+            found = client.search_model_versions(
+                f"name = {_literal(model)} and tags.`{key}` = {_literal(value)}"
+            )
+            newest = max(found, key=lambda mv: int(mv.version), default=None)
+            return None if newest is None else _model_version(client, newest)
+
+        return await self._call(f"find {model} tagged {key}={value}", search)
+
     async def set_alias(self, model: str, alias: str, version: str) -> None:
         await self._call(
             f"set alias {model}@{alias}",
@@ -102,6 +113,13 @@ class MlflowRegistry:
             response.raise_for_status()
         except httpx.HTTPError as e:
             raise AdapterUnavailable(f"MLflow at {self.tracking_uri} is not healthy: {e!r}") from e
+
+
+def _literal(value: str) -> str:
+    """A string literal of MLflow's search filter grammar."""
+    if "'" in value or "\\" in value:
+        raise PermanentError(f"cannot search MLflow for a value with quotes or backslashes: {value!r}")
+    return f"'{value}'"
 
 
 def _model_version(client: Any, mv: Any) -> ModelVersion:

@@ -40,6 +40,10 @@ def run_alias(name: str) -> str:
     return "mlcd-run-" + hashlib.sha256(name.encode()).hexdigest()[:16]
 
 
+RUN_NAME_TAG = "mlcd.run_name"
+"""The version tag the pipeline sets to the run's name (pipelines/wine_quality/README.md)."""
+
+
 def event_id_of(name: str, what: str) -> str:
     """Ids of the events about one run (started, succeeded, failed): the same on every retry."""
     return events.event_id("mlcd.trainer", name, what)

@@ -260,7 +260,11 @@ async def _outcome(
     metrics = decisions.training_metrics(run.outputs)
     alias = decisions.run_alias(row.run_name)
     if version is None or not metrics:
-        registered = await _registered_by_alias(registry, row.model, alias)
+        # The alias is deleted below, before this report commits: a trainer killed in between finds the
+        # version again by the run-name tag the pipeline sets beside the alias.
+        registered = await _registered_by_alias(registry, row.model, alias) or await registry.version_by_tag(
+            row.model, decisions.RUN_NAME_TAG, row.run_name
+        )
         if registered is None:
             reason = "run succeeded but no registered model version could be found for it"
             return events.TrainingFailed(model=row.model, run_id=row.run_id, reason=reason)
