@@ -1,5 +1,6 @@
 """Who may do what: every HTTP endpoint and every API command against no, a wrong, a wrong-group and the right
-credential; every webhook against no, a wrong and the right secret; secrets compared in constant time.
+credential; every webhook against no, a wrong and the right secret; merge-request approvals; no secret in
+logs, answers, events or dead letters; secrets compared with hmac.compare_digest and nothing else.
 
 The endpoints are read from the app `mlcd serve ingest` and `mlcd up` serve, and the commands from the `mlcd`
 command tree, so one added without a place in these tables fails the suite until someone decides who may
@@ -110,11 +111,11 @@ GUARDED = [(endpoint, access) for endpoint, access in ENDPOINTS.items() if acces
 PUBLIC = [(endpoint, access) for endpoint, access in ENDPOINTS.items() if access.kind == "public"]
 
 
+_RUN = secrets.token_urlsafe(12)  # tokens differ from run to run, so a leak cannot come from elsewhere
+
+
 def token(name: str) -> str:
     return f"mlcd_{name}_" + _RUN
-
-
-_RUN = secrets.token_urlsafe(12)
 
 
 def write_tokens(path: Path) -> Path:
