@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     handler_backoff_max_s: float = Field(10.0, description="Longest retry delay.")
 
     mlflow_tracking_uri: str | None = Field(None, description="MLflow tracking server; unset: embedded.")
+    mlflow_timeout_s: float = Field(
+        30.0, description="Timeout of every MLflow call (each HTTP request, and the call as a whole)."
+    )
     kfp_host: str | None = Field(None, description="Kubeflow Pipelines API; unset: kfp local runner.")
     kfp_timeout_s: float = Field(30.0, description="Timeout of every KFP API call.")
     pipelines_dir: Path = Field(

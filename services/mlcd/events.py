@@ -26,7 +26,9 @@ _NAMESPACE = uuid.UUID("6f2d6c1e-8f7b-4b5e-9a53-2f0c7d9f1a10")
 class Payload(BaseModel):
     """Base of every event payload; `type` is the CloudEvents type, its domain names the topic."""
 
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    # NaN and the infinities travel as "NaN"/"Infinity" strings (JSON has no such numbers), so that a NaN
+    # metric decodes again instead of arriving as null and sending the event to the DLQ.
+    model_config = ConfigDict(frozen=True, extra="ignore", ser_json_inf_nan="strings")
     type: ClassVar[str]
 
     @classmethod

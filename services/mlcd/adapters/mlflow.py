@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -45,7 +46,11 @@ class MlflowRegistry:
             if e.error_code in {"INVALID_PARAMETER_VALUE", "BAD_REQUEST", "PERMISSION_DENIED"}:
                 raise PermanentError(f"MLflow refused {what}: {e.message}") from e
             raise AdapterUnavailable(f"MLflow at {self.tracking_uri} failed {what}: {e.message}") from e
-        except (TimeoutError, OSError) as e:
+        except TimeoutError as e:
+            raise AdapterUnavailable(
+                f"MLflow at {self.tracking_uri} did not answer within {self.timeout_s:g}s (timeout): {what}"
+            ) from e
+        except OSError as e:
             raise AdapterUnavailable(f"MLflow at {self.tracking_uri} did not answer {what}: {e!r}") from e
 
     async def get_version(self, model: str, version: str) -> ModelVersion:
@@ -145,7 +150,8 @@ def _model_version(client: Any, mv: Any) -> ModelVersion:
 
 
 def build(settings: Settings) -> MlflowRegistry:
-    # The MLflow client retries a dead server for minutes by default; the runtime owns retries.
+    # The MLflow client retries a dead server for minutes by default; the runtime owns retries. Its
+    # per-request timeout follows the setting, so the worker thread of a call given up on ends soon after.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
-    return MlflowRegistry(tracking_uri(settings))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, math.ceil(settings.mlflow_timeout_s))))
+    return MlflowRegistry(tracking_uri(settings), timeout_s=settings.mlflow_timeout_s)

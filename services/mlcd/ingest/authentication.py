@@ -71,8 +71,9 @@ def _stale(timestamp: str, now: float, max_age_s: int) -> str | None:
         sent = int(timestamp)
     except ValueError:
         return f"timestamp {timestamp!r} is not Unix seconds"
-    if abs(now - sent) > max_age_s:
-        return f"timestamp is {int(now - sent)} s away from now (limit {max_age_s} s): replay refused"
+    away = int(now) - sent  # in integers: a timestamp of 400 digits would overflow a float
+    if abs(away) > max_age_s:
+        return f"timestamp is {away} s away from now (limit {max_age_s} s): replay refused"
     return None
 
 

@@ -65,8 +65,14 @@ def body_digest(body: bytes) -> str:
 def load_object(body: bytes) -> dict[str, Any]:
     try:
         data = json.loads(body)
+        # A \ud800 escape decodes to a lone surrogate, which no later step (event ids, Kafka) can encode.
+        json.dumps(data, ensure_ascii=False).encode()
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise Unparseable(f"body is not JSON: {e}") from e
+    except UnicodeEncodeError as e:
+        raise Unparseable(f"body holds a lone surrogate {e.object[e.start : e.end]!r}, not text") from e
+    except RecursionError as e:
+        raise Unparseable("body is JSON nested too deeply to read") from e
     if not isinstance(data, dict):
         raise Unparseable(f"body is JSON {type(data).__name__}, expected an object")
     return data

@@ -1,7 +1,7 @@
 """`mlcd policy check`: a policy file's schema and every CEL expression, each error with its line.
 
-The YAML is read with ruamel.yaml's round-trip loader, which keeps the line of every key and value, so
-an error in a nested field or an expression points at the line to edit.
+The values are checked as the services read them (PyYAML); ruamel.yaml's round-trip loader keeps the line
+of every key and value, so an error in a nested field or an expression points at the line to edit.
 """
 
 from __future__ import annotations
@@ -12,10 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
 from pydantic import ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
+from ruamel.yaml.reader import ReaderError
 
 from mlcd.policy import rules
 from mlcd.policy.book import DEFAULTS_FILE
@@ -37,26 +39,38 @@ class FileProblem:
 def check_file(path: Path) -> list[FileProblem]:
     """Every problem of one policy file, in line order; empty when the file is sound."""
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except OSError as e:
         return [FileProblem(path, 0, f"cannot read: {e.strerror or e}")]
+    try:
+        text = raw.decode()
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        return [FileProblem(path, line, f"not UTF-8 text: byte {raw[e.start]:#04x} at offset {e.start}")]
     return sorted(check_text(text, path), key=lambda p: p.line)
 
 
 def check_text(text: str, path: Path) -> list[FileProblem]:
     try:
         document = YAML(typ="rt").load(io.StringIO(text))
-    except MarkedYAMLError as e:
+        # The values as the services read them (PyYAML, YAML 1.1: `no` is false, `1:30` is 90 seconds);
+        # the round-trip document only supplies the lines.
+        values = yaml.safe_load(text)
+    except (MarkedYAMLError, yaml.MarkedYAMLError) as e:
         line = e.problem_mark.line + 1 if e.problem_mark else 1
         return [FileProblem(path, line, f"YAML error: {e.problem or e}")]
+    except (ReaderError, yaml.reader.ReaderError) as e:  # a character YAML does not allow (NUL, controls)
+        line = text[: e.position].count("\n") + 1
+        return [FileProblem(path, line, f"YAML error: {e.reason} (character {e.character!r})")]
+    except RecursionError:
+        return [FileProblem(path, 1, "YAML error: nested too deeply to read")]
     if document is None:
-        document = CommentedMap()
-    if not isinstance(document, CommentedMap):
+        document, values = CommentedMap(), {}
+    if not isinstance(document, CommentedMap) or not isinstance(values, dict):
         return [FileProblem(path, 1, "a policy file is a YAML mapping")]
-    plain = _plain(document)
     if path.name == DEFAULTS_FILE:
-        plain.setdefault("model", "defaults")
-    found = [_schema_problem(document, error, path) for error in _schema_errors(plain)]
+        values.setdefault("model", "defaults")
+    found = [_schema_problem(document, error, path) for error in _schema_errors(values)]
     found.extend(_expression_problems(document, path))
     return found
 
@@ -123,15 +137,7 @@ def _line(document: CommentedMap, location: Sequence[str | int]) -> int:
             line = node.lc.item(part)[0] + 1
             node = node[part]
         else:
-            if isinstance(node, CommentedMap | CommentedSeq) and line == 1:
+            if isinstance(node, CommentedMap | CommentedSeq) and line == 1 and node.lc.line is not None:
                 line = node.lc.line + 1
             break
     return line
-
-
-def _plain(node: Any) -> Any:
-    if isinstance(node, CommentedMap):
-        return {str(k): _plain(v) for k, v in node.items()}
-    if isinstance(node, CommentedSeq):
-        return [_plain(v) for v in node]
-    return node

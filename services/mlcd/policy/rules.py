@@ -102,6 +102,13 @@ def _environment() -> celpy.Environment:
 def problems(expression: str) -> list[Problem]:
     """Syntax errors, unknown identifiers and unknown fields of one expression; empty when it is sound."""
     try:
+        return _problems(expression)
+    except RecursionError:
+        return [Problem("CEL expression nested too deeply to read")]
+
+
+def _problems(expression: str) -> list[Problem]:
+    try:
         tree = _environment().compile(expression)
     except CELParseError as e:
         column = int(e.column or 1)
@@ -184,6 +191,8 @@ def _evaluate_one(rule: CompiledRule, activation: dict[str, Any], context: Conte
         result = rule.program.evaluate(activation)
     except CELEvalError as e:
         return _failed(rule, seen, _explain(e, missing))
+    except RecursionError:
+        return _failed(rule, seen, "expression nested too deeply to evaluate")
     if isinstance(result, CELEvalError):
         return _failed(rule, seen, _explain(result, missing))
     if not isinstance(result, celpy.celtypes.BoolType):

@@ -23,11 +23,16 @@ def parse_duration(value: Any) -> timedelta:
     if isinstance(value, timedelta):
         return value
     if isinstance(value, int | float):
-        return timedelta(seconds=float(value))
-    match = _DURATION.match(str(value))
-    if not match:
-        raise ValueError(f"not a duration: {value!r} (use e.g. 30s, 10m, 24h)")
-    return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+        seconds: float = value
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise ValueError(f"not a duration: {value!r} (use e.g. 30s, 10m, 24h)")
+        seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    try:
+        return timedelta(seconds=float(seconds))
+    except (OverflowError, ValueError):  # infinity, NaN, or beyond timedelta (2.7 million years)
+        raise ValueError(f"not a usable duration: {value!r}") from None
 
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
