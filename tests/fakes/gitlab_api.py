@@ -12,6 +12,7 @@ import hashlib
 import itertools
 import json
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -68,6 +69,7 @@ class FakeGitLab:
         self._projects: dict[int, _Project] = {}
         self._users: dict[int, str] = {}
         self._failures: list[int] = []
+        self.hang = False  # while set, every request waits without an answer, like a GitLab that hangs
         self.bot_id = self.add_user(bot_username)
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -174,6 +176,7 @@ class FakeGitLab:
         return self
 
     def stop(self) -> None:
+        self.hang = False
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -196,6 +199,8 @@ class FakeGitLab:
         body = _parse_body(request.rfile.read(length), request.headers.get("Content-Type", ""))
         segments = [unquote(s) for s in raw_segments]
         self.calls.append(Call(method, "/" + "/".join(segments[2:]), query, body))
+        while self.hang:
+            time.sleep(0.05)
         try:
             with self._lock:
                 if self._failures:

@@ -4,10 +4,12 @@ arrived: for checking what reached the bus, in which order per key, and how soon
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -18,12 +20,22 @@ class Seen:
     partition: int
     offset: int
     key: bytes | None
+    value: bytes
     headers: dict[str, bytes]
     arrived_at: float
 
     @property
     def event_id(self) -> str:
         return self.headers.get("ce_id", b"").decode()
+
+    @property
+    def event_type(self) -> str:
+        return self.headers.get("ce_type", b"").decode()
+
+    def data(self) -> dict[str, Any]:
+        """The payload (binary-mode CloudEvents: the record's value is the data JSON)."""
+        payload: dict[str, Any] = json.loads(self.value)
+        return payload
 
 
 class TopicTail:
@@ -73,8 +85,16 @@ class TopicTail:
             now = time.monotonic()
             for tp, messages in batches.items():
                 self.records.extend(
-                    Seen(tp.topic, tp.partition, m.offset, m.key, dict(m.headers), now) for m in messages
+                    Seen(tp.topic, tp.partition, m.offset, m.key, m.value or b"", dict(m.headers), now)
+                    for m in messages
                 )
+
+    def of_type(self, event_type: str) -> list[Seen]:
+        return [r for r in self.records if r.event_type == event_type]
+
+    def on_topic(self, suffix: str) -> list[Seen]:
+        """Records of the topic whose broker-side name ends with `suffix` (the logical name)."""
+        return [r for r in self.records if r.topic.endswith(suffix)]
 
     def ids(self) -> set[str]:
         return {r.event_id for r in self.records}

@@ -149,6 +149,10 @@ class KfpClientOrchestrator:
         except TimeoutError as e:
             raise AdapterUnavailable(f"KFP at {self.host} did not answer in time to {what}") from e
         except Exception as e:  # the SDK raises ApiException, urllib3 and socket errors alike
+            if _timed_out(e):
+                raise AdapterUnavailable(
+                    f"KFP at {self.host} did not answer within {self.timeout_s:g}s (timeout) to {what}"
+                ) from e
             raise _translated(self.host, what, e) from e
 
 
@@ -162,6 +166,15 @@ def _timed_client(host: str, timeout_s: float) -> Any:
         def get_kfp_healthz(self, sleep_duration: int = 5) -> Any:
             return self._healthz_api.healthz_service_get_healthz(_request_timeout=timeout)
 
+        def _load_config(self, *args: Any, **kwargs: Any) -> Any:
+            # urllib3 would retry a timed-out GET three times, so one call to a hung server took four
+            # timeouts in its worker thread, long after the caller gave up; retries are the runtime's.
+            import urllib3
+
+            config = super()._load_config(*args, **kwargs)
+            config.retries = urllib3.Retry(connect=0, read=0, other=0, status=0)
+            return config
+
     client = TimedClient(host=host)
     rest = client._run_api.api_client.rest_client
     unbounded = rest.request
@@ -171,6 +184,14 @@ def _timed_client(host: str, timeout_s: float) -> Any:
 
     rest.request = request
     return client
+
+
+def _timed_out(error: Exception) -> bool:
+    from urllib3.exceptions import MaxRetryError
+    from urllib3.exceptions import TimeoutError as Urllib3Timeout
+
+    reason = error.reason if isinstance(error, MaxRetryError) else error
+    return isinstance(reason, Urllib3Timeout)
 
 
 def _translated(host: str, what: str, error: Exception) -> MlcdError:
