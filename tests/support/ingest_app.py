@@ -56,7 +56,7 @@ def build(config: Settings, bus: Bus, engine: AsyncEngine, waker: RelayWaker | N
 
 def _server(app: FastAPI, port: int | None = None) -> tuple[uvicorn.Server, str]:
     port = port or processes.free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="off")
     return uvicorn.Server(config), f"http://127.0.0.1:{port}"
 
 
