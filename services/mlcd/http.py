@@ -58,7 +58,10 @@ def create_app(routers: Sequence[APIRouter], readiness: Readiness) -> FastAPI:
         responses={503: {"description": "A part is unreachable; the body names it"}},
     )
     async def readyz() -> JSONResponse:
-        parts = await readiness()
+        parts = {
+            name: problem and logs.without_url_credentials(problem)
+            for name, problem in (await readiness()).items()
+        }
         failing = {name: problem for name, problem in parts.items() if problem}
         body = {"status": "ready" if not failing else "not ready", "parts": parts}
         return JSONResponse(body, status_code=503 if failing else 200)

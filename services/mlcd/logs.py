@@ -13,6 +13,12 @@ import structlog
 
 _SECRET_KEYS = re.compile(r"token|secret|password|authorization|api[_-]?key|signature", re.IGNORECASE)
 REDACTED = "***"
+_URL_CREDENTIALS = re.compile(r"(?<=://)[^/\s@]+@")
+
+
+def without_url_credentials(text: str) -> str:
+    """`scheme://user:password@host` → `scheme://***@host`, for any URL inside `text`."""
+    return _URL_CREDENTIALS.sub(f"{REDACTED}@", text)
 
 
 class SecretRedactor:
@@ -38,6 +44,7 @@ class SecretRedactor:
         return value
 
     def _scrub(self, text: str) -> str:
+        text = without_url_credentials(text)
         for secret in self._secrets:
             text = text.replace(secret, REDACTED)
         return text

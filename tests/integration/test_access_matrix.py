@@ -861,6 +861,7 @@ def test_no_secret_reaches_logs_answers_events_or_dead_letters(
     db_password = f"pg/{secrets.token_urlsafe(12)}+@"
     database_url = make_url(pg_url).set(password=db_password).render_as_string(hide_password=False)
     wrong_api_token = f"mlcd_never_issued_{secrets.token_urlsafe(12)}"
+    mlflow_password = f"mlflow-{secrets.token_urlsafe(12)}"
     secret_values = {
         **{f"API token of {name}": token(name) for name in IDENTITIES},
         "a wrong API token presented": wrong_api_token,
@@ -873,6 +874,7 @@ def test_no_secret_reaches_logs_answers_events_or_dead_letters(
         "S3 access key": minio_gateway.ACCESS_KEY,
         "S3 secret key": minio_gateway.SECRET_KEY,
         "database password": db_password,
+        "password in the MLflow URI": mlflow_password,
     }
     places: dict[str, str] = {}
     answers: list[httpx.Response] = []
@@ -887,7 +889,8 @@ def test_no_secret_reaches_logs_answers_events_or_dead_letters(
         "MLCD_KAFKA_NAMESPACE": f"{unique('access')}.",
         "MLCD_DATABASE_URL": database_url,
         "MLCD_POLICIES_DIR": str(REPO / "policies"),
-        "MLCD_MLFLOW_TRACKING_URI": f"http://127.0.0.1:{processes.free_port()}",  # down: a failing part
+        # down, so a failing part whose URL carries credentials
+        "MLCD_MLFLOW_TRACKING_URI": f"http://ci:{mlflow_password}@127.0.0.1:{processes.free_port()}",
         "MLCD_S3_ENDPOINT": gateway.endpoint,
         "MLCD_S3_ACCESS_KEY": gateway.access_key,
         "MLCD_S3_SECRET_KEY": gateway.secret_key,

@@ -60,3 +60,12 @@ def test_event_context_is_bound_on_every_line_inside_the_block() -> None:
     for line in (first, second):
         assert (line["event_id"], line["model"]) == ("e-1", "wine_quality")
     assert "event_id" not in after
+
+
+def test_credentials_inside_any_url_are_masked_even_when_unconfigured() -> None:
+    buffer = io.StringIO()
+    logs.configure("INFO", stream=buffer)
+    logs.get("t").warning("mlflow unreachable at https://ci-bot:s3cr3t-pass@mlflow.internal/api, retrying")
+
+    (line,) = _lines(buffer)
+    assert line["event"] == "mlflow unreachable at https://***@mlflow.internal/api, retrying"
