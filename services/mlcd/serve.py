@@ -23,6 +23,12 @@ log = logs.get(__name__)
 
 Companion = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
 
+# Idle keep-alive connections stay open longer than any client or proxy in front keeps them (httpx 5 s,
+# ingress-nginx and AWS ALB 60 s, Go's http.Transport 90 s). With uvicorn's default of 5 s, a sender that
+# reuses a connection just as the server closes it gets a reset instead of an answer: a failed webhook
+# delivery, or a 502 from the proxy (seen in the soak test as an httpx ReadError).
+KEEP_ALIVE_S = 120
+
 
 class _Server(uvicorn.Server):
     @contextlib.contextmanager
@@ -51,6 +57,7 @@ async def run_with_http(
         log_config=None,
         access_log=False,
         lifespan="off",
+        timeout_keep_alive=KEEP_ALIVE_S,
     )
     server = _Server(config)
     await host.start()
