@@ -64,7 +64,7 @@ MINIO_TOKEN = "chain-kill-minio-token"
 ONCALL_TOKEN = "chain-kill-oncall-token"
 FIXTURES = REPO / "tests" / "fixtures" / "ingest"
 EXTRA_KILLS = 2  # beyond one per service, drawn from the points left
-STEP_INTERVAL_S = 3
+STEP_INTERVAL_S = 2
 
 # One logical step of the chain each; step events once per canary step.
 EXPECTED_JOURNAL = {
