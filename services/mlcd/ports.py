@@ -90,7 +90,9 @@ class CodeHost(Protocol):
         """Post a note, or edit the one that carries `marker`, so reruns do not pile up notes."""
         ...
 
-    async def post_commit_note(self, project: str, sha: str, body: str) -> None: ...
+    async def post_commit_note(self, project: str, sha: str, marker: str, body: str) -> None:
+        """Comment on a commit once: a comment carrying `marker` already there is not posted again."""
+        ...
 
     async def fetch_tree(self, project: str, ref: str, path: str, target: Path) -> Path:
         """Download the files under `path` at `ref` into `target`; returns the local folder."""

@@ -88,11 +88,14 @@ async def test_note_on_unknown_merge_request_is_not_found(host: gitlab.GitLabCod
         await host.upsert_merge_request_note(PROJECT, 99, "m", "text")
 
 
-async def test_commit_note_lands_on_the_commit(host: gitlab.GitLabCodeHost, fake: FakeGitLab) -> None:
-    await host.post_commit_note(PROJECT, SHA, "Pipeline wine_quality published as 3f2a9c0d")
+async def test_commit_note_lands_on_the_commit_once(host: gitlab.GitLabCodeHost, fake: FakeGitLab) -> None:
+    for _ in range(2):  # a redelivered handler posts again
+        await host.post_commit_note(PROJECT, SHA, "gate g1 opened", "Gate g1 is open")
+    await host.post_commit_note(PROJECT, SHA, "gate g1 approved", "Gate g1 approved")
 
     assert [c["note"] for c in fake.commit_comments(PROJECT, SHA)] == [
-        "Pipeline wine_quality published as 3f2a9c0d"
+        "Gate g1 is open\n\n<!-- gate g1 opened -->",
+        "Gate g1 approved\n\n<!-- gate g1 approved -->",
     ]
 
 

@@ -125,11 +125,18 @@ class GitLabCodeHost:
 
         await self._call(f"note on {project}!{iid}", upsert)
 
-    async def post_commit_note(self, project: str, sha: str, body: str) -> None:
-        await self._call(
-            f"comment on {project}@{sha[:8]}",
-            lambda: self._project(project).commits.get(sha, lazy=True).comments.create({"note": body}),
-        )
+    async def post_commit_note(self, project: str, sha: str, marker: str, body: str) -> None:
+        text = with_marker(body, marker)
+        tag = hidden(marker)
+
+        def post_once() -> None:
+            # A handler killed after posting is redelivered; the marker says the note is already there.
+            commit = self._project(project).commits.get(sha, lazy=True)
+            if any(tag in (comment.note or "") for comment in commit.comments.list(get_all=True)):
+                return
+            commit.comments.create({"note": text})
+
+        await self._call(f"comment on {project}@{sha[:8]}", post_once)
 
     async def fetch_tree(self, project: str, ref: str, path: str, target: Path) -> Path:
         """Files under `path` at `ref`, written to `target/<path>/…` (their repository layout kept)."""
@@ -214,8 +221,8 @@ class LogCodeHost:
     async def upsert_merge_request_note(self, project: str, iid: int, marker: str, body: str) -> None:
         log.info("merge request note", project=project, iid=iid, marker=marker, body=body)
 
-    async def post_commit_note(self, project: str, sha: str, body: str) -> None:
-        log.info("commit note", project=project, sha=sha, body=body)
+    async def post_commit_note(self, project: str, sha: str, marker: str, body: str) -> None:
+        log.info("commit note", project=project, sha=sha, marker=marker, body=body)
 
     async def fetch_tree(self, project: str, ref: str, path: str, target: Path) -> Path:
         """The working tree's copy of `path` (whatever is checked out; `ref` cannot be honoured here)."""

@@ -151,7 +151,7 @@ async def _note_decision(code_host: ports.CodeHost, gate: gates.Gate, via: str) 
     note = f"mlcd: promotion gate `{gate.id}` ({gate.model} version {gate.model_version}) {gate.state}"
     note += f" by {gate.decided_by} via {via}" + (f": {gate.reason}" if gate.reason else ".")
     try:
-        await code_host.post_commit_note(gate.project, gate.commit, note)
+        await code_host.post_commit_note(gate.project, gate.commit, f"mlcd gate {gate.id} {gate.state}", note)
     except MlcdError as e:
         log.warning("could not note the decision on the commit", gate_id=gate.id, error=str(e))
 

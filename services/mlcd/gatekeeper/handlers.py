@@ -298,9 +298,10 @@ async def _announce_gate(
     """Notices are best effort: an unreachable chat or GitLab must not keep a gate from opening."""
     title, body = notices.gate_opened(opened, settings.effective_api_url)
     if project and candidate.commit:
-        await _best_effort(
-            "commit note", code_host.post_commit_note(project, candidate.commit, f"### {title}\n\n{body}")
+        note = code_host.post_commit_note(
+            project, candidate.commit, f"mlcd gate {opened.gate_id} opened", f"### {title}\n\n{body}"
         )
+        await _best_effort("commit note", note)
     await _best_effort("notification", notifier.notify(opened.model, title, body))
 
 
