@@ -61,6 +61,16 @@ async def test_repeated_pending_status_is_accepted_as_already_set(
     assert [s["status"] for s in fake.statuses(PROJECT, SHA)] == ["pending"]
 
 
+async def test_statuses_posted_again_after_a_crash_are_not_doubled(
+    host: gitlab.GitLabCodeHost, fake: FakeGitLab
+) -> None:
+    for _ in range(2):  # the builder killed after GitLab took the success status, then redelivered
+        await host.set_commit_status(PROJECT, SHA, "pending", name="mlcd/build", description="compiling")
+        await host.set_commit_status(PROJECT, SHA, "success", name="mlcd/build", description="published")
+
+    assert [s["status"] for s in fake.statuses(PROJECT, SHA)] == ["pending", "success"]
+
+
 async def test_merge_request_note_is_edited_in_place_on_later_runs(
     host: gitlab.GitLabCodeHost, fake: FakeGitLab
 ) -> None:

@@ -68,6 +68,19 @@ async def test_version_tags_are_written(mlflow_uri: str) -> None:
     assert (await registry.get_version(model, version)).tags["mlcd.decision"] == "rejected"
 
 
+async def test_version_is_found_by_tag(mlflow_uri: str) -> None:
+    model = f"m_{uuid.uuid4().hex[:8]}"
+    _register(mlflow_uri, model, 0.5)
+    wanted = _register(mlflow_uri, model, 0.7)
+    registry = MlflowRegistry(mlflow_uri)
+    await registry.set_version_tags(model, wanted, {"mlcd.run_name": "wine-run-1"})
+
+    found = await registry.version_by_tag(model, "mlcd.run_name", "wine-run-1")
+
+    assert found is not None and found.version == wanted and found.metrics == {"accuracy": 0.7}
+    assert await registry.version_by_tag(model, "mlcd.run_name", "wine-run-2") is None
+
+
 async def test_missing_version_is_not_found(mlflow_uri: str) -> None:
     with pytest.raises(NotFound):
         await MlflowRegistry(mlflow_uri).get_version("no_such_model", "1")
