@@ -43,7 +43,7 @@ def _configure_logs(settings: Settings) -> None:
 @app.command()
 def up(
     host: Annotated[str | None, typer.Option(help="Listen address (MLCD_HTTP_HOST).")] = None,
-    port: Annotated[int | None, typer.Option(help="Listen port (MLCD_HTTP_PORT).")] = None,
+    port: Annotated[int | None, typer.Option(min=1, max=65535, help="Listen port (MLCD_HTTP_PORT).")] = None,
 ) -> None:
     """Run every service in one process on the embedded defaults."""
     from mlcd.local.up import up as run_up

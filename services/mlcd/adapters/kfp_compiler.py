@@ -90,7 +90,10 @@ def _find_pipeline(module: ModuleType, source: Path) -> tuple[str, Any]:
 def _compile(pipeline: Any, out_yaml: Path, source: Path) -> None:
     from kfp import compiler
 
-    out_yaml.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out_yaml.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CompileError(f"cannot write {out_yaml}: {e.strerror or e}") from e
     try:
         compiler.Compiler().compile(pipeline, str(out_yaml))
     except Exception as e:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
-from mlcd.commands._store import fail
+from mlcd.commands._store import fail, not_text
 
 _TIMEOUT_S = 15.0
 
@@ -29,9 +30,21 @@ def call(
         response = httpx.request(method, url, params=params, json=body, headers=headers, timeout=_TIMEOUT_S)
     except httpx.HTTPError as e:
         raise fail(f"cannot reach the mlcd API at {settings.effective_api_url}: {type(e).__name__}") from None
+    except httpx.InvalidURL as e:
+        raise fail(f"cannot call the mlcd API at {settings.effective_api_url}: {e}") from None
+    except UnicodeEncodeError as e:
+        raise not_text(e) from None
     if response.status_code >= 400:
         raise fail(f"{response.status_code}: {_problem(response)}")
     return response.json()
+
+
+def segment(value: str) -> str:
+    """`value` as one URL path segment: a "/", "?" or "#" in an id or a name cannot change the path."""
+    try:
+        return quote(value, safe="")
+    except UnicodeEncodeError as e:
+        raise not_text(e) from None
 
 
 def _token(settings: Any) -> str:

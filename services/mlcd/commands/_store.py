@@ -22,6 +22,12 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+def not_text(error: UnicodeEncodeError) -> typer.Exit:
+    """Exit for an argument holding bytes that are not UTF-8 (Python keeps them as lone surrogates)."""
+    around = error.object[max(0, error.start - 10) : error.end + 10]
+    return fail(f"an argument is not UTF-8 text: {around!r}")
+
+
 def run(work: Callable[[AsyncEngine, Settings], Awaitable[T]]) -> T:
     """Run `work` against the configured store; any store or configuration failure exits 1 cleanly."""
     from pydantic import ValidationError
@@ -43,6 +49,8 @@ def run(work: Callable[[AsyncEngine, Settings], Awaitable[T]]) -> T:
         raise fail(f"state store {where}: {reason}{hint}") from None
     except (MlcdError, OSError) as e:
         raise fail(f"state store {where}: {e}") from None
+    except UnicodeEncodeError as e:
+        raise not_text(e) from None
 
 
 async def _with_engine(work: Callable[[AsyncEngine, Settings], Awaitable[T]], settings: Settings) -> T:

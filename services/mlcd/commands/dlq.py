@@ -22,7 +22,7 @@ app = typer.Typer(help="Dead letters: records a consumer could not handle.", no_
 def list_(
     all_: bool = typer.Option(False, "--all", help="Include dead letters already replayed."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object a line."),
-    limit: int = typer.Option(100, "--limit", min=1, help="Most recent N."),
+    limit: int = typer.Option(100, "--limit", min=1, max=100_000, help="Most recent N."),
 ) -> None:
     """List parked records, newest first."""
 
@@ -50,7 +50,11 @@ def list_(
 
 
 @app.command()
-def replay(ids: list[int] = typer.Argument(None, help="Dead letter ids; none: every one waiting.")) -> None:
+def replay(
+    ids: list[int] = typer.Argument(
+        None, min=1, max=2**63 - 1, help="Dead letter ids; none: every one waiting."
+    ),
+) -> None:
     """Queue parked records back onto their original topics; the running relay publishes them."""
 
     async def work(engine: AsyncEngine, settings: Settings) -> int:

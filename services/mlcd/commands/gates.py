@@ -37,7 +37,7 @@ def list_(
 @app.command()
 def show(gate_id: str = typer.Argument(..., help="The gate's id."), as_json: bool = _JSON) -> None:
     """One gate: its rules with the values they saw, and its audit log."""
-    gate = _api.call("GET", f"/api/v1/gates/{gate_id}")
+    gate = _api.call("GET", f"/api/v1/gates/{_api.segment(gate_id)}")
     if as_json:
         typer.echo(json.dumps(gate, indent=2))
         return
@@ -84,6 +84,6 @@ def reject(
 
 
 def _decide(gate_id: str, decision: str, reason: str) -> None:
-    answer = _api.call("POST", f"/api/v1/gates/{gate_id}/{decision}", body={"reason": reason})
+    answer = _api.call("POST", f"/api/v1/gates/{_api.segment(gate_id)}/{decision}", body={"reason": reason})
     gate = answer["gate"]
     typer.echo(f"gate {gate['id']} is {gate['state']}: {answer['message']}")

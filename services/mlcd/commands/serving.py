@@ -20,7 +20,7 @@ def rollback(
 ) -> None:
     """Send all of MODEL's traffic back to the previous revision (on-call tokens only)."""
     body = {"to_version": to_version, "reason": reason}
-    answer = _api.call("POST", f"/api/v1/models/{model}/rollback", body=body)
+    answer = _api.call("POST", f"/api/v1/models/{_api.segment(model)}/rollback", body=body)
     target = f"version {to_version}" if to_version else "the previous version"
     typer.echo(f"rollback of {model} to {target} requested (event {answer['event_id']})")
 
@@ -31,7 +31,7 @@ def status(
     as_json: bool = typer.Option(False, "--json", help="Print the API's JSON."),
 ) -> None:
     """Champion, candidate, rollout and step, and the model's last events."""
-    answer = _api.call("GET", f"/api/v1/models/{model}" if model else "/api/v1/models")
+    answer = _api.call("GET", f"/api/v1/models/{_api.segment(model)}" if model else "/api/v1/models")
     if as_json:
         typer.echo(json.dumps(answer, indent=2))
     elif model is None:

@@ -33,7 +33,12 @@ class FileProblem:
     message: str
 
     def __str__(self) -> str:
-        return f"{self.path}:{self.line}: {self.message}"
+        # One printable line whatever the file is called: bytes that are not UTF-8 become U+FFFD, a
+        # newline or another control character its escape.
+        shown = str(self.path).encode(errors="surrogatepass").decode(errors="replace")
+        if not shown.isprintable():
+            shown = repr(shown)[1:-1]
+        return f"{shown}:{self.line}: {self.message}"
 
 
 def check_file(path: Path) -> list[FileProblem]:
