@@ -28,7 +28,7 @@ from tests.support.webhook_traffic import HOOK_TIMEOUT_S, Delivery, Traffic
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 HANG_S = 20.0
-STEADY_S = 3.0  # traffic before the hang and after the wake-up
+STEADY_S = 2.0  # traffic before the hang and after the wake-up
 
 
 @pytest.fixture

@@ -44,7 +44,7 @@ from tests.support.webhook_traffic import Traffic
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 OUTAGE_S = 10.0
-STEADY_S = 3.0
+STEADY_S = 2.0
 HANDLER_S = 0.05
 
 
