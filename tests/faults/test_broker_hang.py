@@ -1,8 +1,10 @@
 """A broker that hangs (SIGSTOP for 20 s) under steady webhook traffic, with `mlcd serve ingest` in its own
 process and a PostgreSQL of its own: every delivery is still answered 2xx within the hook's timeout
-(spooled to the outbox), and once the broker wakes everything accepted reaches the bus once, in order per
-key. The in-process twin, tests/integration/test_ingest_broker_outage.py, checks the same spool on both
-stores in a few seconds; this one checks it end to end, at a steady rate, for a long hang.
+(spooled to the outbox), and once the broker wakes everything accepted reaches the bus in order per key,
+each event once but for the one in flight at the freeze (the broker still writes that request, and the
+relay sends the spooled copy: without an idempotent producer it is in doubt). The in-process twin,
+tests/integration/test_ingest_broker_outage.py, checks the same spool on both stores in a few seconds;
+this one checks it end to end, at a steady rate, for a long hang.
 """
 
 from __future__ import annotations
