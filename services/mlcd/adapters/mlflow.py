@@ -6,11 +6,14 @@ import asyncio
 import math
 import os
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from mlcd.config import Settings
 from mlcd.errors import AdapterUnavailable, NotFound, PermanentError
 from mlcd.ports import ModelVersion
+
+if TYPE_CHECKING:
+    from mlflow.exceptions import MlflowException
 
 T = TypeVar("T")
 
@@ -20,6 +23,12 @@ EMBEDDED_PORT_OFFSET = 10  # the embedded MLflow server listens on MLCD_HTTP_POR
 def tracking_uri(settings: Settings) -> str:
     """The configured tracking server, else the one `mlcd up` runs beside the API."""
     return settings.mlflow_tracking_uri or f"http://127.0.0.1:{settings.http_port + EMBEDDED_PORT_OFFSET}"
+
+
+def _mlflow_exception_type() -> type[MlflowException]:
+    from mlflow.exceptions import MlflowException
+
+    return MlflowException
 
 
 class MlflowRegistry:
@@ -36,11 +45,11 @@ class MlflowRegistry:
         return self._client
 
     async def _call(self, what: str, fn: Callable[[], T]) -> T:
-        from mlflow.exceptions import MlflowException
-
+        # mlflow takes seconds to import: the first call imports it off the event loop, not on it.
+        mlflow_error = await asyncio.to_thread(_mlflow_exception_type)
         try:
             return await asyncio.wait_for(asyncio.to_thread(fn), self.timeout_s)
-        except MlflowException as e:
+        except mlflow_error as e:
             if e.error_code == "RESOURCE_DOES_NOT_EXIST":
                 raise NotFound(f"MLflow: {what}: {e.message}") from e
             if e.error_code in {"INVALID_PARAMETER_VALUE", "BAD_REQUEST", "PERMISSION_DENIED"}:
