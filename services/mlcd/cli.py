@@ -33,7 +33,7 @@ app.add_typer(serving.app)  # rollback MODEL, status [MODEL]
 
 
 def _settings(**overrides: object) -> Settings:
-    return Settings().model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    return Settings.load().model_copy(update={k: v for k, v in overrides.items() if v is not None})
 
 
 def _configure_logs(settings: Settings) -> None:

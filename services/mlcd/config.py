@@ -8,12 +8,24 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from mlcd.errors import ConfigError
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MLCD_", extra="ignore")
+
+    @classmethod
+    def load(cls) -> Settings:
+        """The settings from the environment; a bad MLCD_* value is a ConfigError of one line naming it."""
+        try:
+            return cls()
+        except ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(str(part) for part in first["loc"])
+            raise ConfigError(f"invalid MLCD_* settings: {where}: {first['msg']}") from None
 
     home: Path = Field(Path(".mlcd"), description="State folder: SQLite store, objects, MLflow, tokens.")
     http_host: str = Field("127.0.0.1", description="Address the HTTP API and webhooks listen on.")
@@ -37,6 +49,20 @@ class Settings(BaseSettings):
         None, description="SQLAlchemy async URL (postgresql+asyncpg://…); unset: SQLite in MLCD_HOME."
     )
     event_retention_days: int = Field(30, description="Days sent events stay in the journal.")
+
+    @field_validator("database_url")
+    @classmethod
+    def _a_database_url(cls, url: str | None) -> str | None:
+        """A URL SQLAlchemy can read, so a typo fails at start with this message, not deep in a command."""
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        if url is not None:
+            try:
+                make_url(url)
+            except ArgumentError:
+                raise ValueError("not a database URL, e.g. postgresql+asyncpg://user@host/db") from None
+        return url
 
     handler_max_attempts: int = Field(5, description="Attempts of a failing handler before the DLQ.")
     handler_backoff_initial_s: float = Field(0.2, description="First retry delay; doubles each attempt.")

@@ -52,3 +52,21 @@ def test_serving_an_unknown_service_fails_with_one_clear_line(tmp_path: Path) ->
     assert result.returncode != 0
     assert "unknown service 'frobnicator'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_bad_setting_fails_every_kind_of_command_with_one_line_naming_it(tmp_path: Path) -> None:
+    import os
+
+    secret_bearing = "postgresql+asyncpg://ci:hunter2-db-pass@db:notaport/mlcd"
+    for variable, value, named in (
+        ("MLCD_DATABASE_URL", "not a url", "database_url"),
+        ("MLCD_DATABASE_URL", secret_bearing, "database_url"),
+        ("MLCD_HTTP_PORT", "eighty", "http_port"),
+    ):
+        env = {**os.environ, "MLCD_HOME": str(tmp_path), variable: value}
+        for command in (["serve", "gatekeeper"], ["events", "list"], ["gates", "list"]):
+            result = _mlcd(*command, env=env)
+            assert result.returncode == 1, (command, result.stderr)
+            (line,) = result.stderr.strip().splitlines()
+            assert f"invalid MLCD_* settings: {named}:" in line
+            assert "hunter2-db-pass" not in line

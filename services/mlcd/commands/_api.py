@@ -16,14 +16,13 @@ def call(
     method: str, path: str, *, params: dict[str, Any] | None = None, body: dict[str, Any] | None = None
 ) -> Any:
     """Send one request to the mlcd API as the CLI (audited `via: cli`); the JSON answer or a clean exit."""
-    from pydantic import ValidationError
-
     from mlcd.config import Settings
+    from mlcd.errors import ConfigError
 
     try:
-        settings = Settings()
-    except ValidationError as e:
-        raise fail(f"invalid MLCD_* settings: {e.errors()[0]['loc']}: {e.errors()[0]['msg']}") from None
+        settings = Settings.load()
+    except ConfigError as e:
+        raise fail(str(e)) from None
     headers = {"Authorization": f"Bearer {_token(settings)}", "X-Mlcd-Via": "cli"}
     url = settings.effective_api_url.rstrip("/") + path
     try:

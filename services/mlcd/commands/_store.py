@@ -30,16 +30,15 @@ def not_text(error: UnicodeEncodeError) -> typer.Exit:
 
 def run(work: Callable[[AsyncEngine, Settings], Awaitable[T]]) -> T:
     """Run `work` against the configured store; any store or configuration failure exits 1 cleanly."""
-    from pydantic import ValidationError
     from sqlalchemy.exc import SQLAlchemyError
 
     from mlcd.config import Settings
-    from mlcd.errors import MlcdError
+    from mlcd.errors import ConfigError, MlcdError
 
     try:
-        settings = Settings()
-    except ValidationError as e:
-        raise fail(f"invalid MLCD_* settings: {e.errors()[0]['loc']}: {e.errors()[0]['msg']}") from None
+        settings = Settings.load()
+    except ConfigError as e:
+        raise fail(str(e)) from None
     where = describe(settings.effective_database_url)
     try:
         return asyncio.run(_with_engine(work, settings))
