@@ -27,8 +27,12 @@ EVENTS_SHOWN = 20
 
 
 class RollbackBody(BaseModel):
-    to_version: str | None = Field(None, description="Version to serve; default: the one before the current.")
-    reason: str | None = Field(None, description="Why, for the journal.")
+    # Bounded like a gate decision's reason; a bounded str is also checked to be text (a lone surrogate
+    # escape such as \ud800 is refused with 422 instead of failing to encode the event: a 500).
+    to_version: str | None = Field(
+        None, max_length=200, description="Version to serve; default: the one before the current."
+    )
+    reason: str | None = Field(None, max_length=2000, description="Why, for the journal.")
 
 
 def router(
