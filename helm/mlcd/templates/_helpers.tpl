@@ -92,6 +92,7 @@ MLCD_KAFKA_REQUEST_TIMEOUT_S: {{ $c.kafka.requestTimeoutSeconds | quote }}
 MLCD_KAFKA_SESSION_TIMEOUT_S: {{ $c.kafka.sessionTimeoutSeconds | quote }}
 MLCD_KAFKA_HEARTBEAT_INTERVAL_S: {{ $c.kafka.heartbeatIntervalSeconds | quote }}
 MLCD_MLFLOW_TRACKING_URI: {{ required "config.mlflowTrackingUri is required" $c.mlflowTrackingUri | quote }}
+MLCD_MLFLOW_TIMEOUT_S: {{ $c.mlflowTimeoutSeconds | quote }}
 MLCD_KFP_HOST: {{ required "config.kfpHost is required" $c.kfpHost | quote }}
 MLCD_KFP_TIMEOUT_S: {{ $c.kfpTimeoutSeconds | quote }}
 MLCD_PIPELINES_DIR: {{ $c.pipelinesDir | quote }}
