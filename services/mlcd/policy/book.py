@@ -65,28 +65,45 @@ class PolicyBook:
         self.errors: dict[Path, str] = {}
 
     def refresh(self) -> None:
-        defaults_path = self.folder / DEFAULTS_FILE
-        stamp = _stamp(defaults_path)
-        if stamp != self._defaults_stamp:
-            self._defaults = yaml.safe_load(defaults_path.read_text()) or {} if stamp else {}
-            self._defaults_stamp = stamp
-            self._loaded.clear()
+        defaults_changed = self._refresh_defaults()
         paths = sorted(p for p in self.folder.glob("*.y*ml") if p.name != DEFAULTS_FILE)
         for gone in set(self._loaded) - set(paths):
             del self._loaded[gone]
         for path in paths:
             stamp = _stamp(path)
             current = self._loaded.get(path)
-            if current is not None and current.stamp == stamp:
+            if current is not None and current.stamp == stamp and not defaults_changed:
                 continue
             try:
                 policy = load_file(path, self._defaults)
                 self._loaded[path] = _Loaded(stamp, policy, _compiled(path, policy))
                 self.errors.pop(path, None)
             except ConfigError as e:
-                if self.errors.get(path) != str(e):
-                    log.error("policy edit rejected; the last good version stays in force", problem=str(e))
-                self.errors[path] = str(e)
+                self._reject(path, str(e))
+
+    def _refresh_defaults(self) -> bool:
+        """Reread defaults.yaml if it changed (True: new defaults apply); a broken one keeps the last good."""
+        path = self.folder / DEFAULTS_FILE
+        stamp = _stamp(path)
+        if stamp == self._defaults_stamp:
+            return False
+        self._defaults_stamp = stamp
+        try:
+            defaults = (yaml.safe_load(path.read_text()) or {}) if stamp else {}
+        except (OSError, yaml.YAMLError) as e:
+            self._reject(path, f"{path}: {e}")
+            return False
+        if not isinstance(defaults, dict):
+            self._reject(path, f"{path}: the defaults file is a YAML mapping")
+            return False
+        self._defaults = defaults
+        self.errors.pop(path, None)
+        return True
+
+    def _reject(self, path: Path, problem: str) -> None:
+        if self.errors.get(path) != problem:
+            log.error("policy edit rejected; the last good version stays in force", problem=problem)
+        self.errors[path] = problem
 
     def all(self) -> list[Policy]:
         self.refresh()
