@@ -84,7 +84,7 @@ def main() -> None:
     try:
         app()
     except MlcdError as e:
-        print(f"mlcd: {e}", file=sys.stderr)
+        print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)

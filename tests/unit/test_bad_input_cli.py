@@ -119,7 +119,7 @@ def _done_or_plainly_refused(args: list[str], exit_code: int, stdout: str, stder
         assert all(PROBLEM_LINE.match(line) for line in stdout.splitlines()), stdout
         return
     assert len(lines) == 1, f"mlcd {args} exited {exit_code} with {stderr!r}"
-    assert lines[0].startswith(("error: ", "mlcd: ", "replayed ")), lines[0]
+    assert lines[0].startswith(("error: ", "replayed ")), lines[0]
 
 
 @pytest.fixture
