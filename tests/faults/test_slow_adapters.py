@@ -119,6 +119,23 @@ async def _emitted(tail: TopicTail, payload_type: type[events.Payload], **data: 
     return seen
 
 
+async def _parked_while_hung(
+    server: Any, bus: KafkaBus, tail: TopicTail, stuck: Envelope, behind: Envelope, who: str
+) -> Seen:
+    """Hang `server` (a fake with `hang` and `calls`), publish `stuck`, then `behind` once the service is
+    inside a call; `stuck`'s dead letter. One request per attempt (plus perhaps the next event's first):
+    no hidden retries that keep a worker thread calling the hung server long after the handler gave up."""
+    server.hang = True
+    calls = len(server.calls)
+    await flows.publish(bus, stuck)
+    await _when(lambda: len(server.calls) > calls, f"{who} inside a call to the hung server")
+    await flows.publish(bus, behind)
+    dead = await _parked(tail, stuck)
+    server.hang = False
+    assert len(server.calls) - calls <= ATTEMPTS + 1, server.calls[calls:]
+    return dead
+
+
 def _assert_dead_letter(dead: Seen, event: Envelope, system: str) -> None:
     error = dead.headers["mlcd_error"].decode()
     assert re.search(r"time(d)? ?out", error, re.IGNORECASE), f"the error names the timeout: {error}"
@@ -138,16 +155,7 @@ async def test_hung_kfp_parks_the_trigger_and_the_next_trigger_starts_its_run(
         run_service("trainer", {**service_env, "MLCD_KFP_HOST": kfp.url})
         stuck, behind = _validated("batch-1.csv"), _validated("batch-2.csv")
 
-        kfp.hang = True
-        calls = len(kfp.calls)
-        await flows.publish(bus, stuck)
-        await _when(lambda: len(kfp.calls) > calls, "the trainer inside a call to the hung KFP")
-        await flows.publish(bus, behind)
-        dead = await _parked(tail, stuck)
-        kfp.hang = False
-        # One request per attempt (plus perhaps the next event's first): no hidden retries that keep a
-        # worker thread calling the hung server long after the handler gave up.
-        assert len(kfp.calls) - calls <= ATTEMPTS + 1, kfp.calls[calls:]
+        dead = await _parked_while_hung(kfp, bus, tail, stuck, behind, "the trainer")
 
         await _emitted(tail, events.TrainingStarted, trigger_event_id=behind.id)
         assert len(kfp.created_runs()) == 1, "one run, for the event behind the parked one"
@@ -194,14 +202,7 @@ async def test_hung_gitlab_parks_the_push_and_the_next_push_is_built(
         run_service("builder", env)
         stuck, behind = _pushed("a" * 40), _pushed("b" * 40)
 
-        gitlab.hang = True
-        calls = len(gitlab.calls)
-        await flows.publish(bus, stuck)
-        await _when(lambda: len(gitlab.calls) > calls, "the builder inside a call to the hung GitLab")
-        await flows.publish(bus, behind)
-        dead = await _parked(tail, stuck)
-        gitlab.hang = False
-        assert len(gitlab.calls) - calls <= ATTEMPTS + 1, "one request per attempt, no hidden retries"
+        dead = await _parked_while_hung(gitlab, bus, tail, stuck, behind, "the builder")
 
         await _emitted(tail, events.PipelineBuildFailed, commit="b" * 40)
         statuses = [s["status"] for s in gitlab.statuses(PROJECT, "b" * 40)]
