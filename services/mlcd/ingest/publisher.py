@@ -2,7 +2,9 @@
 
 A delivery is answered 2xx only once its events are durable: acknowledged by the broker (then journaled
 as sent) or written unsent to the outbox, which the relay publishes in order when the broker returns.
-An event whose id is already in the outbox is a redelivery and is not published again. After a broker
+An event whose id is already in the outbox is a redelivery and is not published again; deliveries of the
+same event that arrive at once (GitLab retrying while the first is in flight, two ingest replicas) are
+taken one after the other, so only the first publishes. After a broker
 failure the publisher spools straight to the outbox for a cool-down, and it never publishes ahead of an
 event for the same key that still waits in the outbox, so per-model order holds across an outage.
 """
@@ -11,7 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -45,6 +48,32 @@ class Outcome:
     events: Sequence[Envelope]
 
 
+class _KeyedLocks:
+    """One asyncio lock per key, forgotten once nobody holds or awaits it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @asynccontextmanager
+    async def holding(self, keys: Sequence[str]) -> AsyncIterator[None]:
+        ordered = sorted(set(keys))  # one order for all, so two holders never wait on each other
+        for key in ordered:
+            lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+            self._locks[key] = (lock, users + 1)
+        try:
+            async with AsyncExitStack() as stack:
+                for key in ordered:
+                    await stack.enter_async_context(self._locks[key][0])
+                yield
+        finally:
+            for key in ordered:
+                lock, users = self._locks[key]
+                if users == 1:
+                    del self._locks[key]
+                else:
+                    self._locks[key] = (lock, users - 1)
+
+
 class Publisher:
     def __init__(
         self,
@@ -63,12 +92,18 @@ class Publisher:
         self.cool_down_s = cool_down_s
         self._clock = clock
         self._broker_suspect_until = 0.0
+        self._taking = _KeyedLocks()
 
     async def deliver(self, envelopes: Sequence[Envelope]) -> Outcome:
         """Make the events durable; raises AdapterUnavailable when neither broker nor store takes them."""
         published = False
         try:
-            async with asyncio.timeout(2 * self.timeout_s), self.engine.begin() as conn:
+            async with (
+                asyncio.timeout(2 * self.timeout_s),
+                self._taking.holding([e.id for e in envelopes]),
+                self.engine.begin() as conn,
+            ):
+                await _lock_across_replicas(conn, [e.id for e in envelopes])
                 keys = [(type(e.data).topic(), e.key.encode()) for e in envelopes]
                 known, behind = await ingest_store.known_and_waiting(conn, [e.id for e in envelopes], keys)
                 fresh = [e for e in envelopes if e.id not in known]
@@ -132,6 +167,14 @@ class Publisher:
     def _wake(self) -> None:
         if self.waker is not None:
             self.waker.wake()
+
+
+async def _lock_across_replicas(conn: AsyncConnection, event_ids: Sequence[str]) -> None:
+    # Another ingest replica taking the same event waits here until this transaction ends, then finds it.
+    if conn.dialect.name == "postgresql":
+        for event_id in sorted(set(event_ids)):
+            lock = text("SELECT pg_advisory_xact_lock(hashtextextended(:id, 0))")
+            await conn.execute(lock, {"id": event_id})
 
 
 async def _relax_durability(conn: AsyncConnection) -> None:
