@@ -249,10 +249,8 @@ class Faults:
     async def at(self, moment: str) -> None:
         for item in self.planned:
             if item.point.moment == moment:
-                await asyncio.sleep(item.delay)
-                await asyncio.to_thread(self.supervisor.kill, item.point.service)
-                item.done = True
-                self.say(f"kill -9 {item}")
+                await asyncio.sleep(item.delay)  # the random point in time: the kill's own timing, not a wait
+                await asyncio.to_thread(self._killer(item))
 
     def trapped(self, upstream: str, service: str) -> int:
         return sum(

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -43,8 +44,10 @@ from tests.support.webhook_traffic import Traffic
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
-OUTAGE_S = 10.0
-STEADY_S = 2.0
+# PostgreSQL stays down until this many deliveries were answered meanwhile: about 10 s at one delivery per
+# 0.2 s, and proof that ingest kept accepting all along.
+OUTAGE_DELIVERIES = 50
+STEADY_DELIVERIES = 10
 HANDLER_S = 0.05
 
 
@@ -143,7 +146,8 @@ async def _outage(
     store: AsyncEngine,
     traffic: Traffic,
 ) -> dict[str, object]:
-    """Stop PostgreSQL (`mode`) while the worker is inside a handler, start it again after OUTAGE_S, and
+    """Stop PostgreSQL (`mode`) while the worker is inside a handler, start it again once OUTAGE_DELIVERIES
+    more deliveries were answered, and
     wait until ingest's store is ready and the worker has handled what was accepted meanwhile."""
     failures_before = await _log_count(worker_log, "handler failed")
     await _next_handler_start(worker_log)
@@ -151,7 +155,7 @@ async def _outage(
     stopped_at = time.monotonic()
     problem_while_down = await asyncio.to_thread(_store_problem, ingest)
     assert problem_while_down, f"while PostgreSQL is down ({mode} stop), /readyz names the store"
-    await asyncio.sleep(max(0.0, OUTAGE_S - (time.monotonic() - stopped_at)))
+    await traffic.answered(OUTAGE_DELIVERIES, f"while PostgreSQL is down ({mode} stop)")
     await asyncio.to_thread(own_postgres.start)
     started_at = time.monotonic()
 
@@ -173,6 +177,7 @@ async def _outage(
     await flows.eventually(caught_up, "the worker to handle what was accepted meanwhile", 90)
     return {
         "mode": mode,
+        "outage_s": round(started_at - stopped_at, 1),
         "accepted_during_outage": len(during),
         "handler_caught_mid_transaction": await _log_count(worker_log, "handler failed") > failures_before,
         "readyz_recovery_s": round(readyz_s, 2),
@@ -191,10 +196,10 @@ async def test_postgres_stopped_under_traffic_services_reconnect_and_handle_each
     worker_log = Path(worker.log_path)  # type: ignore[attr-defined]
     outages: list[dict[str, object]] = []
     async with Traffic(ingest.base_url, ("minio",), interval_s=0.2) as traffic:
-        await asyncio.sleep(STEADY_S)
+        await traffic.answered(STEADY_DELIVERIES, "before the outages")
         for mode in ("fast", "immediate"):
             outages.append(await _outage(mode, own_postgres, ingest, worker_log, store, traffic))
-        await asyncio.sleep(STEADY_S)
+        await traffic.answered(STEADY_DELIVERIES, "after the outages")
 
     assert ingest.process is not None and ingest.process.poll() is None, "ingest ran through, not restarted"
     assert worker.poll() is None, "the worker ran through, not restarted"
@@ -216,7 +221,7 @@ async def test_postgres_stopped_under_traffic_services_reconnect_and_handle_each
     record_property("deliveries", len(deliveries))
     for outage in outages:
         record_property(f"outage_{outage['mode']}", outage)
-    print(f"postgres stopped {OUTAGE_S:g}s twice, {len(deliveries)} deliveries: {outages}")
+    print(f"postgres stopped twice, {len(deliveries)} deliveries: {outages}")
 
 
 async def test_store_lost_inside_a_handler_pauses_the_event_instead_of_parking_it(
@@ -224,15 +229,22 @@ async def test_store_lost_inside_a_handler_pauses_the_event_instead_of_parking_i
 ) -> None:
     outage: list[asyncio.Task[None]] = []
 
-    async def restart_later() -> None:
-        await asyncio.sleep(2)
-        await asyncio.to_thread(own_postgres.start)
-
     async def handler(event: events.Envelope[events.DataArrived], uow: UnitOfWork) -> None:
         if not outage:  # the store goes away under the first handling, as a crash of the server would
             await asyncio.to_thread(own_postgres.stop, "immediate")
-            outage.append(asyncio.create_task(restart_later()))
+            outage.append(asyncio.create_task(restart_once_the_attempt_failed()))
         await effects.write(uow.connection, event)
+
+    spec = ServiceSpec("probe", {events.DataArrived: [handler]})
+    failed = {"group": spec.group, "type": events.DataArrived.type}
+    failures_before = REGISTRY.get_sample_value("mlcd_events_failed_total", failed) or 0.0
+
+    async def restart_once_the_attempt_failed() -> None:
+        async def attempt_failed() -> bool:
+            return (REGISTRY.get_sample_value("mlcd_events_failed_total", failed) or 0.0) > failures_before
+
+        await flows.eventually(attempt_failed, "the handler's attempt to fail with the store gone", 60)
+        await asyncio.to_thread(own_postgres.start)
 
     settings = Settings.model_validate(
         {
@@ -242,7 +254,6 @@ async def test_store_lost_inside_a_handler_pauses_the_event_instead_of_parking_i
             "handler_backoff_initial_s": 0.05,
         }
     )
-    spec = ServiceSpec("probe", {events.DataArrived: [handler]})
     host = ServiceHost(settings, [spec], {}, bus=MemoryBus(events.TOPICS))
     await host.start()
     await effects.create(host.engine)

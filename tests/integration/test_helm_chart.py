@@ -15,6 +15,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from mlcd import bootstrap
+
 ROOT = Path(__file__).parents[2]
 CHART = ROOT / "helm" / "mlcd"
 CRD_SCHEMAS = Path(__file__).parents[1] / "fixtures" / "crds"
@@ -257,8 +259,7 @@ def test_keda_scales_each_consumer_on_its_own_group_lag() -> None:
 
 @pytest.mark.parametrize("service", CONSUMERS)
 def test_keda_watches_exactly_the_topics_the_service_consumes(service: str) -> None:
-    handlers = pytest.importorskip(f"mlcd.{service}.handlers")
-    consumed = {payload.topic() for payload in handlers.SERVICE.handlers}
+    consumed = {payload.topic() for payload in bootstrap.service(service).handlers}
     with helm_python.Chart.load(CHART) as chart:
         watched = chart.values["services"][service]["topics"]
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 
+from tests.support import flows
 from tests.support.ingest_app import FIXTURES, GITLAB_SECRET, MINIO_TOKEN
 
 # GitLab gives up on a webhook delivery after 10 s (its default webhook timeout).
@@ -110,6 +111,15 @@ class Traffic:
 
     def accepted(self) -> list[Delivery]:
         return [d for d in self.deliveries if d.accepted]
+
+    async def answered(self, count: int, what: str, timeout_s: float = 120) -> None:
+        """Wait until `count` more deliveries than now have been answered (whatever the answer)."""
+        target = sum(1 for d in self.deliveries if d.answered_at) + count
+
+        async def enough() -> bool:
+            return sum(1 for d in self.deliveries if d.answered_at) >= target
+
+        await flows.eventually(enough, f"{count} deliveries answered: {what}", timeout_s)
 
     def between(self, start: float, end: float) -> list[Delivery]:
         """Deliveries sent inside [start, end)."""

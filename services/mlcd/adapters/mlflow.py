@@ -36,6 +36,7 @@ class MlflowRegistry:
         self.tracking_uri = tracking_uri
         self.timeout_s = timeout_s
         self._client: Any = None
+        self._error_type: type[MlflowException] | None = None
 
     def _mlflow(self) -> Any:
         if self._client is None:
@@ -45,8 +46,9 @@ class MlflowRegistry:
         return self._client
 
     async def _call(self, what: str, fn: Callable[[], T]) -> T:
-        # mlflow takes seconds to import: the first call imports it off the event loop, not on it.
-        mlflow_error = await asyncio.to_thread(_mlflow_exception_type)
+        if self._error_type is None:  # mlflow takes seconds to import: do it once, off the event loop
+            self._error_type = await asyncio.to_thread(_mlflow_exception_type)
+        mlflow_error = self._error_type
         try:
             return await asyncio.wait_for(asyncio.to_thread(fn), self.timeout_s)
         except mlflow_error as e:

@@ -9,6 +9,7 @@ in its own transaction, then parked.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -363,7 +364,9 @@ class OutboxRelay:
         # wakes. Sending the rows again at every retry would put one more copy on the bus each time, so the
         # relay probes with a metadata request, which writes nothing, until the broker answers.
         while not stop.is_set():
-            await asyncio.sleep(1)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1)
+                return
             try:
                 await self.bus.ping()
                 return

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -62,11 +63,15 @@ def body_digest(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
 
 
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")  # only such bodies need the costly check below
+
+
 def load_object(body: bytes) -> dict[str, Any]:
     try:
         data = json.loads(body)
-        # A \ud800 escape decodes to a lone surrogate, which no later step (event ids, Kafka) can encode.
-        json.dumps(data, ensure_ascii=False).encode()
+        if _SURROGATE_ESCAPE.search(body):
+            # A \ud800 escape decodes to a lone surrogate, which no later step (event ids, Kafka) can encode.
+            json.dumps(data, ensure_ascii=False).encode()
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise Unparseable(f"body is not JSON: {e}") from e
     except UnicodeEncodeError as e:
