@@ -10,7 +10,7 @@ import re
 from datetime import timedelta
 from fnmatch import fnmatch
 from itertools import pairwise
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
@@ -140,6 +140,49 @@ class Monitoring(_Strict):
         return self.actions.get(severity, "notify")
 
 
+# --- notify: where a model's notices go (the notifier service) ---------------------------------------
+
+NoticeKind = Literal[
+    "notice",
+    "data_rejected",
+    "training_failed",
+    "pipeline_build_failed",
+    "gate_opened",
+    "gate_decided",
+    "gate_expired",
+    "rollout_paused",
+    "rollout_succeeded",
+    "rolled_back",
+]
+NOTICE_KINDS: tuple[str, ...] = get_args(NoticeKind)
+
+
+class NotifyChannel(_Strict):
+    kind: Literal["slack", "teams", "webhook", "gitlab"] = Field(
+        description="slack: Slack-compatible incoming webhook (Slack, Mattermost, Rocket.Chat); teams: "
+        "Microsoft Teams incoming webhook; webhook: generic JSON POST; gitlab: a note on the commit or "
+        "merge request, or an issue for data-triggered work."
+    )
+    url: str | None = Field(
+        None, description="Webhook URL; for slack, unset means MLCD_SLACK_WEBHOOK_URL. Not used by gitlab."
+    )
+    events: list[NoticeKind] | None = Field(None, description="Only these kinds; unset: every kind.")
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str | None) -> str | None:
+        if url is not None and not re.match(r"^https?://[^\s/]+", url):
+            raise ValueError("a webhook URL starts with http:// or https:// and names a host")
+        return url
+
+
+class Notify(_Strict):
+    channels: list[NotifyChannel] | None = Field(
+        None,
+        description="Where notices go; unset: MLCD_SLACK_WEBHOOK_URL (else the log) and GitLab notes.",
+    )
+
+
 class Policy(_Strict):
     model: str
     code: CodeSource | None = None
@@ -150,3 +193,4 @@ class Policy(_Strict):
     rollout: Rollout = Rollout()
     monitoring: Monitoring = Monitoring()
     serving_name: str | None = Field(None, description="InferenceService name; default: the model name.")
+    notify: Notify = Notify()
