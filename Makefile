@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 PYTEST_WORKERS ?= 2
 
-.PHONY: venv system-deps demo test lint typecheck layers unit integration bench schemas clean
+.PHONY: venv mlserver-venv system-deps demo test lint typecheck layers unit integration bench schemas clean
 
 $(VENV)/.stamp-install: pyproject.toml
 	test -x $(PY) || python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
@@ -14,6 +14,17 @@ $(VENV)/.stamp-install: pyproject.toml
 	touch $@
 
 venv: $(VENV)/.stamp-install
+
+# MLServer (KServe's runtime for MLflow and sklearn models) pins FastAPI below 0.116, so it gets a
+# virtualenv of its own, as its own container would; the KServe stand-in in tests/ runs it from here,
+# and KServe's storage initializer (kserve-storage) beside it.
+MLSERVER_VENV := .venv-mlserver
+$(MLSERVER_VENV)/.stamp:
+	test -x $(MLSERVER_VENV)/bin/python || python3.11 -m venv $(MLSERVER_VENV) || python3 -m venv $(MLSERVER_VENV)
+	$(MLSERVER_VENV)/bin/pip install -q 'mlserver==1.7.1' 'mlserver-mlflow==1.7.1' 'mlserver-sklearn==1.7.1' 'kserve-storage==0.21.*'
+	touch $@
+
+mlserver-venv: $(MLSERVER_VENV)/.stamp
 
 # Debian packages the tests talk to for real: Prometheus, Alertmanager, Chromium for the /ui test.
 system-deps:
@@ -39,7 +50,7 @@ typecheck: venv
 layers: venv
 	$(VENV)/bin/lint-imports
 
-test: venv system-deps lint typecheck layers
+test: venv $(MLSERVER_VENV)/.stamp system-deps lint typecheck layers
 	$(VENV)/bin/pytest -q -n $(PYTEST_WORKERS) --dist loadgroup -p no:cacheprovider
 
 schemas: venv
@@ -49,4 +60,4 @@ bench: venv
 	$(PY) benchmarks/bus.py
 
 clean:
-	rm -rf $(VENV) .mlcd .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(MLSERVER_VENV) .mlcd .pytest_cache .mypy_cache .ruff_cache
