@@ -1,17 +1,103 @@
 """Settings from `MLCD_*` environment variables, read once at the entry point and passed down.
 
-Every setting is optional: unset means the embedded default of `mlcd up`.
+Every setting is optional: unset means the embedded default of `mlcd up`. Every value is checked when the
+settings load (URLs, host:port lists, names, ranges, and settings that only work together), so a bad one
+ends the process at start in one line naming it, before any consumer or adapter starts.
+
+Relative paths in policies (`pipelines/<name>/expectations.json`) and the pipeline folders the builder
+reads (`pipelines/<name>`) are repository paths: they resolve against `source_root`, the folder that holds
+MLCD_PIPELINES_DIR (the repository root in a checkout, `/app` in the image).
 """
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from typing import Self
+from urllib.parse import SplitResult, unquote, urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mlcd.errors import ConfigError
+
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,62}))*\.?$"
+)
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# Tracking URIs that name no tracking server: MLflow reads the store itself.
+_MLFLOW_STORE_SCHEMES = ("file", "sqlite", "postgresql", "mysql", "mssql", "databricks")
+
+
+def _valid_host(host: str) -> bool:
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return bool(_HOSTNAME.match(host))
+
+
+def host_port(value: str, example: str, *, default_port: int | None = None) -> tuple[str, int]:
+    """`host:port` (IPv6 in brackets); the port may be left out when there is a default."""
+    if not value or any(c.isspace() or c in "/@?#" for c in value):
+        raise ValueError(f"{value!r} is not host:port, e.g. {example}")
+    host, colon, port = value.rpartition(":")
+    if (
+        not colon
+        or (host.startswith("[") != host.endswith("]"))
+        or (":" in host and not host.startswith("["))
+    ):
+        host, port = value, ""  # no port (a bare IPv6 address is not accepted: put it in brackets)
+    if not _valid_host(host):
+        raise ValueError(f"{value!r} is not host:port (bad host), e.g. {example}")
+    if not port:
+        if default_port is None:
+            raise ValueError(f"{value!r} names no port, e.g. {example}")
+        return host, default_port
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{value!r} has a bad port {port!r}, e.g. {example}")
+    return host, int(port)
+
+
+def http_url(value: str, example: str, *, path_allowed: bool = True) -> SplitResult:
+    """An http(s) URL with a valid host and port; ValueError says what is wrong."""
+    if any(c.isspace() for c in value):
+        raise ValueError(f"{value!r} is not a URL (it holds whitespace), e.g. {example}")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"{value!r} is not an http:// or https:// URL, e.g. {example}")
+    try:
+        parts.port  # noqa: B018 - urlsplit checks the port only when it is read
+    except ValueError:
+        raise ValueError(f"{value!r} has a bad port, e.g. {example}") from None
+    if not parts.hostname or not _valid_host(parts.hostname):
+        raise ValueError(f"{value!r} has no valid host, e.g. {example}")
+    if not path_allowed and parts.path not in ("", "/"):
+        raise ValueError(f"{value!r} has a path ({parts.path}), which is not allowed here, e.g. {example}")
+    if parts.query or parts.fragment:
+        raise ValueError(f"{value!r} has a query or fragment, which is not allowed here, e.g. {example}")
+    return parts
+
+
+def s3_endpoint_parts(value: str) -> tuple[str, bool | None]:
+    """(`host:port`, TLS or None when the endpoint has no scheme) of `host[:port]` or `http(s)://host[:port]`."""
+    example = "minio.minio:9000 or https://s3.example.com"
+    if "://" in value:
+        parts = http_url(value, example, path_allowed=False)
+        if parts.username or parts.password:
+            raise ValueError("credentials do not belong in the endpoint: use MLCD_S3_ACCESS_KEY/SECRET_KEY")
+        return parts.netloc, parts.scheme == "https"
+    host_port(value, example, default_port=0)
+    return value, None
+
+
+RECORD_HEADROOM_BYTES = 65_536
+"""Room a parked webhook's record needs beyond its body: CloudEvents and DLQ headers."""
 
 
 class Settings(BaseSettings):
@@ -25,30 +111,124 @@ class Settings(BaseSettings):
         except ValidationError as e:
             first = e.errors()[0]
             where = ".".join(str(part) for part in first["loc"])
-            raise ConfigError(f"invalid MLCD_* settings: {where}: {first['msg']}") from None
+            message = str(first["msg"]).removeprefix("Value error, ")
+            raise ConfigError(f"invalid MLCD_* settings: {where + ': ' if where else ''}{message}") from None
 
     home: Path = Field(Path(".mlcd"), description="State folder: SQLite store, objects, MLflow, tokens.")
     http_host: str = Field("127.0.0.1", description="Address the HTTP API and webhooks listen on.")
-    http_port: int = Field(8080, description="Port of the HTTP API and webhooks.")
+    http_port: int = Field(8080, ge=0, le=65535, description="Port of the HTTP API and webhooks.")
     policies_dir: Path = Field(Path("policies"), description="Folder of policy YAML files, one per model.")
 
-    kafka_bootstrap: str | None = Field(None, description="Kafka bootstrap servers; unset: in-process bus.")
+    kafka_bootstrap: str | None = Field(
+        None, description="Kafka bootstrap servers, host:port[,host:port…]; unset: in-process bus."
+    )
     kafka_enable_idempotence: bool = Field(
         False, description="Idempotent producer; turn on for real Kafka (Tansu does not support it)."
     )
     kafka_namespace: str = Field("", description="Prefix of every topic and consumer group mlcd uses.")
-    kafka_partitions: int = Field(4, description="Partitions of each topic mlcd creates at start-up.")
-    kafka_replication_factor: int = Field(1, description="Replication factor of topics mlcd creates.")
-    kafka_request_timeout_s: float = Field(10.0, description="Seconds before a produce counts as failed.")
-    kafka_session_timeout_s: float = Field(
-        10.0, description="Consumer group session: a silent member loses its partitions after this long."
+    kafka_partitions: int = Field(4, ge=1, description="Partitions of each topic mlcd creates at start-up.")
+    kafka_replication_factor: int = Field(1, ge=1, description="Replication factor of topics mlcd creates.")
+    kafka_request_timeout_s: float = Field(
+        10.0, gt=0, description="Seconds before a produce counts as failed."
     )
-    kafka_heartbeat_interval_s: float = Field(3.0, description="Consumer heartbeat; a third of the session.")
+    kafka_session_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Consumer group session: a silent member loses its partitions after this long.",
+    )
+    kafka_heartbeat_interval_s: float = Field(
+        3.0, gt=0, description="Consumer heartbeat; a third of the session."
+    )
+    kafka_max_request_size: int = Field(
+        1_048_576,
+        ge=65_536,
+        description=(
+            "Largest record the producer sends (bytes); keep it at or below the broker's message.max.bytes. "
+            "MLCD_WEBHOOK_MAX_BODY_BYTES must leave 64 KiB of it for the headers of a parked delivery."
+        ),
+    )
 
     database_url: str | None = Field(
         None, description="SQLAlchemy async URL (postgresql+asyncpg://…); unset: SQLite in MLCD_HOME."
     )
-    event_retention_days: int = Field(30, description="Days sent events stay in the journal.")
+    event_retention_days: int = Field(30, ge=1, description="Days sent events stay in the journal.")
+
+    handler_max_attempts: int = Field(5, ge=1, description="Attempts of a failing handler before the DLQ.")
+    handler_backoff_initial_s: float = Field(
+        0.2, gt=0, description="First retry delay; doubles each attempt."
+    )
+    handler_backoff_max_s: float = Field(10.0, gt=0, description="Longest retry delay.")
+
+    mlflow_tracking_uri: str | None = Field(
+        None, description="MLflow tracking server, http(s)://host[:port][/path]; unset: embedded."
+    )
+    mlflow_timeout_s: float = Field(
+        30.0, gt=0, description="Timeout of every MLflow call (each HTTP request, and the call as a whole)."
+    )
+    kfp_host: str | None = Field(
+        None, description="Kubeflow Pipelines API, http(s)://host[:port][/path]; unset: kfp local runner."
+    )
+    kfp_timeout_s: float = Field(30.0, gt=0, description="Timeout of every KFP API call.")
+    pipelines_dir: Path = Field(
+        Path("pipelines"),
+        description="The repository's pipelines/ folder; its parent is the root that relative policy paths "
+        "(pipelines/<name>/…) resolve against (/app/pipelines in the image).",
+    )
+    build_timeout_s: float = Field(
+        120.0, gt=0, description="Longest a pipeline compile may take before it fails."
+    )
+    validation_timeout_s: float = Field(
+        300.0, gt=0, description="Longest a data batch validation may take (then retried as an outage)."
+    )
+
+    s3_endpoint: str | None = Field(
+        None,
+        description="MinIO/S3 endpoint, host[:port] or http(s)://host[:port] (the scheme sets TLS); "
+        "unset: MLCD_HOME/objects.",
+    )
+    s3_access_key: SecretStr | None = Field(None, description="Access key of MLCD_S3_ENDPOINT (secret).")
+    s3_secret_key: SecretStr | None = Field(None, description="Secret key of MLCD_S3_ENDPOINT (secret).")
+    s3_secure: bool = Field(
+        False, description="Use TLS towards a host:port MLCD_S3_ENDPOINT (an http(s):// one says it itself)."
+    )
+    s3_timeout_s: float = Field(30.0, gt=0, description="Timeout of every object store call.")
+
+    kserve_namespace: str | None = Field(
+        None, description="Namespace of InferenceServices; needs MLCD_PROMETHEUS_URL; unset: local serving."
+    )
+    prometheus_url: str | None = Field(
+        None, description="Prometheus for rollout analysis queries, http(s)://host[:port][/path]."
+    )
+
+    gitlab_url: str | None = Field(None, description="GitLab base URL; unset: notices go to the log.")
+    gitlab_token: SecretStr | None = Field(None, description="GitLab API token (api scope).")
+    gitlab_timeout_s: float = Field(15.0, gt=0, description="Timeout of every GitLab API call.")
+    gitlab_webhook_secret: SecretStr | None = Field(None, description="X-Gitlab-Token shared secret.")
+    gitlab_signing_token: SecretStr | None = Field(
+        None, description="Standard Webhooks signing token (whsec_…); when set, signatures are verified."
+    )
+    minio_webhook_token: SecretStr | None = Field(None, description="Bearer token MinIO sends.")
+    minio_kafka_topic: str | None = Field(None, description="Topic of MinIO's Kafka notification target.")
+    alertmanager_token: SecretStr | None = Field(None, description="Bearer token Alertmanager sends.")
+    mlflow_webhook_secret: SecretStr | None = Field(None, description="HMAC secret of MLflow webhooks.")
+    api_tokens_file: Path | None = Field(None, description="YAML list of {name, groups, token_sha256}.")
+    slack_webhook_url: SecretStr | None = Field(None, description="Slack-compatible webhook for notices.")
+
+    api_url: str | None = Field(None, description="mlcd API the CLI talks to; default: http://HOST:PORT.")
+    api_token: SecretStr | None = Field(None, description="CLI's API token; default: MLCD_HOME/admin-token.")
+
+    webhook_max_body_bytes: int = Field(
+        983_040, ge=1, description="Largest webhook body accepted (413 above); 64 KiB under the record limit."
+    )
+    webhook_max_age_s: int = Field(300, ge=1, description="Oldest signed-webhook timestamp accepted.")
+    ingest_timeout_s: float = Field(
+        2.0,
+        gt=0,
+        description="Seconds a webhook waits on the broker (then spools to the outbox) or on the store.",
+    )
+    log_level: str = Field("INFO", description="Log level of the JSON logs: DEBUG, INFO, WARNING, ERROR.")
+
+    # --- checks of single values -------------------------------------------------------------------
 
     @field_validator("database_url")
     @classmethod
@@ -64,58 +244,167 @@ class Settings(BaseSettings):
                 raise ValueError("not a database URL, e.g. postgresql+asyncpg://user@host/db") from None
         return url
 
-    handler_max_attempts: int = Field(5, description="Attempts of a failing handler before the DLQ.")
-    handler_backoff_initial_s: float = Field(0.2, description="First retry delay; doubles each attempt.")
-    handler_backoff_max_s: float = Field(10.0, description="Longest retry delay.")
+    @field_validator("http_host")
+    @classmethod
+    def _a_listen_address(cls, host: str) -> str:
+        if not _valid_host(host):
+            raise ValueError(f"{host!r} is not an address to listen on, e.g. 0.0.0.0 or 127.0.0.1")
+        return host
 
-    mlflow_tracking_uri: str | None = Field(None, description="MLflow tracking server; unset: embedded.")
-    mlflow_timeout_s: float = Field(
-        30.0, description="Timeout of every MLflow call (each HTTP request, and the call as a whole)."
-    )
-    kfp_host: str | None = Field(None, description="Kubeflow Pipelines API; unset: kfp local runner.")
-    kfp_timeout_s: float = Field(30.0, description="Timeout of every KFP API call.")
-    pipelines_dir: Path = Field(
-        Path("pipelines"), description="Working tree of pipeline folders (embedded default compiles from it)."
-    )
-    build_timeout_s: float = Field(120.0, description="Longest a pipeline compile may take before it fails.")
-    validation_timeout_s: float = Field(
-        300.0, description="Longest a data batch validation may take (then retried as an outage)."
-    )
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _bootstrap_servers(cls, value: str | None) -> str | None:
+        if value is not None:
+            servers = value.split(",")
+            for server in servers:
+                host_port(server.strip(), "kafka-bootstrap.kafka:9092,kafka-1.kafka:9092")
+        return value
 
-    s3_endpoint: str | None = Field(
-        None, description="MinIO/S3 endpoint host:port; unset: MLCD_HOME/objects."
-    )
-    s3_access_key: SecretStr | None = Field(None, description="Access key of MLCD_S3_ENDPOINT (secret).")
-    s3_secret_key: SecretStr | None = Field(None, description="Secret key of MLCD_S3_ENDPOINT (secret).")
-    s3_secure: bool = Field(False, description="Use TLS towards MLCD_S3_ENDPOINT.")
-    s3_timeout_s: float = Field(30.0, description="Timeout of every object store call.")
+    @field_validator("kafka_namespace")
+    @classmethod
+    def _topic_prefix(cls, prefix: str) -> str:
+        if prefix and not _TOPIC.match(prefix):
+            raise ValueError(f"{prefix!r} cannot prefix a Kafka topic: use letters, digits, '.', '_', '-'")
+        return prefix
 
-    kserve_namespace: str | None = Field(None, description="Namespace of InferenceServices; unset: local.")
-    prometheus_url: str | None = Field(None, description="Prometheus for rollout analysis queries.")
+    @field_validator("minio_kafka_topic")
+    @classmethod
+    def _a_topic(cls, topic: str | None) -> str | None:
+        if topic is not None and not _TOPIC.match(topic):
+            raise ValueError(f"{topic!r} is not a Kafka topic name: use letters, digits, '.', '_', '-'")
+        return topic
 
-    gitlab_url: str | None = Field(None, description="GitLab base URL; unset: notices go to the log.")
-    gitlab_token: SecretStr | None = Field(None, description="GitLab API token (api scope).")
-    gitlab_timeout_s: float = Field(15.0, description="Timeout of every GitLab API call.")
-    gitlab_webhook_secret: SecretStr | None = Field(None, description="X-Gitlab-Token shared secret.")
-    gitlab_signing_token: SecretStr | None = Field(
-        None, description="Standard Webhooks signing token (whsec_…); when set, signatures are verified."
-    )
-    minio_webhook_token: SecretStr | None = Field(None, description="Bearer token MinIO sends.")
-    minio_kafka_topic: str | None = Field(None, description="Topic of MinIO's Kafka notification target.")
-    alertmanager_token: SecretStr | None = Field(None, description="Bearer token Alertmanager sends.")
-    mlflow_webhook_secret: SecretStr | None = Field(None, description="HMAC secret of MLflow webhooks.")
-    api_tokens_file: Path | None = Field(None, description="YAML list of {name, groups, token_sha256}.")
-    slack_webhook_url: SecretStr | None = Field(None, description="Slack-compatible webhook for notices.")
+    @field_validator("mlflow_tracking_uri")
+    @classmethod
+    def _a_tracking_uri(cls, uri: str | None) -> str | None:
+        if uri is not None and urlsplit(uri).scheme not in _MLFLOW_STORE_SCHEMES:
+            http_url(uri, "http://mlflow.mlflow:5000")
+        return uri
 
-    api_url: str | None = Field(None, description="mlcd API the CLI talks to; default: http://HOST:PORT.")
-    api_token: SecretStr | None = Field(None, description="CLI's API token; default: MLCD_HOME/admin-token.")
+    @field_validator("kfp_host")
+    @classmethod
+    def _a_kfp_url(cls, url: str | None) -> str | None:
+        if url is not None:
+            http_url(url, "http://ml-pipeline.kubeflow:8888")
+        return url
 
-    webhook_max_body_bytes: int = Field(1_048_576, description="Largest webhook body accepted (413 above).")
-    webhook_max_age_s: int = Field(300, description="Oldest signed-webhook timestamp accepted.")
-    ingest_timeout_s: float = Field(
-        2.0, description="Seconds a webhook waits on the broker (then spools to the outbox) or on the store."
-    )
-    log_level: str = Field("INFO", description="Log level of the JSON logs.")
+    @field_validator("prometheus_url")
+    @classmethod
+    def _a_prometheus_url(cls, url: str | None) -> str | None:
+        if url is not None:
+            http_url(url, "http://prometheus-operated.monitoring:9090")
+        return url
+
+    @field_validator("gitlab_url")
+    @classmethod
+    def _a_gitlab_url(cls, url: str | None) -> str | None:
+        if url is not None:
+            http_url(url, "https://gitlab.example.com")
+        return url
+
+    @field_validator("api_url")
+    @classmethod
+    def _an_api_url(cls, url: str | None) -> str | None:
+        if url is not None:
+            http_url(url, "https://mlcd.example.com")
+        return url
+
+    @field_validator("slack_webhook_url")
+    @classmethod
+    def _a_slack_url(cls, url: SecretStr | None) -> SecretStr | None:
+        if url is not None:
+            try:
+                http_url(url.get_secret_value(), "https://hooks.slack.com/services/…")
+            except ValueError:
+                # The URL is a secret: say what is wrong without repeating it.
+                raise ValueError("not an http:// or https:// URL") from None
+        return url
+
+    @field_validator("s3_endpoint")
+    @classmethod
+    def _an_s3_endpoint(cls, endpoint: str | None) -> str | None:
+        if endpoint is not None:
+            s3_endpoint_parts(endpoint)
+        return endpoint
+
+    @field_validator("kserve_namespace")
+    @classmethod
+    def _a_namespace(cls, namespace: str | None) -> str | None:
+        if namespace is not None and not _DNS_LABEL.match(namespace):
+            raise ValueError(f"{namespace!r} is not a Kubernetes namespace name (lower-case DNS label)")
+        return namespace
+
+    @field_validator("log_level")
+    @classmethod
+    def _a_log_level(cls, level: str) -> str:
+        if level.upper() not in _LOG_LEVELS:
+            raise ValueError(f"{level!r} is not a log level; choose one of {', '.join(_LOG_LEVELS)}")
+        return level.upper()
+
+    @field_validator("pipelines_dir")
+    @classmethod
+    def _a_pipelines_folder(cls, folder: Path) -> Path:
+        if folder.name != "pipelines":
+            raise ValueError(
+                f"{str(folder)!r} must be a folder named pipelines: policies name repository paths such "
+                "as pipelines/<name>/expectations.json, resolved against its parent"
+            )
+        return folder
+
+    # --- checks of settings that only work together ------------------------------------------------
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.s3_endpoint is not None:
+            _, tls = s3_endpoint_parts(self.s3_endpoint)
+            if tls is not None:
+                if "s3_secure" in self.model_fields_set and self.s3_secure != tls:
+                    raise ValueError(
+                        f"s3_secure: MLCD_S3_SECURE={str(self.s3_secure).lower()} contradicts "
+                        f"MLCD_S3_ENDPOINT's {'https' if tls else 'http'}:// scheme; drop one of them"
+                    )
+                self.s3_secure = tls
+        if self.kserve_namespace and not self.prometheus_url:
+            raise ValueError(
+                "kserve_namespace: MLCD_KSERVE_NAMESPACE needs MLCD_PROMETHEUS_URL (rollouts on KServe are "
+                "analysed from Prometheus); set it, or unset MLCD_KSERVE_NAMESPACE for local serving"
+            )
+        if self.kafka_heartbeat_interval_s >= self.kafka_session_timeout_s:
+            raise ValueError(
+                "kafka_heartbeat_interval_s: MLCD_KAFKA_HEARTBEAT_INTERVAL_S must be below "
+                f"MLCD_KAFKA_SESSION_TIMEOUT_S ({self.kafka_session_timeout_s:g} s), about a third of it"
+            )
+        if self.webhook_max_body_bytes + RECORD_HEADROOM_BYTES > self.kafka_max_request_size:
+            raise ValueError(
+                "webhook_max_body_bytes: MLCD_WEBHOOK_MAX_BODY_BYTES must be at least 64 KiB below "
+                f"MLCD_KAFKA_MAX_REQUEST_SIZE ({self.kafka_max_request_size} bytes): a delivery parked on "
+                "the DLQ carries its body plus headers, and a record the broker refuses cannot be published"
+            )
+        if self.handler_backoff_initial_s > self.handler_backoff_max_s:
+            raise ValueError(
+                "handler_backoff_initial_s: MLCD_HANDLER_BACKOFF_INITIAL_S is above "
+                f"MLCD_HANDLER_BACKOFF_MAX_S ({self.handler_backoff_max_s:g} s)"
+            )
+        return self
+
+    # --- derived values ----------------------------------------------------------------------------
+
+    @property
+    def s3_host(self) -> str:
+        """MLCD_S3_ENDPOINT as the `minio` SDK takes it: host[:port], no scheme (TLS is `s3_secure`)."""
+        if self.s3_endpoint is None:
+            raise ConfigError("MLCD_S3_ENDPOINT is not set")
+        return s3_endpoint_parts(self.s3_endpoint)[0]
+
+    @property
+    def s3_url(self) -> str:
+        """MLCD_S3_ENDPOINT as boto, MLflow and KFP components take it: http(s)://host[:port]."""
+        return f"{'https' if self.s3_secure else 'http'}://{self.s3_host}"
+
+    @property
+    def source_root(self) -> Path:
+        """The repository root: relative policy paths and pipeline folders (`pipelines/<name>`) start here."""
+        return self.pipelines_dir.resolve().parent
 
     @property
     def effective_database_url(self) -> str:

@@ -369,6 +369,10 @@ def test_the_chart_passes_every_setting_a_service_reads_and_no_other() -> None:
     known = {f"MLCD_{name.upper()}" for name in Settings.model_fields} - cli_only
     with helm_python.Chart.load(CHART) as chart:
         every_secret = {key: "set" for key in chart.values["secrets"] if key != "existingSecret"}
+    every_secret |= {
+        "databaseUrl": "postgresql+asyncpg://mlcd@postgresql:5432/mlcd",
+        "slackWebhookUrl": "https://hooks.example.com/T1",
+    }
     manifests = tuple(_render({**EVERYTHING, "secrets": every_secret}))
     settings = of_kind(manifests, "ConfigMap")["prod-mlcd-config"]["data"]
     secrets = of_kind(manifests, "Secret")["prod-mlcd"]["stringData"]
@@ -390,3 +394,58 @@ def test_install_notes_give_the_webhook_urls_and_warn_when_the_api_is_closed() -
     assert "https://mlcd.example.com/hooks/alertmanager" in closed
     assert "no API tokens are configured" in closed
     assert "no API tokens are configured" not in opened
+
+
+@pytest.mark.parametrize(
+    ("values", "says"),
+    [
+        ({"config": {"prometheusUrl": ""}}, "/config/prometheusUrl"),
+        ({"config": {"s3": {"endpoint": "http://minio:9000/landing"}}}, "/config/s3/endpoint"),
+        ({"config": {"mlflowTrackingUri": "mlflow:5000"}}, "/config/mlflowTrackingUri"),
+        ({"config": {"kfpHost": "ml-pipeline.kubeflow:8888"}}, "/config/kfpHost"),
+        ({"config": {"kafka": {"bootstrap": "PLAINTEXT://kafka:9092"}}}, "/config/kafka/bootstrap"),
+        ({"config": {"kserveNamespace": "Serving"}}, "/config/kserveNamespace"),
+        ({"config": {"pipelinesDir": "/app/flows"}}, "/config/pipelinesDir"),
+        ({"secrets": {"databaseUrl": "mlcd@postgresql/mlcd"}}, "/secrets/databaseUrl"),
+        (
+            {"config": {"kafka": {"sessionTimeoutSeconds": 3, "heartbeatIntervalSeconds": 3}}},
+            "must be below config.kafka.sessionTimeoutSeconds",
+        ),
+        (
+            {"config": {"webhook": {"maxBodyBytes": 1048576}}},
+            "must be at least 65536 below config.kafka.maxRequestSize",
+        ),
+        (
+            {"config": {"s3": {"endpoint": "http://minio:9000", "secure": True}}},
+            "use https:// (the scheme sets TLS)",
+        ),
+    ],
+)
+def test_values_that_cannot_work_are_refused_at_render_time_with_the_reason(
+    values: dict[str, Any], says: str
+) -> None:
+    with pytest.raises(helm_python.HelmError, match=re.escape(says)):
+        _render(values)
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_the_rendered_settings_load_without_a_configuration_error(value_set: str) -> None:
+    from mlcd.config import Settings
+
+    manifests = rendered(value_set)
+    env = dict(of_kind(manifests, "ConfigMap")["prod-mlcd-config"]["data"])
+    secret = of_kind(manifests, "Secret").get("prod-mlcd")
+    env |= secret["stringData"] if secret else {}
+    settings = Settings(**{name.removeprefix("MLCD_").lower(): value for name, value in env.items()})
+
+    assert settings.kserve_namespace and settings.prometheus_url
+    assert settings.source_root == Path("/app")
+
+
+def test_an_https_s3_endpoint_sets_tls_without_a_contradicting_secure_flag() -> None:
+    settings = of_kind(
+        tuple(_render({"config": {"s3": {"endpoint": "https://s3.example.com"}}})), "ConfigMap"
+    )["prod-mlcd-config"]["data"]
+
+    assert settings["MLCD_S3_ENDPOINT"] == "https://s3.example.com"
+    assert "MLCD_S3_SECURE" not in settings

@@ -83,6 +83,7 @@ app.kubernetes.io/component: {{ .service }}
 {{/* Settings as environment variables: the non-secret MLCD_* values (ConfigMap data). */}}
 {{- define "mlcd.configData" -}}
 {{- $c := .Values.config -}}
+{{- include "mlcd.checkConfig" . -}}
 MLCD_KAFKA_BOOTSTRAP: {{ required "config.kafka.bootstrap is required" $c.kafka.bootstrap | quote }}
 MLCD_KAFKA_ENABLE_IDEMPOTENCE: {{ $c.kafka.enableIdempotence | quote }}
 MLCD_KAFKA_NAMESPACE: {{ $c.kafka.namespace | quote }}
@@ -91,6 +92,7 @@ MLCD_KAFKA_REPLICATION_FACTOR: {{ $c.kafka.replicationFactor | quote }}
 MLCD_KAFKA_REQUEST_TIMEOUT_S: {{ $c.kafka.requestTimeoutSeconds | quote }}
 MLCD_KAFKA_SESSION_TIMEOUT_S: {{ $c.kafka.sessionTimeoutSeconds | quote }}
 MLCD_KAFKA_HEARTBEAT_INTERVAL_S: {{ $c.kafka.heartbeatIntervalSeconds | quote }}
+MLCD_KAFKA_MAX_REQUEST_SIZE: {{ $c.kafka.maxRequestSize | int64 | quote }}
 MLCD_MLFLOW_TRACKING_URI: {{ required "config.mlflowTrackingUri is required" $c.mlflowTrackingUri | quote }}
 MLCD_MLFLOW_TIMEOUT_S: {{ $c.mlflowTimeoutSeconds | quote }}
 MLCD_KFP_HOST: {{ required "config.kfpHost is required" $c.kfpHost | quote }}
@@ -102,7 +104,9 @@ MLCD_INGEST_TIMEOUT_S: {{ $c.ingestTimeoutSeconds | quote }}
 {{- with $c.s3.endpoint }}
 MLCD_S3_ENDPOINT: {{ . | quote }}
 {{- end }}
+{{- if not (contains "://" $c.s3.endpoint) }}
 MLCD_S3_SECURE: {{ $c.s3.secure | quote }}
+{{- end }}
 MLCD_S3_TIMEOUT_S: {{ $c.s3.timeoutSeconds | quote }}
 MLCD_KSERVE_NAMESPACE: {{ include "mlcd.kserveNamespace" . | quote }}
 {{- with $c.prometheusUrl }}
@@ -125,6 +129,24 @@ MLCD_LOG_LEVEL: {{ $c.logLevel | quote }}
 MLCD_HTTP_HOST: "0.0.0.0"
 MLCD_HOME: "/var/lib/mlcd"
 MLCD_POLICIES_DIR: "/etc/mlcd/policies"
+{{- end }}
+
+{{/* Settings that only work together, refused at render time with the reason (mlcd would refuse them at
+start, in every pod). */}}
+{{- define "mlcd.checkConfig" -}}
+{{- $c := .Values.config -}}
+{{- if ge (float64 $c.kafka.heartbeatIntervalSeconds) (float64 $c.kafka.sessionTimeoutSeconds) }}
+{{- fail (printf "config.kafka.heartbeatIntervalSeconds (%v) must be below config.kafka.sessionTimeoutSeconds (%v), about a third of it" $c.kafka.heartbeatIntervalSeconds $c.kafka.sessionTimeoutSeconds) }}
+{{- end }}
+{{- if gt (add (int64 $c.webhook.maxBodyBytes) 65536) (int64 $c.kafka.maxRequestSize) }}
+{{- fail (printf "config.webhook.maxBodyBytes (%v) must be at least 65536 below config.kafka.maxRequestSize (%v): a delivery parked on the DLQ carries its body plus headers" (int64 $c.webhook.maxBodyBytes) (int64 $c.kafka.maxRequestSize)) }}
+{{- end }}
+{{- if gt (float64 $c.handler.backoffInitialSeconds) (float64 $c.handler.backoffMaxSeconds) }}
+{{- fail (printf "config.handler.backoffInitialSeconds (%v) is above config.handler.backoffMaxSeconds (%v)" $c.handler.backoffInitialSeconds $c.handler.backoffMaxSeconds) }}
+{{- end }}
+{{- if and (contains "://" $c.s3.endpoint) $c.s3.secure (hasPrefix "http://" $c.s3.endpoint) }}
+{{- fail (printf "config.s3.secure is true but config.s3.endpoint %q says http://; use https:// (the scheme sets TLS)" $c.s3.endpoint) }}
+{{- end }}
 {{- end }}
 
 {{/* Secret settings (Secret stringData); only the keys that have a value. */}}

@@ -190,11 +190,12 @@ class MinioObjectStore:
 
 
 def build(settings: Settings) -> ObjectStore:
-    """MinIO when MLCD_S3_ENDPOINT is set, else the folder MLCD_HOME/objects."""
+    """MinIO when MLCD_S3_ENDPOINT is set (host:port, TLS from its scheme or MLCD_S3_SECURE), else the
+    folder MLCD_HOME/objects."""
     if not settings.s3_endpoint:
         return FolderObjectStore(settings.home / "objects")
     access = settings.s3_access_key.get_secret_value() if settings.s3_access_key else ""
     secret = settings.s3_secret_key.get_secret_value() if settings.s3_secret_key else ""
     return MinioObjectStore(
-        settings.s3_endpoint, access, secret, secure=settings.s3_secure, timeout_s=settings.s3_timeout_s
+        settings.s3_host, access, secret, secure=settings.s3_secure, timeout_s=settings.s3_timeout_s
     )
