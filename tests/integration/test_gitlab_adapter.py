@@ -192,7 +192,7 @@ async def test_without_gitlab_the_working_tree_is_copied(tmp_path: Path) -> None
     (repo / "pipelines/wine_quality").mkdir(parents=True)
     (repo / "pipelines/wine_quality/pipeline.py").write_text("x = 1\n")
     (repo / "policies").mkdir()
-    host = gitlab.build(Settings(policies_dir=repo / "policies"))
+    host = gitlab.build(Settings(policies_dir=repo / "policies", pipelines_dir=repo / "pipelines"))
 
     folder = await host.fetch_tree(PROJECT, "main", "pipelines/wine_quality", tmp_path / "out")
     await host.set_commit_status(PROJECT, SHA, "success", name="mlcd/build")

@@ -70,15 +70,23 @@ def _repo(tmp_path: Path, max_bytes: int) -> Path:
     return repo
 
 
+def _checkout_settings(tmp_path: Path, max_bytes: int) -> Settings:
+    repo = _repo(tmp_path, max_bytes)
+    return Settings(home=tmp_path / "home", policies_dir=repo / "policies", pipelines_dir=repo / "pipelines")
+
+
 @pytest.fixture(params=["folder", "minio"])
 def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
     repo = _repo(tmp_path, max_bytes=1_000_000)
     if request.param == "folder":
-        return Settings(home=tmp_path / "home", policies_dir=repo / "policies")
+        return Settings(
+            home=tmp_path / "home", policies_dir=repo / "policies", pipelines_dir=repo / "pipelines"
+        )
     gateway: Gateway = request.getfixturevalue("gateway")
     return Settings(
         home=tmp_path / "home",
         policies_dir=repo / "policies",
+        pipelines_dir=repo / "pipelines",
         s3_endpoint=gateway.endpoint,
         s3_access_key=gateway.access_key,
         s3_secret_key=gateway.secret_key,
@@ -87,7 +95,7 @@ def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def folder_settings(tmp_path: Path) -> Settings:
-    return Settings(home=tmp_path / "home", policies_dir=_repo(tmp_path, max_bytes=1_000_000) / "policies")
+    return _checkout_settings(tmp_path, 1_000_000)
 
 
 @pytest.fixture
@@ -223,7 +231,7 @@ async def test_unreadable_files_are_rejected_with_a_clear_reason(
 async def test_batch_over_the_size_limit_is_rejected_unread(
     engine: AsyncEngine, tmp_path: Path, reference_batches: dict[str, bytes]
 ) -> None:
-    settings = Settings(home=tmp_path / "home", policies_dir=_repo(tmp_path, max_bytes=1000) / "policies")
+    settings = _checkout_settings(tmp_path, 1000)
     landing = Landing(engine, settings)
 
     outcome = await landing.arrive("clean.csv", reference_batches["clean"])
@@ -237,7 +245,7 @@ async def test_batch_over_the_size_limit_is_rejected_unread(
 async def test_batch_that_grew_past_the_limit_after_the_notice_is_rejected(
     engine: AsyncEngine, tmp_path: Path, reference_batches: dict[str, bytes]
 ) -> None:
-    settings = Settings(home=tmp_path / "home", policies_dir=_repo(tmp_path, max_bytes=1000) / "policies")
+    settings = _checkout_settings(tmp_path, 1000)
     landing = Landing(engine, settings)
 
     outcome = await landing.arrive("clean.csv", reference_batches["clean"], size=10)
@@ -285,7 +293,7 @@ async def test_object_store_outage_is_retried_not_rejected(
 async def test_missing_suite_file_is_dead_lettered_for_the_operator(
     folder_landing: Landing, folder_settings: Settings, reference_batches: dict[str, bytes]
 ) -> None:
-    suite_file = folder_settings.policies_dir.parent / "pipelines/wine_quality/expectations.json"
+    suite_file = folder_settings.source_root / "pipelines/wine_quality/expectations.json"
     await asyncio.to_thread(suite_file.unlink)
 
     with pytest.raises(PermanentError, match=r"expectations\.json cannot be read"):

@@ -70,7 +70,7 @@ def test_result_is_kept_under_the_results_prefix_beside_the_batch() -> None:
 
 
 def test_relative_suite_paths_start_at_the_repository_root() -> None:
-    settings = Settings(policies_dir=Path("/srv/repo/policies"))
+    settings = Settings(policies_dir=Path("/etc/mlcd/policies"), pipelines_dir=Path("/srv/repo/pipelines"))
 
     assert suite.suite_path(settings, "pipelines/w/expectations.json") == Path(
         "/srv/repo/pipelines/w/expectations.json"

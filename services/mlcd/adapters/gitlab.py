@@ -249,8 +249,8 @@ class LogCodeHost:
 
 
 def build(settings: Settings) -> CodeHost:
-    """GitLab when MLCD_GITLAB_URL is set, else the log with the working tree beside the policies."""
+    """GitLab when MLCD_GITLAB_URL is set, else the log, with the repository root's working tree."""
     if settings.gitlab_url:
         token = settings.gitlab_token.get_secret_value() if settings.gitlab_token else ""
         return GitLabCodeHost(settings.gitlab_url, token, timeout_s=settings.gitlab_timeout_s)
-    return LogCodeHost(settings.policies_dir.resolve().parent)
+    return LogCodeHost(settings.source_root)

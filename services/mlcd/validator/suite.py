@@ -31,9 +31,10 @@ class Suite:
 
 
 def suite_path(settings: Settings, suite: str) -> Path:
-    """The policy's suite path: as given when absolute, else relative to the repository root."""
+    """The policy's suite path: as given when absolute, else relative to the repository root (the folder
+    holding MLCD_PIPELINES_DIR: a checkout's root, /app in the image)."""
     path = Path(suite)
-    return path if path.is_absolute() else settings.policies_dir.resolve().parent / path
+    return path if path.is_absolute() else settings.source_root / path
 
 
 def load(path: Path) -> Suite:
