@@ -1,9 +1,14 @@
 """Local serving for real: MLflow model versions, Open Inference Protocol over HTTP, traffic split,
-per-revision counters scraped by a real Prometheus and read back through PromQL."""
+per-revision counters scraped by a real Prometheus and read back through PromQL.
+
+Triton's own client against the same routes: test_local_serving_tritonclient.py.
+"""
 
 from __future__ import annotations
 
+import json
 import uuid
+import warnings
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -16,7 +21,7 @@ from fastapi import FastAPI
 from mlcd.adapters.prometheus import LocalAnalysis, PrometheusAnalysis
 from mlcd.local.serving import LocalServing, router
 from tests.support import flows, ingest_app, prometheus
-from tests.support.serving_models import GOOD_ROWS, SHIFTED_ROWS, infer_body, register_versions
+from tests.support.serving_models import FEATURES, GOOD_ROWS, SHIFTED_ROWS, infer_body, register_versions
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +118,63 @@ async def test_a_restart_keeps_stable_and_canary(
 
     await restarted.rollback(model, "1", "models:/1")
     assert (await restarted.state(model)).canary_version is None
+
+
+async def test_a_request_without_content_type_is_answered_in_the_protocols_json(
+    served: tuple[LocalServing, str], model: str
+) -> None:
+    serving, address = served
+    await serving.promote(model, "1", "models:/1")
+    body = json.dumps({"id": "req-7", **infer_body(GOOD_ROWS)}).encode()
+    columns = {
+        "inputs": [
+            {
+                "name": name,
+                "shape": [len(GOOD_ROWS)],
+                "datatype": "FP64",
+                "data": [row[i] for row in GOOD_ROWS],
+            }
+            for i, name in enumerate(FEATURES)
+        ]
+    }
+    async with httpx.AsyncClient(base_url=f"http://{address}", timeout=30) as client:
+        bare = await client.post(f"/v2/models/{model}/infer", content=body)  # no Content-Type at all
+        by_column = await client.post(f"/v2/models/{model}/versions/1/infer", json=columns)
+        no_output = await client.post(
+            f"/v2/models/{model}/infer", json={**infer_body(GOOD_ROWS), "outputs": [{"name": "proba"}]}
+        )
+        nowhere = await client.get(f"/v2/models/{model}/config")
+
+    assert "content-type" not in bare.request.headers
+    assert bare.status_code == 200 and bare.headers["content-type"] == "application/json"
+    assert bare.json() == {
+        "model_name": model,
+        "model_version": "1",
+        "id": "req-7",
+        "outputs": [{"name": "predict", "shape": [3], "datatype": "INT64", "data": [0, 1, 1]}],
+    }
+    assert by_column.status_code == 200 and by_column.json()["outputs"] == bare.json()["outputs"]
+    assert (no_output.status_code, no_output.json()) == (
+        400,
+        {"error": "the model has no output 'proba'; it gives predict"},
+    )
+    assert nowhere.status_code == 404 and "error" in nowhere.json()
+
+
+async def test_a_model_logged_without_a_signature_gets_its_feature_names_and_no_warning(
+    served: tuple[LocalServing, str], model: str
+) -> None:
+    # Version 4 is logged as the wine-quality pipeline logs its models: fitted on a DataFrame, no signature.
+    serving, address = served
+    await serving.promote(model, "4", "models:/4")
+    async with httpx.AsyncClient(base_url=f"http://{address}", timeout=30) as client:
+        metadata = (await client.get(f"/v2/models/{model}")).json()
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            answer = await client.post(f"/v2/models/{model}/infer", json=infer_body(GOOD_ROWS))
+    assert (metadata["inputs"], metadata["outputs"]) == ([], [])  # nothing the model did not record
+    assert answer.status_code == 200 and answer.json()["outputs"][0]["data"] == [0, 1, 1]
+    assert [str(w.message) for w in seen if "feature names" in str(w.message)] == []
 
 
 async def _until(probe: Callable[[], Awaitable[float]], at_least: float, timeout_s: float) -> None:

@@ -13,13 +13,17 @@ import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Response
+import numpy as np
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 
-from mlcd import logs
+from mlcd import __version__, logs
 from mlcd.adapters import mlflow as mlflow_adapter
 from mlcd.config import Settings
 from mlcd.errors import AdapterUnavailable, NotFound
@@ -37,11 +41,15 @@ class PredictionFailed(Exception):
     """The model revision raised while predicting (counted as an error of that revision)."""
 
 
+class RevisionNotLoaded(Exception):
+    """The revision asked for failed to load, or has not loaded yet (answered 503)."""
+
+
 @dataclass(frozen=True)
 class Prediction:
     model: str
     version: str
-    outputs: Any
+    outputs: list[protocol.Tensor]
 
 
 class CanaryRouter:
@@ -59,6 +67,14 @@ class CanaryRouter:
         return False
 
 
+@dataclass(frozen=True)
+class LoadedRevision:
+    """One model version in memory: the MLflow pyfunc model and what its signature says it takes."""
+
+    model: Any
+    signature: protocol.Signature
+
+
 class LocalServing:
     def __init__(self, home: Path, tracking_uri: str, load_timeout_s: float = LOAD_TIMEOUT_S) -> None:
         self.folder = home / "serving"
@@ -67,12 +83,25 @@ class LocalServing:
         self.stats = RevisionStats()
         self._state_path = self.folder / "state.json"
         self._state = serving_state.load(self._state_path)
-        self._models: dict[tuple[str, str], Any] = {}
+        self._models: dict[tuple[str, str], LoadedRevision] = {}
         self._failed: dict[tuple[str, str], str] = {}
         self._loading: dict[tuple[str, str], asyncio.Lock] = {}
         self._counters: dict[str, CanaryRouter] = {}
         for model, routing in self._state.models.items():
             set_traffic(model, routing.split())
+
+    async def load_serving_revisions(self) -> None:
+        """Load every revision the saved routing serves, so models are Ready before any request.
+
+        Call once at start-up. A revision that cannot load is marked failed (as a canary that fails to
+        load is); an unreachable MLflow leaves it to load on its first request.
+        """
+        for model, routing in list(self._state.models.items()):
+            for version in routing.split():
+                try:
+                    await self._load_or_mark_failed(model, version)
+                except AdapterUnavailable as e:
+                    log.warning("revision not loaded at start", model=model, version=version, error=str(e))
 
     # --- the Serving port -------------------------------------------------------------------------
 
@@ -129,28 +158,67 @@ class LocalServing:
     def routing(self, model: str) -> serving_state.Routing | None:
         return self._state.models.get(model)
 
-    def ready(self, model: str) -> bool:
+    def unready(self, model: str, version: str | None = None) -> str | None:
+        """Why `model` (or one `version` of it) cannot answer a request without loading first; None
+        when it is Ready. A canary that failed to load is sent no traffic, so it does not count."""
         routing = self._state.models.get(model)
-        return (
-            routing is not None
-            and routing.stable is not None
-            and (model, routing.stable.version) in self._models
-        )
+        if routing is None or routing.stable is None:
+            return f"model {model} is not served here"
+        versions = routing.split()
+        if version is not None:
+            if version not in versions:
+                return f"model {model} does not serve version {version}"
+            versions = {version: versions[version]}
+        for served in versions:
+            key = (model, served)
+            if key in self._models:
+                continue
+            if key not in self._failed:
+                return f"model {model} version {served} is not loaded yet"
+            if version is not None or served == routing.stable.version:
+                return f"model {model} version {served} {self._failed[key]}"
+        return None
 
-    async def predict(self, model: str, data: Any, version: str | None = None) -> Prediction:
-        """Route one request (or send it to `version`), predict in a worker thread, count the outcome."""
+    def server_unready(self) -> str | None:
+        """Why the server is not Ready (every served model must be); None when it is."""
+        problems = [problem for model in self._state.models if (problem := self.unready(model))]
+        return "; ".join(problems) or None
+
+    async def revision(self, model: str, version: str | None = None) -> tuple[str, LoadedRevision]:
+        """The revision `version` of `model` (its stable one by default), loaded."""
+        routing = self._state.models.get(model)
+        if routing is None or routing.stable is None:
+            raise NotFound(f"model {model} is not served here")
+        chosen = version or routing.stable.version
+        if chosen not in routing.split():
+            raise NotFound(f"model {model} does not serve version {chosen}")
+        return chosen, await self._revision(model, chosen)
+
+    async def predict(self, model: str, inputs: Any, version: str | None = None) -> Prediction:
+        """Route one request (or send it to `version`), predict in a worker thread, count the outcome.
+
+        `inputs` are request tensors (`protocol.Tensor`), or rows: one [n, features] array-like.
+        Raises NotFound, `protocol.BadRequest` when the inputs do not fit the model's signature,
+        RevisionNotLoaded and PredictionFailed (counted as the revision's error).
+        """
         chosen = version or self._pick(model)
         if chosen not in self._routing(model).split():
             raise NotFound(f"model {model} does not serve version {chosen}")
-        loaded = await self._loaded(model, chosen)
+        revision = await self._revision(model, chosen)
+        tensors = (
+            inputs
+            if isinstance(inputs, list) and all(isinstance(t, protocol.Tensor) for t in inputs) and inputs
+            else [protocol.Tensor("input-0", np.asarray(inputs))]
+        )
+        data = protocol.model_input(tensors, revision.signature)
         started = time.perf_counter()
         try:
-            outputs = await asyncio.to_thread(loaded.predict, data)
+            outputs = await asyncio.to_thread(revision.model.predict, data)
         except Exception as e:  # whatever the model raises is that revision's error, not the server's
             self.stats.observe(model, chosen, time.perf_counter() - started, error=True)
             raise PredictionFailed(f"model {model} version {chosen} failed: {type(e).__name__}: {e}") from e
         self.stats.observe(model, chosen, time.perf_counter() - started, error=False)
-        return Prediction(model, chosen, outputs)
+        return Prediction(model, chosen, protocol.output_tensors(outputs, revision.signature.output_names))
 
     # --- internals --------------------------------------------------------------------------------
 
@@ -188,7 +256,17 @@ class LocalServing:
             self._failed[(model, version)] = f"failed to load: {type(e).__name__}: {e}"
             log.warning("revision failed to load", model=model, version=version, error=str(e))
 
-    async def _loaded(self, model: str, version: str) -> Any:
+    async def _revision(self, model: str, version: str) -> LoadedRevision:
+        try:
+            return await self._loaded(model, version)
+        except (NotFound, AdapterUnavailable):
+            raise
+        except Exception as e:  # a revision that cannot load is not Ready; that is no fault of the server
+            raise RevisionNotLoaded(
+                f"model {model} version {version} failed to load: {type(e).__name__}: {e}"
+            ) from e
+
+    async def _loaded(self, model: str, version: str) -> LoadedRevision:
         key = (model, version)
         if key in self._models:
             return self._models[key]
@@ -206,7 +284,7 @@ class LocalServing:
                 self._failed.pop(key, None)
         return self._models[key]
 
-    def _load(self, model: str, version: str) -> Any:
+    def _load(self, model: str, version: str) -> LoadedRevision:
         import mlflow.artifacts
         import mlflow.pyfunc
         from mlflow import MlflowClient
@@ -233,7 +311,82 @@ class LocalServing:
                 shutil.move(fetched, target)
         loaded = mlflow.pyfunc.load_model(str(target))
         log.info("revision loaded", model=model, version=version)
-        return loaded
+        return LoadedRevision(loaded, signature(loaded))
+
+
+def signature(loaded: Any) -> protocol.Signature:
+    """What an MLflow pyfunc model takes and returns, from its signature; without one, the names of
+    the features the model was fitted on (scikit-learn's `feature_names_in_`), if it kept them."""
+    from mlflow.types.schema import DataType
+
+    inputs, outputs = loaded.metadata.get_input_schema(), loaded.metadata.get_output_schema()
+    # An unnamed output is called what `protocol.output_tensors` calls it in a response.
+    unnamed_output = (
+        protocol.UNNAMED_OUTPUT if outputs is not None and len(outputs.inputs) == 1 else "output-{}"
+    )
+    output_meta = tuple(_tensor_metadata(outputs, DataType, unnamed_output)) if outputs is not None else ()
+    output_names = tuple(t.name for t in output_meta)
+    if inputs is None:
+        try:
+            raw = loaded.get_raw_model()
+        except Exception:  # a flavor without a raw model to look at keeps the request's own layout
+            raw = None
+        names = getattr(raw, "feature_names_in_", None)
+        if names is None:
+            return protocol.Signature(outputs=output_meta, output_names=output_names)
+        return protocol.Signature(
+            layout="columns",
+            names=tuple(str(n) for n in names),
+            dtypes=(None,) * len(names),
+            outputs=output_meta,
+            output_names=output_names,
+        )
+    specs = inputs.inputs
+    input_meta = tuple(_tensor_metadata(inputs, DataType, "input-{}"))
+    tensors = inputs.is_tensor_spec()
+    if not tensors and not inputs.has_input_names():
+        return protocol.Signature(inputs=input_meta, outputs=output_meta, output_names=output_names)
+    return protocol.Signature(
+        layout="tensors" if tensors else "columns",
+        names=tuple(spec.name or "" for spec in specs),
+        dtypes=tuple(
+            spec.type.name if tensors else _COLUMN_DTYPES.get(getattr(spec.type, "name", ""))
+            for spec in specs
+        ),
+        required=tuple(bool(getattr(spec, "required", True)) for spec in specs),
+        inputs=input_meta,
+        outputs=output_meta,
+        output_names=output_names,
+    )
+
+
+# MLflow column types → (numpy dtype a column is cast to, the protocol's datatype).
+_COLUMNS = {
+    "boolean": ("bool", "BOOL"),
+    "integer": ("int32", "INT32"),
+    "long": ("int64", "INT64"),
+    "float": ("float32", "FP32"),
+    "double": ("float64", "FP64"),
+    "string": (None, "BYTES"),
+    "binary": (None, "BYTES"),
+    "datetime": ("datetime64[ns]", "BYTES"),
+}
+_COLUMN_DTYPES = {name: dtype for name, (dtype, _) in _COLUMNS.items()}
+
+
+def _tensor_metadata(schema: Any, data_type: Any, unnamed: str) -> list[protocol.TensorMetadata]:
+    found: list[protocol.TensorMetadata] = []
+    for i, spec in enumerate(schema.inputs):
+        if schema.is_tensor_spec():
+            datatype = protocol.datatype_of(spec.type)
+            shape = [int(d) for d in spec.shape]
+        else:
+            kind = spec.type.name if isinstance(spec.type, data_type) else ""
+            datatype, shape = _COLUMNS.get(kind, (None, "BYTES"))[1], [-1]
+        found.append(
+            protocol.TensorMetadata(name=spec.name or unnamed.format(i), datatype=datatype, shape=shape)
+        )
+    return found
 
 
 def build(settings: Settings) -> LocalServing:
@@ -242,64 +395,117 @@ def build(settings: Settings) -> LocalServing:
     return LocalServing(settings.home, mlflow_adapter.tracking_uri(settings))
 
 
+_STATUS: dict[type[Exception], int] = {
+    NotFound: 404,
+    protocol.BadRequest: 400,
+    PredictionFailed: 500,
+    RevisionNotLoaded: 503,
+    AdapterUnavailable: 503,
+}
+
+
+class _ProtocolRoute(APIRoute):
+    """Answers errors as the protocol does, `{"error": message}`, in whichever app mounts the routes."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def answer(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except tuple(_STATUS) as e:
+                status = next(code for cls, code in _STATUS.items() if isinstance(e, cls))
+                headers = {"Retry-After": "5"} if status == 503 else None
+                return JSONResponse({"error": str(e)}, status_code=status, headers=headers)
+
+        return answer
+
+
 def router(serving: LocalServing) -> APIRouter:
-    """The Open Inference Protocol (v2) routes of local serving."""
-    routes = APIRouter(prefix="/v2/models", tags=["inference"])
+    """The Open Inference Protocol (v2) routes of local serving, as KServe and Triton serve them."""
+    routes = APIRouter(prefix="/v2", tags=["inference"], route_class=_ProtocolRoute)
 
-    def served(model: str) -> serving_state.Routing:
-        routing = serving.routing(model)
-        if routing is None or routing.stable is None:
-            raise HTTPException(404, f"model {model} is not served here")
-        return routing
+    @routes.get("", summary="Server metadata")
+    async def server_metadata() -> dict[str, Any]:
+        return {"name": "mlcd", "version": __version__, "extensions": ["binary_tensor_data"]}
 
-    @routes.get("/{model}", summary="Model metadata")
-    async def metadata(model: str) -> dict[str, Any]:
-        routing = served(model)
-        return {
+    @routes.get("/health/live", summary="The server is live")
+    async def live() -> dict[str, bool]:
+        return {"live": True}
+
+    @routes.get("/health/ready", summary="Every served model is ready", responses={503: {}})
+    async def server_ready() -> JSONResponse:
+        problem = serving.server_unready()
+        if problem is None:
+            return JSONResponse({"ready": True})
+        return JSONResponse({"ready": False, "error": problem}, status_code=503, headers={"Retry-After": "5"})
+
+    async def metadata(model: str, version: str | None) -> dict[str, Any]:
+        chosen, revision = await serving.revision(model, version)
+        routing = serving.routing(model) or serving_state.Routing()
+        answer: dict[str, Any] = {
             "name": model,
-            "versions": list(routing.split()),
+            "versions": [chosen] if version else list(routing.split()),
             "platform": "mlflow",
-            "traffic": routing.split(),
-            "inputs": [],
-            "outputs": [],
+            "inputs": [t.model_dump() for t in revision.signature.inputs],
+            "outputs": [t.model_dump() for t in revision.signature.outputs],
         }
+        if version is None:
+            answer["traffic"] = routing.split()
+        return answer
 
-    @routes.get("/{model}/ready", summary="Model readiness")
-    async def ready(model: str) -> Response:
-        served(model)
-        if not serving.ready(model):
-            raise HTTPException(503, f"model {model} is not loaded yet")
-        return Response(status_code=200)
+    @routes.get("/models/{model}", summary="Model metadata: the stable revision's inputs and outputs")
+    async def model_metadata(model: str) -> dict[str, Any]:
+        return await metadata(model, None)
 
-    async def infer(
-        model: str, request: protocol.InferenceRequest, version: str | None
-    ) -> protocol.InferenceResponse:
-        served(model)
-        try:
-            data = protocol.model_input(request)
-        except protocol.BadTensor as e:
-            raise HTTPException(400, str(e)) from e
-        try:
-            prediction = await serving.predict(model, data, version)
-        except NotFound as e:
-            raise HTTPException(404, str(e)) from e
-        except PredictionFailed as e:
-            raise HTTPException(500, str(e)) from e
-        return protocol.InferenceResponse(
-            model_name=model,
-            model_version=prediction.version,
-            id=request.id or uuid.uuid4().hex,
-            outputs=protocol.outputs(prediction.outputs),
+    @routes.get("/models/{model}/versions/{version}", summary="Metadata of one revision")
+    async def version_metadata(model: str, version: str) -> dict[str, Any]:
+        return await metadata(model, version)
+
+    def ready(model: str, version: str | None) -> dict[str, Any]:
+        problem = serving.unready(model, version)
+        if problem is not None:
+            raise NotFound(problem) if serving.routing(model) is None else RevisionNotLoaded(problem)
+        return {"name": model, "ready": True}
+
+    @routes.get("/models/{model}/ready", summary="Model readiness", responses={503: {}})
+    async def model_ready(model: str) -> dict[str, Any]:
+        return ready(model, None)
+
+    @routes.get("/models/{model}/versions/{version}/ready", summary="Revision readiness")
+    async def version_ready(model: str, version: str) -> dict[str, Any]:
+        return ready(model, version)
+
+    async def infer(model: str, request: Request, version: str | None) -> Response:
+        encoding = request.headers.get("content-encoding", "identity")
+        if encoding != "identity":
+            raise protocol.BadRequest(f"Content-Encoding {encoding} is not supported; send the body as is")
+        asked, tensors = protocol.read_request(
+            await request.body(), request.headers.get(protocol.HEADER_LENGTH)
         )
+        prediction = await serving.predict(model, tensors, version)
+        head = {"model_name": model, "model_version": prediction.version, "id": asked.id or uuid.uuid4().hex}
+        body, headers = protocol.response(asked, head, prediction.outputs)
+        return Response(body, headers=headers)
 
-    @routes.post("/{model}/infer", summary="Predict; the request is routed to the stable or canary revision")
-    async def infer_routed(model: str, request: protocol.InferenceRequest) -> protocol.InferenceResponse:
+    body = {"requestBody": protocol.openapi_request_body()}
+
+    @routes.post(
+        "/models/{model}/infer",
+        summary="Predict; the request is routed to the stable or canary revision",
+        openapi_extra=body,
+    )
+    async def infer_routed(model: str, request: Request) -> Response:
         return await infer(model, request, None)
 
-    @routes.post("/{model}/versions/{version}/infer", summary="Predict with one revision")
-    async def infer_pinned(
-        model: str, version: str, request: protocol.InferenceRequest
-    ) -> protocol.InferenceResponse:
+    @routes.post(
+        "/models/{model}/versions/{version}/infer", summary="Predict with one revision", openapi_extra=body
+    )
+    async def infer_pinned(model: str, version: str, request: Request) -> Response:
         return await infer(model, request, version)
+
+    @routes.api_route("/{path:path}", methods=["GET", "POST"], include_in_schema=False)
+    async def unknown(path: str) -> Response:
+        raise NotFound(f"local serving has no /v2/{path}")
 
     return routes
