@@ -30,6 +30,10 @@ class Conflict(TemporaryError):
     """A concurrent writer won (resourceVersion, row lock): re-read and try again."""
 
 
+class ArtifactUnreadable(PermanentError):
+    """The serving platform cannot download a model version's files from where they are stored."""
+
+
 class NotFound(PermanentError):
     """The thing named does not exist."""
 

@@ -24,6 +24,9 @@ class ModelVersion:
     params: dict[str, str] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
     aliases: tuple[str, ...] = ()
+    # Where the version's files are in the artifact store (s3://…), which a model server can download;
+    # `source` may be a registry reference (MLflow 3: models:/m-…) that only MLflow resolves.
+    artifact_uri: str = ""
 
 
 class Registry(Protocol):
@@ -160,6 +163,18 @@ class ServingState:
     canary_percent: int
     ready: bool
     message: str = ""
+    # What the platform reports serving, as opposed to the spec mlcd wrote: the canary's share of the
+    # traffic (None: the platform applies a split at once, so canary_percent is what serves), the
+    # storage URI of each revision, and the split by revision for people to read.
+    observed_percent: int | None = None
+    stable_uri: str = ""
+    canary_uri: str = ""
+    traffic: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def serving_percent(self) -> int:
+        """The canary's share of the traffic as observed."""
+        return self.canary_percent if self.observed_percent is None else self.observed_percent
 
 
 class Serving(Protocol):

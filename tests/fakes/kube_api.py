@@ -207,6 +207,15 @@ class KubeApi:
                 "message": "revision failed to load its model" if failed else "",
             }
         ]
+        if canaries:
+            canary_failed = not all(c["ready"] for c in status["canaryStatuses"])
+            status["conditions"].append(
+                {
+                    "type": "CanaryReady",
+                    "status": "False" if canary_failed else "True",
+                    "reason": "CanaryFailed" if canary_failed else "",
+                }
+            )
         status["observedGeneration"] = obj["metadata"].get("generation", 1)
 
 

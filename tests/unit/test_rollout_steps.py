@@ -10,7 +10,7 @@ from mlcd.adapters import kserve
 from mlcd.deployer import steps
 from mlcd.local import inference_protocol, serving_state
 from mlcd.local.serving import CanaryRouter
-from mlcd.policy.schema import Thresholds
+from mlcd.policy.schema import Predictor, Thresholds
 
 LIMITS = Thresholds(max_error_rate=0.05, max_p95_latency_s=0.5, min_requests=10)
 
@@ -81,19 +81,22 @@ def _isvc(**predictor: object) -> dict[str, object]:
 def test_every_patched_inference_service_validates_against_the_crd(mode: kserve.Mode) -> None:
     current = _isvc()
     for patch in (
-        kserve.canary_patch(current, mode, "2", "s3://m/2", 10),
-        kserve.stable_patch(current, mode, "2", "s3://m/2"),
+        kserve.canary_patch(current, mode, "2", "s3://m/2", 10, Predictor()),
+        kserve.stable_patch(current, mode, "2", "s3://m/2", Predictor()),
+        kserve.restore_patch(current, mode, "1", "s3://m/1", Predictor(model_format="sklearn")),
     ):
         assert kserve.schema_problems(kserve.merge_patch(current, patch)) == []
 
 
 def test_a_fresh_inference_service_remembers_its_storage_uri_as_stable() -> None:
-    patch = kserve.canary_patch(_isvc(), "serverless", "2", "s3://m/2", 10)
+    patch = kserve.canary_patch(_isvc(), "serverless", "2", "s3://m/2", 10, Predictor())
     assert patch["metadata"]["annotations"][kserve.STABLE_URI] == "s3://m/1"
 
 
 def test_serving_state_reads_the_canary_from_the_spec_and_readiness_from_the_status() -> None:
-    obj = kserve.merge_patch(_isvc(), kserve.canary_patch(_isvc(), "serverless", "2", "s3://m/2", 10))
+    obj = kserve.merge_patch(
+        _isvc(), kserve.canary_patch(_isvc(), "serverless", "2", "s3://m/2", 10, Predictor())
+    )
     obj["status"] = {"conditions": [{"type": "Ready", "status": "False", "message": "model load failed"}]}
     state = kserve.serving_state("wine", obj, "serverless")
     assert (state.canary_version, state.canary_percent, state.ready) == ("2", 10, False)

@@ -26,8 +26,16 @@ from importlib import resources
 from typing import Any, Literal, TypeVar
 
 from mlcd.config import Settings
-from mlcd.errors import AdapterUnavailable, ConfigError, Conflict, NotFound, PermanentError
+from mlcd.errors import (
+    AdapterUnavailable,
+    ArtifactUnreadable,
+    ConfigError,
+    Conflict,
+    NotFound,
+    PermanentError,
+)
 from mlcd.policy.book import PolicyBook
+from mlcd.policy.schema import Predictor
 from mlcd.ports import ServingState
 
 GROUP = "serving.kserve.io"
@@ -75,6 +83,52 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return merged
 
 
+# --- what KServe's storage initializer can read ----------------------------------------------------
+
+# The schemes kserve-storage's `Storage.download` reads a model folder from (its _GCS_PREFIX, _S3_PREFIX,
+# _HDFS_PREFIX, _WEBHDFS_PREFIX, _OCI_PREFIX; pvc:// is mounted by KServe's webhook as /mnt/pvc).
+_FOLDER_SCHEMES = ("s3://", "gs://", "hdfs://", "webhdfs://", "pvc://", "oci://")
+_AZURE_BLOB = (
+    re.compile(r"^https://(.+?)\.blob\.core\.windows\.net/(.+)"),
+    re.compile(r"^https://(.+?)\.z[0-9]{1,2}\.blob\.storage\.azure\.net/(.+)"),
+)
+_ARTIFACT_ROOT_HINT = (
+    "set the MLflow server's artifact root to S3 or GCS "
+    "(mlflow server --default-artifact-root s3://bucket/path --no-serve-artifacts)"
+)
+
+
+def storage_problem(uri: str) -> str | None:
+    """Why KServe's storage initializer cannot download a model folder from `uri`; None when it can."""
+    if not uri:
+        return "the model version has no artifact URI"
+    if uri.startswith(_FOLDER_SCHEMES) or any(p.match(uri) for p in _AZURE_BLOB):
+        return None
+    if uri.startswith("mlflow-artifacts:"):
+        return (
+            f"{uri} is MLflow's proxied artifact scheme, which only the MLflow server reads; "
+            f"KServe's storage initializer cannot download it: {_ARTIFACT_ROOT_HINT}"
+        )
+    if uri.startswith(("models:", "runs:")):
+        return f"{uri} is an MLflow registry reference, not a storage location KServe can download"
+    if uri.startswith(("http://", "https://")):
+        return f"{uri}: KServe downloads a single file over HTTP, not a model folder; {_ARTIFACT_ROOT_HINT}"
+    if uri.startswith(("file:", "/")):
+        return f"{uri} is a path on the MLflow host, which KServe's pods cannot read; {_ARTIFACT_ROOT_HINT}"
+    scheme = uri.split(":", 1)[0] if ":" in uri else uri
+    return (
+        f"{uri}: KServe's storage initializer does not read the {scheme!r} scheme "
+        "(it reads s3://, gs://, hdfs://, webhdfs://, pvc://, oci:// and Azure Blob URLs)"
+    )
+
+
+def _readable(uri: str) -> str:
+    problem = storage_problem(uri)
+    if problem is not None:
+        raise ArtifactUnreadable(f"KServe cannot load this model version: {problem}")
+    return uri
+
+
 # --- patches, as plain functions of the current object --------------------------------------------
 
 
@@ -99,30 +153,44 @@ def _stable_annotations(obj: dict[str, Any]) -> dict[str, str]:
     }
 
 
+def predictor_model(predictor: Predictor, uri: str) -> dict[str, Any]:
+    """The predictor's `model` block: format, runtime and protocol from the policy, the version's URI."""
+    model: dict[str, Any] = {"modelFormat": {"name": predictor.model_format}, "storageUri": uri}
+    if predictor.runtime:
+        model["runtime"] = predictor.runtime
+    if predictor.protocol:
+        model["protocolVersion"] = predictor.protocol
+    return model
+
+
 def canary_name(version: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", f"canary-v{version}".lower()).strip("-")[:63]
 
 
-def canary_patch(obj: dict[str, Any], mode: Mode, version: str, uri: str, percent: int) -> Patch:
+def canary_patch(
+    obj: dict[str, Any], mode: Mode, version: str, uri: str, percent: int, predictor: Predictor
+) -> Patch:
     metadata = {"annotations": {**_stable_annotations(obj), CANARY_VERSION: version}}
     if mode == "serverless":
-        spec: Patch = {"predictor": {"canaryTrafficPercent": percent, "model": {"storageUri": uri}}}
+        spec: Patch = {
+            "predictor": {"canaryTrafficPercent": percent, "model": predictor_model(predictor, uri)}
+        }
     else:
         base = {k: v for k, v in _predictor(obj).items() if k not in {"canaryTrafficPercent", "name"}}
         # The canary's model is a full container spec there, whose name the CRD requires.
-        model = {"name": canary_name(version), **(base.get("model") or {}), "storageUri": uri}
-        predictor = {**base, "name": canary_name(version), "model": model}
-        spec = {"canary": [{"predictor": predictor, "trafficPercent": percent}]}
+        model = {**(base.get("model") or {}), "name": canary_name(version), **predictor_model(predictor, uri)}
+        entry = {**base, "name": canary_name(version), "model": model}
+        spec = {"canary": [{"predictor": entry, "trafficPercent": percent}]}
     return {"metadata": metadata, "spec": spec}
 
 
-def stable_patch(obj: dict[str, Any], mode: Mode, version: str, uri: str) -> Patch:
+def stable_patch(obj: dict[str, Any], mode: Mode, version: str, uri: str, predictor: Predictor) -> Patch:
     """All traffic to `version` as the stable revision; any canary is dropped."""
     metadata = {"annotations": {STABLE_VERSION: version, STABLE_URI: uri, CANARY_VERSION: None}}
-    predictor: Patch = {"model": {"storageUri": uri}}
-    spec: Patch = {"predictor": predictor}
+    block: Patch = {"model": predictor_model(predictor, uri)}
+    spec: Patch = {"predictor": block}
     if mode == "serverless":
-        predictor["canaryTrafficPercent"] = None
+        block["canaryTrafficPercent"] = None
     if obj.get("spec", {}).get("canary") is not None:
         spec["canary"] = None
     return {"metadata": metadata, "spec": spec}
@@ -130,42 +198,96 @@ def stable_patch(obj: dict[str, Any], mode: Mode, version: str, uri: str) -> Pat
 
 def traffic_back_patch(obj: dict[str, Any], mode: Mode) -> Patch | None:
     """First move of a rollback: no traffic to the canary, before the spec is restored."""
-    if mode == "serverless" and _predictor(obj).get("canaryTrafficPercent") is not None:
+    if mode == "serverless" and _predictor(obj).get("canaryTrafficPercent") not in (None, 0):
         return {"spec": {"predictor": {"canaryTrafficPercent": 0}}}
     if mode == "raw" and obj.get("spec", {}).get("canary"):
         return {"spec": {"canary": None}}
     return None
 
 
+def restore_patch(obj: dict[str, Any], mode: Mode, version: str, uri: str, predictor: Predictor) -> Patch:
+    """Second move of a Serverless rollback: the previous model as a new revision that gets no traffic.
+
+    Knative sends 100 % to the latest *ready* revision once canaryTrafficPercent is gone; dropping it
+    before the restored revision is Ready would route everything to the bad one. So the split stays at
+    0 % for the latest revision (traffic on the previous rolled-out revision) until it is Ready.
+    """
+    patch = stable_patch(obj, mode, version, uri, predictor)
+    if mode == "serverless":
+        patch["spec"]["predictor"]["canaryTrafficPercent"] = 0
+    return patch
+
+
+def release_patch(obj: dict[str, Any]) -> Patch | None:
+    """Last move of a Serverless rollback: the restored revision, now Ready, takes all traffic."""
+    if _predictor(obj).get("canaryTrafficPercent") is None:
+        return None
+    return {"spec": {"predictor": {"canaryTrafficPercent": None}}}
+
+
+def _condition(status: dict[str, Any], kind: str) -> dict[str, Any]:
+    found: dict[str, Any] = next((c for c in status.get("conditions") or [] if c.get("type") == kind), {})
+    return found
+
+
+def _why_not(condition: dict[str, Any], kind: str) -> str:
+    return str(condition.get("message") or condition.get("reason") or f"{kind} is not True")
+
+
 def serving_state(model: str, obj: dict[str, Any], mode: Mode) -> ServingState:
+    """What KServe reports for the current spec; `ready` only when its status is for this generation.
+
+    Serverless: Ready, the latest created revision Ready, and the traffic split KServe reports.
+    Standard (raw): Ready, and for a canary the CanaryReady condition and its canaryStatuses entry.
+    """
     notes = _annotations(obj)
     status = obj.get("status") or {}
-    ready_condition: dict[str, Any] = next(
-        (c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {}
-    )
+    spec = obj.get("spec") or {}
     problems: list[str] = []
+    generation, observed = obj.get("metadata", {}).get("generation"), status.get("observedGeneration")
+    current = generation is None or observed == generation
+    if not current:
+        problems.append(f"generation {generation} not yet observed (status is for {observed})")
+    ready_condition = _condition(status, "Ready")
     if ready_condition.get("status") != "True":
-        problems.append(
-            ready_condition.get("message") or ready_condition.get("reason") or "Ready is not True"
-        )
+        problems.append(_why_not(ready_condition, "Ready"))
+    traffic: dict[str, int] = {}
+    canary_uri = ""
+    observed_percent = 0
     if mode == "serverless":
         percent = _predictor(obj).get("canaryTrafficPercent")
-        predictor_status = (status.get("components") or {}).get("predictor") or {}
-        created, ready = (
-            predictor_status.get("latestCreatedRevision"),
-            predictor_status.get("latestReadyRevision"),
-        )
+        components = (status.get("components") or {}).get("predictor") or {}
+        created, ready = components.get("latestCreatedRevision"), components.get("latestReadyRevision")
         if created and created != ready:
             problems.append(f"revision {created} is not ready (latest ready: {ready})")
+        for entry in components.get("traffic") or []:
+            name = str(entry.get("revisionName") or entry.get("tag") or "?")
+            traffic[name] = traffic.get(name, 0) + int(entry.get("percent") or 0)
+            if entry.get("latestRevision") and created and name == created == ready:
+                observed_percent = int(entry.get("percent") or 0)
+        if percent is not None:
+            canary_uri = _storage_uri(_predictor(obj))
+            stable_uri = notes.get(STABLE_URI, "")
+        else:
+            stable_uri = _storage_uri(_predictor(obj))
     else:
-        canaries = obj.get("spec", {}).get("canary") or []
+        canaries = spec.get("canary") or []
         percent = canaries[0]["trafficPercent"] if canaries else None
-        for entry in status.get("canaryStatuses") or []:
-            if not entry.get("ready"):
-                problems.append(f"canary {entry.get('name')} is not ready")
-    generation, observed = obj.get("metadata", {}).get("generation"), status.get("observedGeneration")
-    if generation is not None and observed is not None and observed < generation:
-        problems.append(f"generation {generation} not yet observed (at {observed})")
+        stable_uri = _storage_uri(_predictor(obj))
+        if canaries:
+            canary_uri = _storage_uri(canaries[0].get("predictor") or {})
+            canary_ready = _condition(status, "CanaryReady")
+            if canary_ready.get("status") != "True":
+                problems.append(_why_not(canary_ready, "CanaryReady"))
+            wanted = (canaries[0].get("predictor") or {}).get("name")
+            entry = next((e for e in status.get("canaryStatuses") or [] if e.get("name") == wanted), None)
+            if entry is None or not entry.get("ready"):
+                problems.append(f"canary {wanted} is not ready")
+            else:
+                observed_percent = int(entry.get("trafficPercent") or 0)
+            traffic = {"predictor": 100 - observed_percent, str(wanted): observed_percent}
+        elif current and not problems:
+            traffic = {"predictor": 100}
     return ServingState(
         model=model,
         stable_version=notes.get(STABLE_VERSION) or None,
@@ -173,6 +295,10 @@ def serving_state(model: str, obj: dict[str, Any], mode: Mode) -> ServingState:
         canary_percent=int(percent or 0),
         ready=not problems,
         message="; ".join(problems),
+        observed_percent=observed_percent,
+        stable_uri=stable_uri if current else "",
+        canary_uri=canary_uri,
+        traffic=traffic,
     )
 
 
@@ -188,40 +314,78 @@ class KServeServing:
         *,
         timeout_s: float = 10.0,
         conflict_retries: int = 3,
+        observe_timeout_s: float = 120.0,
+        poll_s: float = 0.2,
     ) -> None:
-        """`api_client` returns a kubernetes.client.ApiClient (built lazily, in a worker thread)."""
+        """`api_client` returns a kubernetes.client.ApiClient (built lazily, in a worker thread).
+
+        A rollback waits up to `observe_timeout_s` for KServe to report each of its moves.
+        """
         self._make_client = api_client
         self._client: Any = None
         self.namespace = namespace
         self.policies = policies
         self.timeout_s = timeout_s
         self.conflict_retries = conflict_retries
+        self.observe_timeout_s = observe_timeout_s
+        self.poll_s = poll_s
 
-    def _target(self, model: str) -> tuple[str, Mode]:
+    def _target(self, model: str) -> tuple[str, Mode, Predictor]:
         policy = self.policies.get(model)
         if policy is None:
-            return model, "serverless"
-        return policy.serving_name or model, policy.rollout.mode
+            return model, "serverless", Predictor()
+        return policy.serving_name or model, policy.rollout.mode, policy.rollout.predictor
+
+    def storage_problem(self, uri: str) -> str | None:
+        return storage_problem(uri)
 
     async def state(self, model: str) -> ServingState:
-        name, mode = self._target(model)
+        name, mode, _ = self._target(model)
         return serving_state(model, await self._get(name), mode)
 
     async def set_canary(self, model: str, version: str, artifact_uri: str, percent: int) -> None:
-        name, mode = self._target(model)
-        await self._patch(name, lambda obj: canary_patch(obj, mode, version, artifact_uri, percent))
+        name, mode, predictor = self._target(model)
+        uri = _readable(artifact_uri)
+        await self._patch(name, lambda obj: canary_patch(obj, mode, version, uri, percent, predictor))
 
     async def promote(self, model: str, version: str, artifact_uri: str) -> None:
-        name, mode = self._target(model)
-        await self._patch(name, lambda obj: stable_patch(obj, mode, version, artifact_uri))
+        name, mode, predictor = self._target(model)
+        uri = _readable(artifact_uri)
+        await self._patch(name, lambda obj: stable_patch(obj, mode, version, uri, predictor))
 
     async def rollback(self, model: str, version: str | None, artifact_uri: str | None) -> None:
-        name, mode = self._target(model)
+        """Traffic off the canary first, seen in KServe's status, then the previous spec back.
+
+        At no moment does the spec ask for more traffic to the rolled-back revision than it had; in
+        Serverless mode the restored model takes traffic only once its revision is Ready.
+        """
+        name, mode, predictor = self._target(model)
         await self._patch(name, lambda obj: traffic_back_patch(obj, mode))
+        await self._observe(model, name, mode, lambda s: s.canary_version is None or s.serving_percent == 0)
         if version is None or artifact_uri is None:
-            await self._patch(name, lambda obj: stable_patch(obj, mode, *_stable_of(obj)))
-        else:
-            await self._patch(name, lambda obj: stable_patch(obj, mode, version, artifact_uri))
+            version, artifact_uri = _stable_of(await self._get(name))
+        uri = _readable(artifact_uri)
+        target = version
+        await self._patch(name, lambda obj: restore_patch(obj, mode, target, uri, predictor))
+        if mode == "serverless":
+            await self._observe(model, name, mode, lambda s: s.ready)
+            await self._patch(name, release_patch)
+        await self._observe(model, name, mode, lambda s: s.ready and s.canary_version is None)
+
+    async def _observe(
+        self, model: str, name: str, mode: Mode, done: Callable[[ServingState], bool]
+    ) -> ServingState:
+        deadline = asyncio.get_running_loop().time() + self.observe_timeout_s
+        while True:
+            state = serving_state(model, await self._get(name), mode)
+            if done(state):
+                return state
+            if asyncio.get_running_loop().time() >= deadline:
+                raise AdapterUnavailable(
+                    f"KServe did not report InferenceService {self.namespace}/{name} settled within "
+                    f"{self.observe_timeout_s:g}s: {state.message or state.traffic}"
+                )
+            await asyncio.sleep(self.poll_s)
 
     async def ping(self) -> None:
         def list_some() -> Any:

@@ -139,6 +139,11 @@ def _literal(value: str) -> str:
 
 
 def _model_version(client: Any, mv: Any) -> ModelVersion:
+    """The version with its run's figures and the artifact store's own URI of its files.
+
+    MLflow 3 registers a version's `source` as `models:/m-…`, which no model server outside MLflow can
+    read; `get_model_version_download_uri` resolves it to the logged model's artifact location.
+    """
     metrics: dict[str, float] = {}
     params: dict[str, str] = {}
     tags: dict[str, str] = {}
@@ -157,6 +162,7 @@ def _model_version(client: Any, mv: Any) -> ModelVersion:
         params=params,
         tags=tags,
         aliases=tuple(mv.aliases or ()),
+        artifact_uri=str(client.get_model_version_download_uri(mv.name, mv.version)),
     )
 
 

@@ -12,7 +12,7 @@ from fnmatch import fnmatch
 from itertools import pairwise
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -99,9 +99,73 @@ class Approval(_Strict):
 
 
 class Thresholds(_Strict):
+    """The built-in checks' bounds, used when a rollout lists no `analysis` of its own."""
+
     max_error_rate: float = 0.05
     max_p95_latency_s: float = 1.0
-    min_requests: int = 0
+    min_requests: int = Field(
+        20, ge=1, description="Fewer requests in a window is inconclusive, never a pass."
+    )
+
+
+TEMPLATES = ("request-success-rate", "request-duration-p95", "request-count")
+PLACEHOLDERS = ("namespace", "service", "revision", "model", "version", "window")
+
+
+class Check(_Strict):
+    """One analysis check, the way Flagger's metrics and Argo Rollouts' AnalysisTemplates read.
+
+    Either a built-in `template` (its PromQL follows the serving platform and mode) or a PromQL `query`
+    with `{namespace} {service} {revision} {model} {version} {window}` placeholders. The check passes
+    when the query's one value lies within [min, max]; an empty result is inconclusive.
+    """
+
+    name: str
+    template: Literal["request-success-rate", "request-duration-p95", "request-count"] | None = None
+    query: str | None = None
+    min: float | None = None
+    max: float | None = None
+    window: Duration | None = Field(None, description="PromQL range; default: the rollout's interval.")
+
+    @model_validator(mode="after")
+    def _one_source_and_a_bound(self) -> Check:
+        if (self.template is None) == (self.query is None):
+            raise ValueError(f"check {self.name!r}: give exactly one of template or query")
+        if self.min is None and self.max is None:
+            raise ValueError(f"check {self.name!r}: give min, max or both")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"check {self.name!r}: min is above max")
+        return self
+
+
+def default_checks(thresholds: Thresholds) -> list[Check]:
+    """What a rollout without its own `analysis` checks: success rate, p95 latency, request count."""
+    return [
+        Check(name="request-count", template="request-count", min=thresholds.min_requests),
+        Check(name="success-rate", template="request-success-rate", min=1 - thresholds.max_error_rate),
+        Check(name="latency-p95", template="request-duration-p95", max=thresholds.max_p95_latency_s),
+    ]
+
+
+ModelFormat = Literal["mlflow", "sklearn", "xgboost", "tensorflow", "pytorch", "onnx", "triton"]
+
+
+class Predictor(_Strict):
+    """How KServe serves the model: the predictor's modelFormat, and a named runtime if any."""
+
+    model_format: ModelFormat = Field(
+        "mlflow", description="mlflow: KServe's MLServer runtime (Open Inference Protocol v2)."
+    )
+    runtime: str | None = Field(None, description="A ServingRuntime by name; default: KServe picks.")
+    protocol_version: Literal["v1", "v2"] | None = Field(
+        None, description="Default: v2 for mlflow, sklearn and xgboost (MLServer); the runtime's own else."
+    )
+
+    @property
+    def protocol(self) -> str | None:
+        if self.protocol_version is not None:
+            return self.protocol_version
+        return "v2" if self.model_format in {"mlflow", "sklearn", "xgboost"} else None
 
 
 class Rollout(_Strict):
@@ -111,6 +175,18 @@ class Rollout(_Strict):
     steps: list[int] = Field(default_factory=lambda: [10, 50, 100])
     interval: Duration = timedelta(seconds=30)
     thresholds: Thresholds = Thresholds()
+    analysis: list[Check] | None = Field(
+        None, description="Checks between steps; default: the thresholds as built-in templates."
+    )
+    progress_deadline: Duration = Field(
+        timedelta(minutes=10),
+        description="How long a step may stay not Ready or inconclusive before on_inconclusive decides.",
+    )
+    on_inconclusive: Literal["pause", "rollback"] = "pause"
+    guard: Duration = Field(
+        timedelta(0), description="After promotion, the checks keep running this long and roll back."
+    )
+    predictor: Predictor = Predictor()
 
     @field_validator("steps")
     @classmethod
@@ -120,6 +196,17 @@ class Rollout(_Strict):
         if any(s <= 0 or s > 100 for s in steps):
             raise ValueError("each step is a percentage in 1..100")
         return steps
+
+    @field_validator("analysis")
+    @classmethod
+    def _unique_names(cls, checks: list[Check] | None) -> list[Check] | None:
+        names = [c.name for c in checks or []]
+        if len(names) != len(set(names)):
+            raise ValueError("analysis check names must be unique")
+        return checks
+
+    def checks(self) -> list[Check]:
+        return list(self.analysis) if self.analysis is not None else default_checks(self.thresholds)
 
 
 Action = Literal["retrain", "rollback", "notify"]
