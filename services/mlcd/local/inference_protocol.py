@@ -278,8 +278,9 @@ def _from_json(values: list[Any], dtype: np.dtype[Any], datatype: str, where: st
         kind = "true/false" if datatype == "BOOL" else "numbers" if dtype.kind == "f" else "whole numbers"
         raise BadRequest(f"{where}: {datatype} data must be {kind}")
     try:
-        return np.array(values, dtype=dtype)
-    except (OverflowError, ValueError) as e:
+        with np.errstate(all="raise"):
+            return np.array(values, dtype=dtype)
+    except (OverflowError, ValueError, FloatingPointError) as e:
         raise BadRequest(f"{where}: values do not fit {datatype}: {e}") from None
 
 
@@ -415,11 +416,14 @@ def _cast(values: npt.NDArray[Any], dtype: str | None, name: str) -> npt.NDArray
     if dtype is None or values.dtype.name == dtype:
         return values
     target = np.dtype(dtype)
-    if target.kind in "iu" and values.dtype.kind == "f" and not np.all(np.mod(values, 1) == 0):
-        raise BadRequest(f"input {name!r}: the model takes whole numbers ({dtype}), got fractions")
     try:
-        return values.astype(target)
-    except (TypeError, ValueError) as e:
+        with np.errstate(all="raise"):  # overflow and NaN into integers are the caller's to fix
+            if target.kind in "iu" and values.dtype.kind == "f" and not np.all(np.mod(values, 1) == 0):
+                raise BadRequest(f"input {name!r}: the model takes whole numbers ({dtype}), got fractions")
+            return values.astype(target)
+    except (TypeError, ValueError, OverflowError, FloatingPointError) as e:
+        if isinstance(e, BadRequest):
+            raise
         raise BadRequest(f"input {name!r}: values do not convert to {dtype}: {e}") from None
 
 
