@@ -9,7 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from mlcd.policy import analysis
+    from mlcd.policy.schema import Check
 
 # --- model registry (MLflow) ----------------------------------------------------------------------
 
@@ -170,6 +174,8 @@ class ServingState:
     stable_uri: str = ""
     canary_uri: str = ""
     traffic: dict[str, int] = field(default_factory=dict)
+    canary_revision: str = ""  # the platform's name of the canary's revision, for analysis queries
+    stable_revision: str = ""
 
     @property
     def serving_percent(self) -> int:
@@ -196,6 +202,12 @@ class Serving(Protocol):
 class Analysis(Protocol):
     async def measure(self, model: str, version: str, window_s: float) -> dict[str, float]:
         """Figures of the revision over the window: error_rate, p95_latency_s, requests."""
+        ...
+
+    async def evaluate(
+        self, checks: list[Check], platform: analysis.Platform, target: analysis.Target
+    ) -> list[analysis.Outcome]:
+        """Each check's value and verdict for the target revision; no data is inconclusive."""
         ...
 
 

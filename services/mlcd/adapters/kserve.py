@@ -44,6 +44,7 @@ PLURAL = "inferenceservices"
 STABLE_VERSION = "mlcd.dev/stable-version"
 STABLE_URI = "mlcd.dev/stable-uri"
 CANARY_VERSION = "mlcd.dev/canary-version"
+PREDICTOR_REVISION = "predictor"  # Standard mode: the main predictor's deployment, beside named canaries
 Mode = Literal["serverless", "raw"]
 Patch = dict[str, Any]
 T = TypeVar("T")
@@ -254,6 +255,7 @@ def serving_state(model: str, obj: dict[str, Any], mode: Mode) -> ServingState:
     traffic: dict[str, int] = {}
     canary_uri = ""
     observed_percent = 0
+    canary_revision = stable_revision = ""
     if mode == "serverless":
         percent = _predictor(obj).get("canaryTrafficPercent")
         components = (status.get("components") or {}).get("predictor") or {}
@@ -265,17 +267,21 @@ def serving_state(model: str, obj: dict[str, Any], mode: Mode) -> ServingState:
             traffic[name] = traffic.get(name, 0) + int(entry.get("percent") or 0)
             if entry.get("latestRevision") and created and name == created == ready:
                 observed_percent = int(entry.get("percent") or 0)
+        stable_revision = str(components.get("latestRolledoutRevision") or ready or "")
         if percent is not None:
             canary_uri = _storage_uri(_predictor(obj))
             stable_uri = notes.get(STABLE_URI, "")
+            canary_revision = str(created or "")
         else:
             stable_uri = _storage_uri(_predictor(obj))
     else:
         canaries = spec.get("canary") or []
         percent = canaries[0]["trafficPercent"] if canaries else None
         stable_uri = _storage_uri(_predictor(obj))
+        stable_revision = PREDICTOR_REVISION
         if canaries:
             canary_uri = _storage_uri(canaries[0].get("predictor") or {})
+            canary_revision = str((canaries[0].get("predictor") or {}).get("name") or "")
             canary_ready = _condition(status, "CanaryReady")
             if canary_ready.get("status") != "True":
                 problems.append(_why_not(canary_ready, "CanaryReady"))
@@ -285,9 +291,9 @@ def serving_state(model: str, obj: dict[str, Any], mode: Mode) -> ServingState:
                 problems.append(f"canary {wanted} is not ready")
             else:
                 observed_percent = int(entry.get("trafficPercent") or 0)
-            traffic = {"predictor": 100 - observed_percent, str(wanted): observed_percent}
+            traffic = {PREDICTOR_REVISION: 100 - observed_percent, str(wanted): observed_percent}
         elif current and not problems:
-            traffic = {"predictor": 100}
+            traffic = {PREDICTOR_REVISION: 100}
     return ServingState(
         model=model,
         stable_version=notes.get(STABLE_VERSION) or None,
@@ -299,6 +305,8 @@ def serving_state(model: str, obj: dict[str, Any], mode: Mode) -> ServingState:
         stable_uri=stable_uri if current else "",
         canary_uri=canary_uri,
         traffic=traffic,
+        canary_revision=canary_revision,
+        stable_revision=stable_revision,
     )
 
 

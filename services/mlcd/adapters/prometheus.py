@@ -1,7 +1,9 @@
-"""The Analysis port: a model revision's error rate, p95 latency and request count over a window.
+"""The Analysis port: a revision's checks (the policy's `rollout.analysis`) over a window.
 
-`PrometheusAnalysis` asks the Prometheus HTTP API (PromQL over the per-revision serving metrics);
-`LocalAnalysis` reads local serving's own counters, for the embedded default without Prometheus.
+`PrometheusAnalysis` asks the Prometheus HTTP API, rendering each check with `mlcd.policy.analysis`
+(the serving platform's built-in templates, or the check's own query); an empty result is no data,
+so the check is inconclusive. `LocalAnalysis` reads local serving's own counters for the embedded
+default without Prometheus.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import httpx
 
 from mlcd.config import Settings
 from mlcd.errors import AdapterUnavailable, ConfigError, PermanentError
+from mlcd.policy import analysis
+from mlcd.policy.schema import Check
 
 # Templates over the metrics local serving exports; `{selector}` is the revision's label matcher and
 # `{window}` a PromQL range such as 30s. A KServe installation passes its own (e.g. over
@@ -49,20 +53,33 @@ class PrometheusAnalysis:
         self.selector = selector
 
     async def measure(self, model: str, version: str, window_s: float) -> dict[str, float]:
-        """A figure without samples (no traffic yet) counts as 0."""
+        """The figures that have samples; one without (no traffic yet) is left out, not 0."""
         selector = self.selector.format(model=_quoted(model), version=_quoted(version))
         window = f"{max(1, math.ceil(window_s))}s"
         figures: dict[str, float] = {}
         async with httpx.AsyncClient(base_url=self.url, timeout=self.timeout_s) as client:
             for name, template in self.queries.items():
-                figures[name] = await self._scalar(client, template.format(selector=selector, window=window))
+                value = await self._scalar(client, template.format(selector=selector, window=window))
+                if value is not None:
+                    figures[name] = value
         return figures
 
-    async def query(self, promql: str) -> float:
+    async def evaluate(
+        self, checks: list[Check], platform: analysis.Platform, target: analysis.Target
+    ) -> list[analysis.Outcome]:
+        """Each check's value and verdict; no samples is inconclusive, never a pass."""
+        outcomes: list[analysis.Outcome] = []
+        async with httpx.AsyncClient(base_url=self.url, timeout=self.timeout_s) as client:
+            for check in checks:
+                value = await self._scalar(client, analysis.promql(check, platform, target))
+                outcomes.append(analysis.judge(check, value))
+        return outcomes
+
+    async def query(self, promql: str) -> float | None:
         async with httpx.AsyncClient(base_url=self.url, timeout=self.timeout_s) as client:
             return await self._scalar(client, promql)
 
-    async def _scalar(self, client: httpx.AsyncClient, promql: str) -> float:
+    async def _scalar(self, client: httpx.AsyncClient, promql: str) -> float | None:
         try:
             response = await client.get("/api/v1/query", params={"query": promql})
         except httpx.HTTPError as e:
@@ -74,11 +91,16 @@ class PrometheusAnalysis:
         body = response.json()
         if response.status_code >= 400 or body.get("status") != "success":
             raise PermanentError(f"Prometheus rejected {promql!r}: {body.get('error', response.text)}")
-        result = body["data"]["result"]
-        if not result:
-            return 0.0
-        value = float(result[0]["value"][1])
-        return 0.0 if math.isnan(value) or math.isinf(value) else value
+        data = body["data"]
+        if data.get("resultType") == "scalar":
+            value = float(data["result"][1])
+        elif not data["result"]:
+            return None
+        elif len(data["result"]) > 1:
+            raise PermanentError(f"{promql!r} returned {len(data['result'])} series; a check needs one value")
+        else:
+            value = float(data["result"][0]["value"][1])
+        return None if math.isnan(value) else value
 
 
 def _quoted(value: str) -> str:
@@ -97,6 +119,31 @@ class LocalAnalysis:
 
     async def measure(self, model: str, version: str, window_s: float) -> dict[str, float]:
         return self.source.figures(model, version, window_s)
+
+    async def evaluate(
+        self, checks: list[Check], platform: analysis.Platform, target: analysis.Target
+    ) -> list[analysis.Outcome]:
+        """The built-in templates from local serving's counters; a PromQL query needs Prometheus."""
+        figures = self.source.figures(target.model, target.version, target.window_s)
+        requests = figures.get("requests", 0.0)
+        outcomes: list[analysis.Outcome] = []
+        for check in checks:
+            if check.query is not None:
+                outcomes.append(
+                    analysis.Outcome(
+                        check.name, None, None, f"{check.name}: a query needs MLCD_PROMETHEUS_URL"
+                    )
+                )
+                continue
+            value: float | None = {
+                "request-count": requests,
+                "request-success-rate": 1 - figures["error_rate"]
+                if requests and "error_rate" in figures
+                else None,
+                "request-duration-p95": figures.get("p95_latency_s") if requests else None,
+            }[check.template or ""]
+            outcomes.append(analysis.judge(check, value))
+        return outcomes
 
 
 def build(settings: Settings) -> PrometheusAnalysis:

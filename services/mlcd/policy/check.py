@@ -19,7 +19,7 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
 from ruamel.yaml.reader import ReaderError
 
-from mlcd.policy import rules
+from mlcd.policy import analysis, rules
 from mlcd.policy.book import DEFAULTS_FILE
 from mlcd.policy.schema import Policy
 
@@ -77,6 +77,7 @@ def check_text(text: str, path: Path) -> list[FileProblem]:
         values.setdefault("model", "defaults")
     found = [_schema_problem(document, error, path) for error in _schema_errors(values)]
     found.extend(_expression_problems(document, path))
+    found.extend(_query_problems(document, path))
     return found
 
 
@@ -110,6 +111,41 @@ def _expression_problems(document: CommentedMap, path: Path) -> list[FileProblem
                 )
             )
     return found
+
+
+def _query_problems(document: CommentedMap, path: Path) -> list[FileProblem]:
+    """Each analysis query's placeholders, and its PromQL once they are filled in."""
+    found: list[FileProblem] = []
+    rollout = document.get("rollout")
+    checks = rollout.get("analysis") if isinstance(rollout, CommentedMap) else None
+    if not isinstance(checks, CommentedSeq):
+        return found
+    for index, check in enumerate(checks):
+        if not isinstance(check, CommentedMap) or not isinstance(check.get("query"), str):
+            continue
+        location: Location = ("rollout", "analysis", index, "query")
+        problems = analysis.query_problems(str(check["query"]))
+        if not problems:
+            problems = _promql_problems(str(check["query"]))
+        found.extend(
+            FileProblem(path, _line(document, location), f"{'.'.join(map(str, location))}: {problem}")
+            for problem in problems
+        )
+    return found
+
+
+def _promql_problems(query: str) -> list[str]:
+    try:
+        import promql_parser
+    except ImportError:  # the parser is optional: placeholders are still checked
+        return []
+    example = analysis.Target("ns", "svc", "svc-predictor-00001", "model", "1", 30.0)
+    filled = analysis.fill(query, example, 30.0)
+    try:
+        promql_parser.parse(filled)
+    except ValueError as e:
+        return [f"not PromQL: {e}"]
+    return []
 
 
 def _expressions(document: CommentedMap) -> list[tuple[Location, str]]:
