@@ -1,4 +1,5 @@
-"""`mlcd db`, `mlcd events` and `mlcd dlq` against real stores, as a user at a terminal sees them."""
+"""`mlcd db` against real stores, and `mlcd events` and `mlcd dlq` through the mlcd API served on a loopback
+port over real stores, as a user at a terminal sees them."""
 
 from __future__ import annotations
 
@@ -6,25 +7,61 @@ import asyncio
 import json
 import os
 import sys
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import typer
+from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 from typer.testing import CliRunner
 
-from mlcd import events
+from mlcd import auth, events, http, journal_api
 from mlcd.commands import db as db_command
 from mlcd.commands import dlq as dlq_command
 from mlcd.commands import events as events_command
+from mlcd.local import endpoint
 from mlcd.store import dead_letters, outbox
-from tests.support import flows
+from mlcd.store.database import create_engine
+from tests.support import flows, ingest_app
+
+TOKENS = {
+    "reader-token": auth.Identity("rita", frozenset({"developers"})),
+    "admin-token": auth.Identity("root", frozenset({"admin"})),
+}
+
+
+@pytest.fixture
+def api_url(store_url: str, engine: AsyncEngine) -> Iterator[str]:
+    """The journal and dead-letter API over the test's (migrated) store, on a free loopback port."""
+
+    @asynccontextmanager
+    async def make_app() -> AsyncIterator[FastAPI]:
+        served = create_engine(store_url)
+
+        async def ready() -> dict[str, str | None]:
+            return {}
+
+        yield http.create_app([journal_api.router(lambda: served, TOKENS.get)], ready)
+        await served.dispose()
+
+    with ingest_app.serving_in_thread(make_app) as url:
+        yield url
+
+
+def _api_env(url: str, token: str = "reader-token") -> dict[str, str]:
+    return {"MLCD_API_URL": url, "MLCD_API_TOKEN": token}
 
 
 def _invoke(app: typer.Typer, args: list[str], store_url: str) -> Any:
     return CliRunner().invoke(app, args, env={"MLCD_DATABASE_URL": store_url})
+
+
+def _call(app: typer.Typer, args: list[str], url: str, token: str = "reader-token") -> Any:
+    return CliRunner().invoke(app, args, env=_api_env(url, token))
 
 
 def _event(model: str, minute: int, payload: events.Payload | None = None) -> events.Envelope[Any]:
@@ -61,8 +98,9 @@ def test_db_upgrade_creates_the_schema_and_current_reports_it(tmp_path: Path) ->
     assert (after.exit_code, after.stdout.strip()) == (0, revision)
 
 
-def test_command_against_an_unreachable_store_prints_one_line_and_exits_1() -> None:
-    result = _invoke(dlq_command.app, ["list"], "postgresql+asyncpg://mlcd:hunter2@127.0.0.1:1/none")
+def test_db_command_against_an_unreachable_store_prints_one_line_and_exits_1() -> None:
+    url = "postgresql+asyncpg://mlcd:hunter2@127.0.0.1:1/none"
+    result = _invoke(db_command.app, ["current"], url)
     assert result.exit_code == 1
     assert "Traceback" not in result.output
     assert result.stderr.startswith("error: state store postgresql+asyncpg://mlcd:***@127.0.0.1:1/none")
@@ -70,16 +108,32 @@ def test_command_against_an_unreachable_store_prints_one_line_and_exits_1() -> N
     assert len(result.stderr.strip().splitlines()) == 1
 
 
-def test_command_against_an_unmigrated_store_suggests_the_upgrade(tmp_path: Path) -> None:
-    result = _invoke(events_command.app, ["list"], f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}")
-    assert result.exit_code == 1
-    assert "no such table: outbox" in result.stderr and "mlcd db upgrade" in result.stderr
+def test_journal_commands_never_open_the_database(tmp_path: Path) -> None:
+    """Set up with the API only (as production is), an unreachable API is an error, never an empty
+    local store's false all-clear."""
+    env = {"MLCD_API_URL": "http://127.0.0.1:1", "MLCD_API_TOKEN": "t", "MLCD_HOME": str(tmp_path / "h")}
+    for app, args in ((events_command.app, ["list"]), (dlq_command.app, ["list"])):
+        result = CliRunner().invoke(app, args, env=env)
+        assert result.exit_code == 1 and result.stdout == ""
+        assert result.stderr.startswith("error: cannot reach the mlcd API at http://127.0.0.1:1")
+    assert not (tmp_path / "h").exists()
+
+
+def test_commands_find_the_api_and_token_mlcd_up_recorded(
+    journaled: list[events.Envelope[Any]], api_url: str, tmp_path: Path
+) -> None:
+    token_file = tmp_path / "admin-token"
+    token_file.write_text("reader-token\n")
+    endpoint.record(tmp_path, api_url, token_file)
+    result = CliRunner().invoke(events_command.app, ["list", "--json"], env={"MLCD_HOME": str(tmp_path)})
+    assert result.exit_code == 0, result.output
+    assert len(result.stdout.splitlines()) == 3
 
 
 def test_events_list_prints_journaled_cloudevents_newest_first(
-    journaled: list[events.Envelope[Any]], store_url: str
+    journaled: list[events.Envelope[Any]], api_url: str
 ) -> None:
-    result = _invoke(events_command.app, ["list", "--json"], store_url)
+    result = _call(events_command.app, ["list", "--json"], api_url)
     assert result.exit_code == 0, result.output
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert [e["id"] for e in lines] == ["wine_quality-3", "churn-2", "wine_quality-1"]
@@ -90,36 +144,36 @@ def _ids(json_lines: str, field: str = "id") -> list[str]:
     return [json.loads(line)[field] for line in json_lines.splitlines()]
 
 
-def test_events_list_filters_by_model_and_type(journaled: list[events.Envelope[Any]], store_url: str) -> None:
-    by_model = _invoke(events_command.app, ["list", "--json", "--model", "wine_quality"], store_url)
+def test_events_list_filters_by_model_and_type(journaled: list[events.Envelope[Any]], api_url: str) -> None:
+    by_model = _call(events_command.app, ["list", "--json", "--model", "wine_quality"], api_url)
     assert [json.loads(line)["id"] for line in by_model.stdout.splitlines()] == [
         "wine_quality-3",
         "wine_quality-1",
     ]
-    by_type = _invoke(events_command.app, ["list", "--json", "--type", events.NoticeRaised.type], store_url)
+    by_type = _call(events_command.app, ["list", "--json", "--type", events.NoticeRaised.type], api_url)
     assert [json.loads(line)["id"] for line in by_type.stdout.splitlines()] == ["wine_quality-3"]
-    limited = _invoke(events_command.app, ["list", "--json", "--limit", "1"], store_url)
+    limited = _call(events_command.app, ["list", "--json", "--limit", "1"], api_url)
     assert len(limited.stdout.splitlines()) == 1
 
 
 def test_events_list_as_a_table_shows_type_model_and_id(
-    journaled: list[events.Envelope[Any]], store_url: str
+    journaled: list[events.Envelope[Any]], api_url: str
 ) -> None:
-    result = _invoke(events_command.app, ["list", "--model", "churn"], store_url)
+    result = _call(events_command.app, ["list", "--model", "churn"], api_url)
     assert result.exit_code == 0
     [line] = result.stdout.splitlines()
     assert "mlcd.training.retrain_requested.v1" in line and "churn" in line and "churn-2" in line
 
 
 def test_events_list_says_so_when_nothing_matches(
-    journaled: list[events.Envelope[Any]], store_url: str
+    journaled: list[events.Envelope[Any]], api_url: str
 ) -> None:
-    result = _invoke(events_command.app, ["list", "--model", "nobody"], store_url)
+    result = _call(events_command.app, ["list", "--model", "nobody"], api_url)
     assert (result.exit_code, result.stdout.strip()) == (0, "no events journaled matching the filters")
 
 
 async def test_events_tail_prints_events_as_they_are_journaled(
-    journaled: list[events.Envelope[Any]], engine: AsyncEngine, store_url: str
+    journaled: list[events.Envelope[Any]], engine: AsyncEngine, api_url: str
 ) -> None:
     tail = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -129,9 +183,7 @@ async def test_events_tail_prints_events_as_they_are_journaled(
         "--json",
         "--model",
         "wine_quality",
-        "--interval",
-        "0.05",
-        env={**os.environ, "MLCD_DATABASE_URL": store_url},
+        env={**os.environ, **_api_env(api_url)},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -160,10 +212,10 @@ async def _park_two(engine: AsyncEngine) -> None:
 
 
 async def test_dlq_list_shows_what_waits_and_replay_queues_it_for_the_relay(
-    engine: AsyncEngine, store_url: str
+    engine: AsyncEngine, api_url: str
 ) -> None:
     await _park_two(engine)
-    env = {"MLCD_DATABASE_URL": store_url}
+    env = _api_env(api_url, "admin-token")
     code, table, _ = await flows.mlcd_command("dlq", "list", env=env)
     assert code == 0
     assert "mlcd-trainer" in table and "AdapterUnavailable: KFP did not answer" in table
@@ -185,14 +237,16 @@ async def test_dlq_list_shows_what_waits_and_replay_queues_it_for_the_relay(
 
     code, _, err = await flows.mlcd_command("dlq", "replay", str(first_id), env=env)
     assert code == 1 and "already replayed" in err
+    code, out, err = await flows.mlcd_command("dlq", "replay", env=_api_env(api_url, "reader-token"))
+    assert (code, out) == (1, "") and err.startswith("error: 403: rita is in none of the groups")
     code, waiting, _ = await flows.mlcd_command("dlq", "list", "--json", env=env)
     assert _ids(waiting, "event_id") == ["wine_quality-2"]
     code, everything, _ = await flows.mlcd_command("dlq", "list", "--all", env=env)
     assert "[replayed]" in everything
 
 
-def test_dlq_list_on_an_empty_store_says_nothing_waits(engine: AsyncEngine, store_url: str) -> None:
-    result = _invoke(dlq_command.app, ["list"], store_url)
+def test_dlq_list_on_an_empty_store_says_nothing_waits(engine: AsyncEngine, api_url: str) -> None:
+    result = _call(dlq_command.app, ["list"], api_url)
     assert (result.exit_code, result.stdout.strip()) == (
         0,
         "no dead letters waiting (--all shows replayed ones)",

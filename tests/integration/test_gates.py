@@ -18,13 +18,13 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from fastapi import FastAPI
 from pydantic import SecretStr
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from typer.testing import CliRunner
 
 from mlcd import auth, events
+from mlcd import http as mlcd_http
 from mlcd.adapters.gitlab import GitLabCodeHost
 from mlcd.adapters.mlflow import MlflowRegistry
 from mlcd.adapters.notify import LogNotifier
@@ -225,9 +225,13 @@ async def stack(engine: AsyncEngine, mlflow_uri: str, tmp_path: Path) -> AsyncIt
         bus = MemoryBus(events.TOPICS)
         host = ServiceHost(settings, [service], ports, bus=bus, engine=engine)
         await host.start()
-        app = FastAPI()
-        app.include_router(router(engine, host.waker, policies, identify, code_host=code_host))
-        app.include_router(ingest_router(settings=settings, policies=policies, bus=bus, engine=engine))
+        app = mlcd_http.create_app(
+            [
+                router(engine, host.waker, policies, identify, code_host=code_host),
+                ingest_router(settings=settings, policies=policies, bus=bus, engine=engine),
+            ],
+            host.readiness,
+        )
         try:
             async with serving(app) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
                 yield Stack(engine, host, url, http, mlflow_uri, model, folder, gitlab)
@@ -335,6 +339,12 @@ async def test_gate_lifecycle_through_the_cli(stack: Stack, monkeypatch: pytest.
     listed = await cli("dev", "list", "--state", "open", "--model", stack.model)
     shown = await cli("dev", "show", gate["id"])
     forbidden = await cli("dev", "approve", gate["id"])
+    no_reason = await cli("oscar", "reject", gate["id"])
+    blank_reason = await cli("oscar", "reject", gate["id"], "--reason", "  ")
+    api_no_reason = await stack.decide(gate["id"], "reject", "oscar", " ")
+    api_no_body = await stack.http.post(
+        f"/api/v1/gates/{gate['id']}/reject", headers={"Authorization": f"Bearer {token('oscar')}"}
+    )
     rejected = await cli("oscar", "reject", gate["id"], "--reason", "holdout set is stale")
     conflict = await cli("olivia", "approve", gate["id"])
     bad_token = await cli("nobody", "list")
@@ -342,6 +352,10 @@ async def test_gate_lifecycle_through_the_cli(stack: Stack, monkeypatch: pytest.
     assert listed.exit_code == 0 and f"{gate['id']}  open" in listed.output
     assert shown.exit_code == 0 and "pass  accuracy_floor" in shown.output
     assert forbidden.exit_code == 1 and "403" in forbidden.output
+    assert no_reason.exit_code == 2 and "--reason" in no_reason.output
+    assert blank_reason.exit_code == 2 and "a rejection needs a reason" in blank_reason.output
+    assert api_no_reason.status_code == 422 and "a rejection needs a reason" in api_no_reason.text
+    assert api_no_body.status_code == 422 and "reason" in api_no_body.json()["error"]
     assert rejected.exit_code == 0 and f"gate {gate['id']} is rejected" in rejected.output
     assert conflict.exit_code == 1
     assert "409: gate is already rejected by oscar (gate is rejected)" in conflict.output

@@ -77,9 +77,11 @@ def approve(
 @app.command()
 def reject(
     gate_id: str = typer.Argument(..., help="The gate's id."),
-    reason: str = typer.Option("", "--reason", help="Why; kept in the audit log and the event."),
+    reason: str = typer.Option(..., "--reason", help="Why (required); kept in the audit log and the event."),
 ) -> None:
-    """Reject a gate: the promotion is rejected."""
+    """Reject a gate with a reason: the promotion is rejected."""
+    if not reason.strip():
+        raise _api.fail('a rejection needs a reason: --reason "..."', 2)
     _decide(gate_id, "reject", reason)
 
 

@@ -1,4 +1,4 @@
-"""`mlcd rollback MODEL` and `mlcd status [MODEL]`, through the mlcd HTTP API."""
+"""`mlcd rollback MODEL`, `mlcd retrain MODEL` and `mlcd status [MODEL]`, through the mlcd HTTP API."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import typer
 
 from mlcd.commands import _api
 
-app = typer.Typer(help="Serving: status and rollback.")
+app = typer.Typer(help="Serving: status, rollback and retrain.")
 
 
 @app.command()
@@ -18,11 +18,29 @@ def rollback(
     to_version: str | None = typer.Option(None, "--to-version", help="Serve this version (moves champion)."),
     reason: str | None = typer.Option(None, "--reason", help="Why, for the journal."),
 ) -> None:
-    """Send all of MODEL's traffic back to the previous revision (on-call tokens only)."""
+    """Send all of MODEL's traffic back to the previous revision, or to --to-version (on-call only).
+
+    Refused at once when the model, the version or an earlier version is unknown."""
     body = {"to_version": to_version, "reason": reason}
     answer = _api.call("POST", f"/api/v1/models/{_api.segment(model)}/rollback", body=body)
     target = f"version {to_version}" if to_version else "the previous version"
     typer.echo(f"rollback of {model} to {target} requested (event {answer['event_id']})")
+
+
+@app.command()
+def retrain(
+    model: str = typer.Argument(..., help="The model to train again."),
+    reason: str = typer.Option(..., "--reason", help="Why (required), for the journal."),
+    data: str | None = typer.Option(
+        None, "--data", help="Batch to train on, s3://bucket/key; default: the last validated one."
+    ),
+) -> None:
+    """Start a training run of MODEL on its last validated batch or on --data (on-call only)."""
+    if not reason.strip():
+        raise _api.fail('a retrain needs a reason: --reason "..."', 2)
+    body = {"reason": reason, "data_uri": data}
+    answer = _api.call("POST", f"/api/v1/models/{_api.segment(model)}/retrain", body=body)
+    typer.echo(f"retraining of {model} on {answer['data_uri']} requested (event {answer['event_id']})")
 
 
 @app.command()

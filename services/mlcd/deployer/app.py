@@ -1,4 +1,9 @@
-"""The deployer's HTTP API: a model's serving status, and the on-call's manual rollback."""
+"""The deployer's HTTP API: a model's serving status, and the on-call's manual rollback and retrain.
+
+A request that cannot be carried out is refused here, with the reason, instead of dying on the DLQ:
+an unknown model (404), a version the registry does not hold (404) or cannot serve (422), nothing
+earlier to roll back to (409), a retrain without data to train on (409).
+"""
 
 # No `from __future__ import annotations`: FastAPI must see the local `caller` dependency in the
 # route signatures at definition time.
@@ -6,17 +11,17 @@
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, HTTPException
-from pydantic import BaseModel, Field
-from sqlalchemy.exc import SQLAlchemyError
+from fastapi import APIRouter, Depends, HTTPException
+from pydantic import BaseModel, Field, field_validator
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from mlcd import auth, events, logs
+from mlcd import events, http, logs
 from mlcd.bus import runtime
-from mlcd.errors import MlcdError
+from mlcd.errors import Conflict, MlcdError, NotFound
 from mlcd.policy.book import PolicyBook
+from mlcd.policy.schema import Policy
 from mlcd.ports import Registry
-from mlcd.store import outbox, rollouts
+from mlcd.store import outbox, rollouts, training
 
 log = logs.get(__name__)
 
@@ -35,46 +40,65 @@ class RollbackBody(BaseModel):
     reason: str | None = Field(None, max_length=2000, description="Why, for the journal.")
 
 
+class RetrainBody(BaseModel):
+    reason: str = Field(..., min_length=1, max_length=2000, description="Why (required), for the journal.")
+    data_uri: str | None = Field(
+        None, max_length=2000, description="Batch to train on (s3://bucket/key); default: the last validated."
+    )
+
+    @field_validator("reason")
+    @classmethod
+    def _said(cls, reason: str) -> str:
+        if not reason.strip():
+            raise ValueError("a retrain needs a reason")
+        return reason.strip()
+
+    @field_validator("data_uri")
+    @classmethod
+    def _a_uri(cls, uri: str | None) -> str | None:
+        if uri is not None and "://" not in uri:
+            raise ValueError("a data URI names its store, e.g. s3://landing/wine_quality/batch.csv")
+        return uri
+
+
 def router(
     engine: AsyncEngine | Callable[[], AsyncEngine],
     waker: runtime.RelayWaker | None,
     registry: Registry,
-    identify: Callable[[str | None], auth.Identity | None],
+    identify: http.Identify,
     policies: PolicyBook,
 ) -> APIRouter:
-    """GET /api/v1/models[/{model}] for any valid token; POST …/rollback for on-call tokens only."""
+    """GET /api/v1/models[/{model}] for any valid token; POST …/rollback and …/retrain for on-call only."""
+    caller = http.caller(identify)
 
     def store() -> AsyncEngine:
         return engine if isinstance(engine, AsyncEngine) else engine()
 
-    def caller(authorization: Annotated[str | None, Header()] = None) -> auth.Identity:
-        token = auth.bearer(authorization)
-        identity = identify(token) if token else None
-        if identity is None:
-            raise HTTPException(401, "missing or unknown API token", {"WWW-Authenticate": "Bearer"})
-        return identity
+    def policy_of(model: str, action: str) -> Policy:
+        policy = policies.get(model)
+        if policy is None:
+            raise HTTPException(404, f"mlcd has no policy for a model named {model!r}; nothing to {action}")
+        return policy
+
+    def on_call(who: http.Caller) -> None:
+        if not who.identity.in_any(ONCALL):
+            raise HTTPException(403, f"{who.name} is not on call: this needs the oncall group")
 
     api = APIRouter(prefix="/api/v1/models", tags=["serving"])
 
     @api.get("", summary="Models with rollouts, each with its latest rollout")
-    async def list_models(_: Annotated[auth.Identity, Depends(caller)]) -> list[dict[str, Any]]:
-        try:
-            async with store().connect() as conn:
-                latest = [await rollouts.latest(conn, model) for model in await rollouts.models(conn)]
-        except SQLAlchemyError as e:
-            raise _store_down(e) from e
+    async def list_models(_: Annotated[http.Caller, Depends(caller)]) -> list[dict[str, Any]]:
+        async with store().connect() as conn:
+            latest = [await rollouts.latest(conn, model) for model in await rollouts.models(conn)]
         return [r.as_dict() for r in latest if r is not None]
 
     @api.get("/{model}", summary="Champion, candidate, the rollout and its step, the model's last events")
-    async def status(model: str, _: Annotated[auth.Identity, Depends(caller)]) -> dict[str, Any]:
-        try:
-            async with store().connect() as conn:
-                current = await rollouts.running(conn, model)
-                history = await rollouts.history(conn, model)
-                waiting = await rollouts.waiting(conn, model)
-                journal = await outbox.journal(conn, model=model, limit=EVENTS_SHOWN)
-        except SQLAlchemyError as e:
-            raise _store_down(e) from e
+    async def status(model: str, _: Annotated[http.Caller, Depends(caller)]) -> dict[str, Any]:
+        async with store().connect() as conn:
+            current = await rollouts.running(conn, model)
+            history = await rollouts.history(conn, model)
+            waiting = await rollouts.waiting(conn, model)
+            journal = await outbox.journal(conn, model=model, limit=EVENTS_SHOWN)
         try:
             champion = await registry.version_by_alias(model, CHAMPION)
             champion_version: str | None = champion.version if champion else None
@@ -94,31 +118,83 @@ def router(
             "registry_problem": registry_problem,
         }
 
-    @api.post("/{model}/rollback", status_code=202, summary="Send all traffic back (on-call only)")
+    @api.post(
+        "/{model}/rollback",
+        status_code=202,
+        summary="Send all traffic back (on-call only)",
+        responses={
+            404: {"description": "No such model, or the registry holds no such version"},
+            409: {"description": "No earlier version is known to roll back to"},
+            422: {"description": "The version cannot be served (no model artifact)"},
+        },
+    )
     async def rollback(
-        model: str, body: RollbackBody, identity: Annotated[auth.Identity, Depends(caller)]
+        model: str, body: RollbackBody, who: Annotated[http.Caller, Depends(caller)]
     ) -> dict[str, Any]:
-        if not identity.in_any(ONCALL):
-            raise HTTPException(403, f"{identity.name} is not on call: rollbacks need the oncall group")
-        if policies.get(model) is None:
-            raise HTTPException(404, f"mlcd has no policy for a model named {model!r}; nothing to roll back")
+        on_call(who)
+        policy_of(model, "roll back")
+        if body.to_version is not None:
+            await _servable(registry, model, body.to_version)
+        else:
+            async with store().connect() as conn:
+                await _something_to_roll_back_to(conn, model)
         request = events.RollbackRequested(
             model=model,
-            reason=body.reason or f"manual rollback by {identity.name}",
-            requested_by=identity.name,
+            reason=body.reason or f"manual rollback by {who.name}",
+            requested_by=who.name,
             to_version=body.to_version,
         )
-        try:
-            async with runtime.unit_of_work(store(), SOURCE, waker) as uow:
-                event_id = uow.emit(request)
-        except SQLAlchemyError as e:
-            raise _store_down(e) from e
-        log.info("rollback requested", model=model, by=identity.name, to_version=body.to_version)
+        async with runtime.unit_of_work(store(), SOURCE, waker) as uow:
+            event_id = uow.emit(request)
+        log.info("rollback requested", model=model, by=who.name, via=who.via, to_version=body.to_version)
         return {"event_id": event_id, "model": model, "to_version": body.to_version, "reason": request.reason}
+
+    @api.post(
+        "/{model}/retrain",
+        status_code=202,
+        summary="Train the model again, on the last validated batch or on the one named (on-call only)",
+        responses={
+            404: {"description": "No such model"},
+            409: {"description": "No batch was validated yet and none was named"},
+            422: {"description": "No reason given, or the model has no training section"},
+        },
+    )
+    async def retrain(
+        model: str, body: RetrainBody, who: Annotated[http.Caller, Depends(caller)]
+    ) -> dict[str, Any]:
+        on_call(who)
+        policy = policy_of(model, "retrain")
+        if policy.training is None:
+            raise HTTPException(422, f"the policy of {model} has no training section: nothing to retrain")
+        async with store().connect() as conn:
+            data_uri = body.data_uri or await training.last_data_uri(conn, model)
+        if data_uri is None:
+            raise Conflict(
+                f"no data batch of {model} was validated yet: name one with --data s3://bucket/key"
+            )
+        reason = f"{body.reason} (requested by {who.name})"
+        async with runtime.unit_of_work(store(), SOURCE, waker) as uow:
+            event_id = uow.emit(events.RetrainRequested(model=model, reason=reason, data_uri=data_uri))
+        log.info("retrain requested", model=model, by=who.name, via=who.via, data_uri=data_uri)
+        return {"event_id": event_id, "model": model, "data_uri": data_uri, "reason": reason}
 
     return api
 
 
-def _store_down(e: Exception) -> HTTPException:
-    log.warning("state store unavailable", error=str(e))
-    return HTTPException(503, "the state store is unavailable", {"Retry-After": "5"})
+async def _servable(registry: Registry, model: str, version: str) -> None:
+    """NotFound when the registry does not hold the version, 422 when it holds no artifact to serve."""
+    try:
+        found = await registry.get_version(model, version)
+    except NotFound:
+        raise NotFound(f"the registry holds no version {version!r} of {model}") from None
+    if not found.source:
+        raise HTTPException(422, f"version {version} of {model} has no model artifact to serve")
+
+
+async def _something_to_roll_back_to(conn: Any, model: str) -> None:
+    if await rollouts.running(conn, model) is not None:
+        return
+    last = await rollouts.last_succeeded(conn, model)
+    if last is None or not last.previous_version:
+        shown = f"version {last.version}" if last else "what serves now"
+        raise Conflict(f"no version of {model} earlier than {shown} is known: name one with --to-version")
