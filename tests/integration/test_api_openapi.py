@@ -29,6 +29,7 @@ from schemathesis.core import NotSet
 
 from mlcd import bootstrap
 from mlcd.config import Settings
+from mlcd.runner import ServiceHost
 from tests.support import ingest_app, mutations
 from tests.support import webhook_credentials as credentials
 from tests.support.inputs_tried import explore
@@ -76,14 +77,14 @@ def api_url(tmp_path: Path, mlflow_uri: str) -> Iterator[str]:
 
     @asynccontextmanager
     async def app() -> AsyncIterator[FastAPI]:
-        system = bootstrap.system(configured, [], http=True, ui=True)
-        await system.host.start()
+        ports = bootstrap.build_ports(configured)
+        host = ServiceHost(configured, [], ports)
+        await host.start()
         try:
-            assert system.app is not None
-            yield system.app
+            yield bootstrap.app(configured, host, ports, with_ui=True)
         finally:
-            await system.host.stop()
-            await system.close()
+            await host.stop()
+            await bootstrap.close_ports(ports)
 
     with ingest_app.serving_in_thread(app) as url:
         yield url
