@@ -23,7 +23,7 @@ from tritonclient.utils import InferenceServerException
 
 from mlcd import __version__
 from mlcd.local.serving import LocalServing, router
-from tests.support import ingest_app
+from tests.support import flows, ingest_app
 from tests.support.serving_models import FEATURES, GOOD_ROWS, register_versions
 
 T = TypeVar("T")
@@ -138,8 +138,17 @@ async def test_a_restarted_server_reports_its_models_ready_before_any_request(
             )
 
         assert await _triton(address, readiness) == (False, False, False)
-        await restarted.load_serving_revisions()
-        assert await _triton(address, readiness) == (True, True, True)
+        stop = asyncio.Event()
+        loader = asyncio.create_task(restarted.run(stop), name="local-serving")  # as the supervisor runs it
+        try:
+
+            async def all_ready() -> bool:
+                return await _triton(address, readiness) == (True, True, True)
+
+            await flows.eventually(all_ready, "the restarted server's models ready", 60)
+        finally:
+            stop.set()
+            await loader
     assert restarted.figures(model, "1", 600)["requests"] == 0
     assert restarted.figures(model, "2", 600)["requests"] == 0
 

@@ -8,6 +8,7 @@ it counts requests, errors and latency per revision (`figures`) for the embedded
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import tempfile
@@ -35,6 +36,7 @@ from mlcd.ports import ServingState
 log = logs.get(__name__)
 
 LOAD_TIMEOUT_S = 120.0
+RETRY_LOAD_S = 5.0
 
 
 class PredictionFailed(Exception):
@@ -76,10 +78,17 @@ class LoadedRevision:
 
 
 class LocalServing:
-    def __init__(self, home: Path, tracking_uri: str, load_timeout_s: float = LOAD_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        home: Path,
+        tracking_uri: str,
+        load_timeout_s: float = LOAD_TIMEOUT_S,
+        retry_load_s: float = RETRY_LOAD_S,
+    ) -> None:
         self.folder = home / "serving"
         self.tracking_uri = tracking_uri
         self.load_timeout_s = load_timeout_s
+        self.retry_load_s = retry_load_s
         self.stats = RevisionStats()
         self._state_path = self.folder / "state.json"
         self._state = serving_state.load(self._state_path)
@@ -90,18 +99,32 @@ class LocalServing:
         for model, routing in self._state.models.items():
             set_traffic(model, routing.split())
 
-    async def load_serving_revisions(self) -> None:
+    async def load_serving_revisions(self) -> int:
         """Load every revision the saved routing serves, so models are Ready before any request.
 
-        Call once at start-up. A revision that cannot load is marked failed (as a canary that fails to
-        load is); an unreachable MLflow leaves it to load on its first request.
+        Call at start-up. A revision that cannot load is marked failed (as a canary that fails to load
+        is) and not tried again here; one MLflow could not supply stays pending. Returns how many are
+        pending.
         """
+        pending = 0
         for model, routing in list(self._state.models.items()):
             for version in routing.split():
+                if (model, version) in self._models or (model, version) in self._failed:
+                    continue
                 try:
                     await self._load_or_mark_failed(model, version)
                 except AdapterUnavailable as e:
-                    log.warning("revision not loaded at start", model=model, version=version, error=str(e))
+                    pending += 1
+                    log.warning("revision not loaded yet", model=model, version=version, error=str(e))
+        return pending
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """A supervised worker: loads the served revisions at start, then retries those MLflow could
+        not supply yet, until `stop`."""
+        while not stop.is_set():
+            await self.load_serving_revisions()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.retry_load_s)
 
     # --- the Serving port -------------------------------------------------------------------------
 
