@@ -125,7 +125,6 @@ async def _measure(
     from mlcd import events, logs
     from mlcd.bus import runtime
     from mlcd.config import Settings
-    from mlcd.runner import ServiceHost
     from mlcd.store import inbox
 
     home = root / mode
@@ -141,13 +140,14 @@ async def _measure(
     )
     logs.configure("WARNING")
     home.mkdir(parents=True, exist_ok=True)
-    ports = composition.build_ports(settings)
-    host = ServiceHost(settings, [composition.service("gatekeeper"), composition.service("deployer")], ports)
+    services = [composition.service("gatekeeper"), composition.service("deployer")]
+    system = composition.system(settings, services, http=True)
+    host = system.host
     await host.start()
-    serving, registry = ports["serving"], ports["registry"]
+    serving, registry = system.ports.serving, system.ports.registry
     timings: list[float] = []
     try:
-        app = composition.app(settings, host, ports, with_ui=False)
+        app = system.app
         async with ingest_app.serving(app) as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
             await registry.set_alias(model, "champion", "1")
             await serving.promote(model, "1", (await registry.get_version(model, "1")).source)

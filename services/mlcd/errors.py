@@ -19,7 +19,14 @@ class PermanentError(MlcdError):
 
 
 class TemporaryError(MlcdError):
-    """An outside system is down or slow: the runtime retries with backoff, then dead-letters."""
+    """An outside system is down or slow: the runtime retries with backoff, then dead-letters.
+
+    `retry_after_s` is the least wait the outside system asked for (an HTTP 429's `Retry-After`).
+    """
+
+    def __init__(self, message: str = "", *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class AdapterUnavailable(TemporaryError):
@@ -28,6 +35,18 @@ class AdapterUnavailable(TemporaryError):
 
 class Conflict(TemporaryError):
     """A concurrent writer won (resourceVersion, row lock): re-read and try again."""
+
+
+class RecordsRefused(PermanentError):
+    """The broker refused some records for good (too large, invalid); the others were acknowledged.
+
+    `refused` maps each refused record's position in the published batch to the broker's reason.
+    """
+
+    def __init__(self, refused: dict[int, str]) -> None:
+        first = next(iter(refused.values()), "")
+        super().__init__(f"the broker refused {len(refused)} record(s) for good: {first}")
+        self.refused = refused
 
 
 class ArtifactUnreadable(PermanentError):

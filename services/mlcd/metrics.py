@@ -22,3 +22,13 @@ HANDLER_SECONDS = Histogram(
 CONSUMER_LAG = Gauge("mlcd_consumer_lag", "Records behind the partition end", ["group", "topic", "partition"])
 OUTBOX_PENDING = Gauge("mlcd_outbox_pending", "Outbox rows not yet published")
 WEBHOOKS = Counter("mlcd_webhooks_total", "Webhook deliveries by outcome", ["source", "status"])
+WORKER_UP = Gauge(
+    "mlcd_worker_up", "1 while a supervised worker runs, 0 while it waits to restart", ["worker"]
+)
+WORKER_RESTARTS = Counter(
+    "mlcd_worker_restarts_total", "Supervised workers restarted after a failure", ["worker"]
+)
+CONSUMER_HELD = Gauge(
+    "mlcd_consumer_held", "1 while a consumer holds its batch waiting for the state store", ["group"]
+)
+ADAPTER_UP = Gauge("mlcd_adapter_up", "1 when the outside system answered the last health check", ["adapter"])

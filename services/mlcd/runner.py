@@ -1,35 +1,35 @@
-"""The life of a service process (`mlcd serve SERVICE`, `mlcd up`): store, bus, consumers, relay, timers.
+"""The life of a service process (`mlcd serve SERVICE`, `mlcd up`): its workers over one store and one bus.
 
-`ServiceHost` owns every task it starts. A stop (SIGTERM, SIGINT or `stop()`) lets each consumer finish
-and commit the batch in hand, stops the timers, lets the relay flush the outbox, then closes the bus and
-the store.
+`ServiceHost` turns the services it hosts into supervised workers (a consumer per service, its timers,
+the outbox relay, and any companions such as the raw-delivery consumer), migrates the store at start and
+drains on stop: every worker finishes and commits what it holds, then the relay flushes the outbox, then
+bus and store close. A broker that is down at start holds back only the workers that need it; each
+retries under the supervisor and readiness names it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mlcd import events, logs
-from mlcd.bus import runtime
+from mlcd.bus import kafka_security, runtime
 from mlcd.bus.kafka import KafkaBus
 from mlcd.bus.memory import MemoryBus
 from mlcd.bus.port import Bus
 from mlcd.bus.service import ServiceSpec, Timer, bind
 from mlcd.config import Settings
-from mlcd.errors import AdapterUnavailable
+from mlcd.errors import AdapterUnavailable, MlcdError
 from mlcd.store import database, migrate
+from mlcd.store.unit_of_work import UnitOfWork
+from mlcd.supervisor import Supervisor, Worker
 
 log = logs.get(__name__)
-
-_RESTART_DELAY_S = 1.0
-_RECONNECT_DELAY_S = 2.0
 
 
 def build_bus(settings: Settings) -> Bus:
@@ -45,8 +45,12 @@ def build_bus(settings: Settings) -> Bus:
             namespace=settings.kafka_namespace,
             session_timeout_s=settings.kafka_session_timeout_s,
             heartbeat_interval_s=settings.kafka_heartbeat_interval_s,
+            max_request_size=settings.kafka_max_request_size,
+            security=kafka_security.client_options(settings),
         )
-    return MemoryBus(events.TOPICS, partitions=settings.kafka_partitions)
+    return MemoryBus(
+        events.TOPICS, partitions=settings.kafka_partitions, max_request_size=settings.kafka_max_request_size
+    )
 
 
 def retry_policy(settings: Settings) -> runtime.RetryPolicy:
@@ -57,28 +61,8 @@ def retry_policy(settings: Settings) -> runtime.RetryPolicy:
     )
 
 
-async def readiness(bus: Bus, engine: AsyncEngine, timeout_s: float = 5.0) -> dict[str, str | None]:
-    """Each part (`bus`, `store`) mapped to why it is not reachable, or None when it answers."""
-
-    async def store_answers() -> None:
-        async with engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))
-
-    parts: dict[str, Callable[[], Awaitable[None]]] = {"bus": bus.ping, "store": store_answers}
-    outcome: dict[str, str | None] = {}
-    for name, check in parts.items():
-        try:
-            await asyncio.wait_for(check(), timeout_s)
-            outcome[name] = None
-        except TimeoutError:
-            outcome[name] = f"no answer within {timeout_s:g}s"
-        except Exception as e:  # readiness reports any failure by name instead of raising it
-            outcome[name] = f"{type(e).__name__}: {e}"
-    return outcome
-
-
 class ServiceHost:
-    """Runs the consumers, timers and outbox relay of some services against one store and one bus.
+    """Runs the consumers, timers, relay and companions of some services, all supervised.
 
     `engine`, `bus` and `waker` are public so the HTTP app of the same process shares them.
     """
@@ -100,75 +84,51 @@ class ServiceHost:
         self.engine = engine or database.create_engine(settings.effective_database_url)
         self.bus = bus or build_bus(settings)
         self.waker = runtime.RelayWaker()
-        self.drain_timeout_s = drain_timeout_s
         self.max_batch = max_batch
-        self.consumers: list[runtime.Consumer] = []
         self.relay = runtime.OutboxRelay(
             self.engine,
             self.bus,
             waker=self.waker,
             retention=timedelta(days=settings.event_retention_days),
         )
-        self._work_stop = asyncio.Event()
-        self._relay_stop = asyncio.Event()
+        self.consumers = [self._consumer(spec) for spec in self.services if spec.handlers]
+        workers = [Worker(c.group, self._consuming(c)) for c in self.consumers]
+        workers += [
+            Worker(f"{spec.name}:{timer.name}", self._ticking(spec, timer))
+            for spec in self.services
+            for timer in spec.timers
+        ]
+        workers.append(Worker("outbox-relay", self._relaying, drains_last=True))
+        self.supervisor = Supervisor(workers, drain_timeout_s=drain_timeout_s)
         self._signalled = asyncio.Event()
-        self._work: list[asyncio.Task[None]] = []
-        self._relay_task: asyncio.Task[None] | None = None
         self._started = False
 
-    async def start(self) -> None:
-        """Migrate the store, start the timers, and once the bus answers, the consumers and the relay.
+    def supervise(self, worker: Worker) -> None:
+        """Run a companion (the raw-delivery consumer, a folder watcher) under the same supervisor."""
+        self.supervisor.add(worker)
 
-        A broker that is down at start-up holds back only the consumers and the relay (readiness names
-        it); what the process writes to the outbox meanwhile is published when the broker answers.
-        """
+    async def start(self) -> None:
+        """Migrate the store, start every worker, and wait (bounded) until the consumers subscribed."""
         if self.settings.database_url is None:
             self.settings.home.mkdir(parents=True, exist_ok=True)
         await migrate.upgrade(self.engine)
         self._started = True
-        self.consumers = [self._consumer(spec) for spec in self.services if spec.handlers]
-        for spec in self.services:
-            for timer in spec.timers:
-                self._work.append(
-                    asyncio.create_task(self._tick_forever(spec, timer), name=f"{spec.name}:{timer.name}")
-                )
         try:
             await self.bus.start()
         except AdapterUnavailable as e:
-            log.warning("bus unavailable; consumers and relay start when it answers", error=str(e))
-            self._work.append(asyncio.create_task(self._connect_then_consume(), name="bus-connect"))
+            log.warning("bus unavailable; its workers start when it answers", error=str(e))
+            self.supervisor.start()
             return
-        self._start_consuming()
+        self.supervisor.start()
         await self._until_subscribed()
         log.info("services started", services=[s.name for s in self.services])
-
-    def _start_consuming(self) -> None:
-        for consumer in self.consumers:
-            self._work.append(asyncio.create_task(self._keep_consuming(consumer), name=consumer.group))
-        self._relay_task = asyncio.create_task(self._keep_relaying(), name="outbox-relay")
-
-    async def _connect_then_consume(self) -> None:
-        while not await self._pause(self._work_stop, _RECONNECT_DELAY_S):
-            try:
-                await self.bus.start()
-            except AdapterUnavailable as e:
-                log.warning("bus still unavailable", error=str(e))
-                continue
-            if not self._work_stop.is_set():
-                self._start_consuming()
-                log.info("bus answered; services started", services=[s.name for s in self.services])
-            return
 
     async def stop(self) -> None:
         """Drain: finish and commit the batches in hand, flush the outbox, then close bus and store."""
         if not self._started:
             return
         self._started = False
-        self._work_stop.set()
-        await self._finish(self._work)
-        self._relay_stop.set()
-        if self._relay_task is not None:
-            await self._finish([self._relay_task])
+        await self.supervisor.stop()
         await self.bus.stop()
         await self.engine.dispose()
         log.info("services stopped", services=[s.name for s in self.services])
@@ -193,7 +153,22 @@ class ServiceHost:
         self._signalled.set()
 
     async def readiness(self) -> dict[str, str | None]:
-        return await readiness(self.bus, self.engine)
+        """Ready means it can do its job: the store answers and every consumer is subscribed."""
+        parts: dict[str, str | None] = {"store": await _store_problem(self.engine)}
+        health = self.supervisor.health()
+        for consumer in self.consumers:
+            parts[consumer.group] = (
+                None if consumer.ready.is_set() else health.get(consumer.group) or ("not subscribed yet")
+            )
+        return parts
+
+    async def delivery_readiness(self) -> dict[str, str | None]:
+        """Ingest's readiness: a delivery can be made durable, by the broker or else the store's outbox."""
+        store = await _store_problem(self.engine)
+        if store is None:
+            return {"delivery": None}
+        bus = await _bus_problem(self.bus)
+        return {"delivery": None if bus is None else f"neither the store ({store}) nor the broker ({bus})"}
 
     def _consumer(self, spec: ServiceSpec) -> runtime.Consumer:
         handlers = {
@@ -211,6 +186,34 @@ class ServiceHost:
             max_batch=self.max_batch,
         )
 
+    def _consuming(self, consumer: runtime.Consumer) -> Any:
+        async def run(stop: asyncio.Event) -> None:
+            await self.bus.start()
+            await consumer.run(stop)
+
+        return run
+
+    async def _relaying(self, stop: asyncio.Event) -> None:
+        await self.bus.start()
+        await self.relay.run(stop)
+
+    def _ticking(self, spec: ServiceSpec, timer: Timer) -> Any:
+        tick = bind(timer.run, self.ports)
+
+        async def run(stop: asyncio.Event) -> None:
+            while not await _stopping(stop, timer.interval_s):
+                with logs.bound(service=spec.name, timer=timer.name):
+                    uow = UnitOfWork(self.engine, spec.source, on_commit=self.waker.wake)
+                    try:
+                        await tick(uow)
+                        await uow.finish()  # events the tick emitted outside a block of its own
+                    except MlcdError as e:  # one failed tick must not stop the timer; the next retries
+                        log.warning("timer tick failed", error=f"{type(e).__name__}: {e}")
+                    except Exception:  # likewise, with the traceback: this one is a fault of mlcd
+                        log.exception("timer tick failed")
+
+        return run
+
     async def _until_subscribed(self) -> None:
         waiting = [asyncio.create_task(c.ready.wait()) for c in self.consumers]
         if not waiting:
@@ -220,48 +223,24 @@ class ServiceHost:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
 
-    async def _keep_consuming(self, consumer: runtime.Consumer) -> None:
-        # A consumer that fails outside a handler (store or broker gone) rejoins after a pause; what it
-        # had not committed is redelivered and the inbox keeps the second handling a no-op.
-        while not self._work_stop.is_set():
-            try:
-                await consumer.run(self._work_stop)
-            except Exception:  # whatever broke the loop, the consumer must come back; it is logged
-                log.exception("consumer failed; rejoining", group=consumer.group)
-                await self._pause(self._work_stop)
 
-    async def _keep_relaying(self) -> None:
-        while not self._relay_stop.is_set():
-            try:
-                await self.relay.run(self._relay_stop)
-            except Exception:  # the relay must outlive any failure; rows stay in the outbox meanwhile
-                log.exception("outbox relay failed; restarting")
-                await self._pause(self._relay_stop)
+async def _stopping(stop: asyncio.Event, seconds: float) -> bool:
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except TimeoutError:
+        return False
+    return True
 
-    async def _tick_forever(self, spec: ServiceSpec, timer: Timer) -> None:
-        tick = bind(timer.run, self.ports)
-        while not await self._pause(self._work_stop, timer.interval_s):
-            with logs.bound(service=spec.name, timer=timer.name):
-                try:
-                    async with runtime.unit_of_work(self.engine, spec.source, self.waker) as uow:
-                        await tick(uow)
-                except Exception:  # one failed tick must not stop the timer; the next tick retries
-                    log.exception("timer tick failed")
 
-    @staticmethod
-    async def _pause(stop: asyncio.Event, seconds: float = _RESTART_DELAY_S) -> bool:
-        """Sleep unless `stop` is set first; True when stopping."""
-        try:
-            await asyncio.wait_for(stop.wait(), seconds)
-        except TimeoutError:
-            return False
-        return True
+async def _store_problem(engine: AsyncEngine) -> str | None:
+    return await database.problem(engine)
 
-    async def _finish(self, tasks: Sequence[asyncio.Task[None]]) -> None:
-        if not tasks:
-            return
-        _, late = await asyncio.wait(tasks, timeout=self.drain_timeout_s)
-        for task in late:
-            log.warning("did not drain in time; cancelled", task=task.get_name())
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+
+async def _bus_problem(bus: Bus, timeout_s: float = 5.0) -> str | None:
+    try:
+        await asyncio.wait_for(bus.ping(), timeout_s)
+    except TimeoutError:
+        return f"no answer within {timeout_s:g}s"
+    except MlcdError as e:
+        return str(e)
+    return None

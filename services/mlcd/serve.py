@@ -1,6 +1,7 @@
 """`mlcd serve SERVICE`: one microservice against the configured Kafka and PostgreSQL, with its HTTP face.
 
-Ingest serves the webhooks and the API; the consumer services serve /healthz, /readyz and /metrics only.
+Ingest serves the webhooks and the API; the consumer services serve /healthz, /readyz, /status and
+/metrics only. One stop path: SIGTERM or SIGINT (or `stop`) stops HTTP, then drains the host.
 """
 
 from __future__ import annotations
@@ -8,20 +9,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Callable, Coroutine, Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator
 
 import uvicorn
-from fastapi import FastAPI
 
-from mlcd import bootstrap, http, logs
+from mlcd import bootstrap, logs
 from mlcd.config import Settings
 from mlcd.errors import ConfigError
-from mlcd.runner import ServiceHost
 
 log = logs.get(__name__)
-
-Companion = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
 
 # Idle keep-alive connections stay open longer than any client or proxy in front keeps them (httpx 5 s,
 # ingress-nginx and AWS ALB 60 s, Go's http.Transport 90 s). With uvicorn's default of 5 s, a sender that
@@ -37,15 +33,14 @@ class _Server(uvicorn.Server):
         yield
 
 
-async def run_with_http(
-    host: ServiceHost,
-    app: FastAPI,
-    settings: Settings,
-    companions: Sequence[Companion] = (),
+async def run(
+    system: bootstrap.System,
     stop: asyncio.Event | None = None,
     on_ready: Callable[[], None] | None = None,
 ) -> int:
-    """Start the host, serve HTTP and the companions until SIGTERM/SIGINT (or `stop`), then drain."""
+    """Start the host, serve HTTP until SIGTERM/SIGINT (or `stop`), then drain and close."""
+    settings, app = system.settings, system.app
+    assert app is not None
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -60,16 +55,13 @@ async def run_with_http(
         timeout_keep_alive=KEEP_ALIVE_S,
     )
     server = _Server(config)
-    await host.start()
-    tasks = [asyncio.create_task(server.serve(), name="http")]
-    tasks += [
-        asyncio.create_task(companion(stop), name=getattr(companion, "__name__", "companion"))
-        for companion in companions
-    ]
+    http: asyncio.Task[None] | None = None
     try:
+        await system.host.start()
+        http = asyncio.create_task(server.serve(), name="http")
         while not server.started:
-            if tasks[0].done():
-                await tasks[0]
+            if http.done():
+                await http
                 raise ConfigError(
                     f"HTTP server could not listen on {settings.http_host}:{settings.http_port}"
                 )
@@ -80,10 +72,11 @@ async def run_with_http(
         await stop.wait()
         log.info("stop requested; draining")
     finally:
-        stop.set()
         server.should_exit = True
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await host.stop()
+        if http is not None:
+            await asyncio.gather(http, return_exceptions=True)
+        await system.host.stop()
+        await system.close()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
     return 0
@@ -92,14 +85,6 @@ async def run_with_http(
 async def serve(settings: Settings, name: str) -> int:
     if name not in bootstrap.SERVICES:
         raise ConfigError(f"unknown service {name!r}; choose one of {', '.join(bootstrap.SERVICES)}")
-    ports = bootstrap.build_ports(settings)
-    try:
-        if name == "ingest":
-            host = ServiceHost(settings, [], ports)
-            app = bootstrap.app(settings, host, ports, with_ui=True)
-            companions = bootstrap.ingest_companions(settings, host, ports)
-            return await run_with_http(host, app, settings, companions)
-        host = ServiceHost(settings, [bootstrap.service(name)], ports)
-        return await run_with_http(host, http.create_app([], host.readiness), settings)
-    finally:
-        await bootstrap.close_ports(ports)
+    if name == "ingest":
+        return await run(bootstrap.system(settings, [], http=True, ui=True))
+    return await run(bootstrap.system(settings, [bootstrap.service(name)], http=False))

@@ -233,7 +233,7 @@ async def test_store_lost_inside_a_handler_pauses_the_event_instead_of_parking_i
         if not outage:  # the store goes away under the first handling, as a crash of the server would
             await asyncio.to_thread(own_postgres.stop, "immediate")
             outage.append(asyncio.create_task(restart_once_the_attempt_failed()))
-        await effects.write(uow.connection, event)
+        await effects.write_handled(uow, event)
 
     spec = ServiceSpec("probe", {events.DataArrived: [handler]})
     failed = {"group": spec.group, "type": events.DataArrived.type}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import dataclasses
 import hashlib
 import hmac
 import inspect
@@ -48,7 +49,6 @@ from mlcd.config import Settings
 from mlcd.errors import Unauthorized
 from mlcd.ingest.authentication import authenticate
 from mlcd.ports import ModelVersion
-from mlcd.runner import ServiceHost
 from mlcd.store import database, gates
 from tests.conftest import unique
 from tests.fakes.gitlab_api import FakeGitLab
@@ -292,15 +292,17 @@ def serving(configured: Settings, keys: WebhookSecrets, services: tuple[str, ...
 
     @asynccontextmanager
     async def whole_app() -> AsyncIterator[FastAPI]:
-        ports = {**bootstrap.build_ports(configured), "registry": _NoModelsRegistry()}
-        host = ServiceHost(configured, [bootstrap.service(name) for name in services], ports)
-        await host.start()
+        ports = dataclasses.replace(bootstrap.build_ports(configured), registry=_NoModelsRegistry())
+        consumers = [bootstrap.service(name) for name in services]
+        system = bootstrap.system(configured, consumers, http=True, ui=True, ports=ports)
+        await system.host.start()
         try:
-            built.append(bootstrap.app(configured, host, ports, with_ui=True))
+            assert system.app is not None
+            built.append(system.app)
             yield built[0]
         finally:
-            await host.stop()
-            await bootstrap.close_ports(ports)
+            await system.host.stop()
+            await system.close()
 
     with ingest_app.serving_in_thread(whole_app) as url, httpx.Client(base_url=url, timeout=30) as http:
         yield Api(url, built[0], configured, keys, http)

@@ -29,7 +29,6 @@ from schemathesis.core import NotSet
 
 from mlcd import bootstrap
 from mlcd.config import Settings
-from mlcd.runner import ServiceHost
 from tests.support import ingest_app, mutations
 from tests.support import webhook_credentials as credentials
 from tests.support.inputs_tried import explore
@@ -77,14 +76,14 @@ def api_url(tmp_path: Path, mlflow_uri: str) -> Iterator[str]:
 
     @asynccontextmanager
     async def app() -> AsyncIterator[FastAPI]:
-        ports = bootstrap.build_ports(configured)
-        host = ServiceHost(configured, [], ports)
-        await host.start()
+        system = bootstrap.system(configured, [], http=True, ui=True)
+        await system.host.start()
         try:
-            yield bootstrap.app(configured, host, ports, with_ui=True)
+            assert system.app is not None
+            yield system.app
         finally:
-            await host.stop()
-            await bootstrap.close_ports(ports)
+            await system.host.stop()
+            await system.close()
 
     with ingest_app.serving_in_thread(app) as url:
         yield url

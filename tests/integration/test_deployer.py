@@ -21,14 +21,13 @@ from mlcd.adapters.mlflow import MlflowRegistry
 from mlcd.adapters.prometheus import LocalAnalysis
 from mlcd.bus import runtime
 from mlcd.bus.memory import MemoryBus
-from mlcd.bus.service import bind
 from mlcd.deployer import app, handlers
 from mlcd.local.serving import LocalServing, PredictionFailed
 from mlcd.policy.book import PolicyBook
 from mlcd.ports import Serving
 from mlcd.store import rollouts
 from mlcd.store.tables import outbox
-from mlcd.store.unit_of_work import UnitOfWork
+from tests.support import service_harness
 from tests.support.serving_models import GOOD_ROWS, SHIFTED_ROWS, register_versions
 
 
@@ -54,22 +53,14 @@ class Deployer:
         return serving
 
     async def deliver(self, payload: events.Payload) -> None:
-        envelope = events.new_event(payload, source="mlcd/test")
-        chain = handlers.SERVICE.handlers[type(payload)]
-        async with self.engine.begin() as conn:
-            uow = UnitOfWork(conn, handlers.SERVICE.source, cause=envelope)
-            for handler in chain:
-                await bind(handler, self.ports)(uow=uow, event=envelope)
-            await uow.flush()
+        await service_harness.deliver(self.engine, handlers.SERVICE, payload, self.ports)
         await self.relay()
 
     async def tick(self, *, due: bool = True, ports: dict[str, Any] | None = None) -> None:
         if due:
             async with self.engine.begin() as conn:
                 await conn.execute(update(rollouts.rollouts).values(next_analysis_at=_past()))
-        (timer,) = handlers.SERVICE.timers
-        async with runtime.unit_of_work(self.engine, handlers.SERVICE.source) as uow:
-            await bind(timer.run, ports or self.ports)(uow)
+        await service_harness.tick(self.engine, handlers.SERVICE, ports or self.ports)
         await self.relay()
 
     async def relay(self) -> None:

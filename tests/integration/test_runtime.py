@@ -42,14 +42,14 @@ async def _effects_table(engine: AsyncEngine) -> None:
 
 
 async def write_effect(event: events.Envelope[Any], uow: UnitOfWork, *, worker: str = "") -> None:
-    await effects.write(uow.connection, event, worker)
+    await effects.write_handled(uow, event, worker)
 
 
 async def write_effect_and_validate(event: events.Envelope[Any], uow: UnitOfWork) -> None:
-    await effects.write(uow.connection, event)
     uow.emit(
         events.DataValidated(model=event.data.model, uri=event.data.uri, rows=1, suite="s", result_uri="r")
     )
+    await effects.write_handled(uow, event)
 
 
 async def effect_count(engine: AsyncEngine) -> int:
@@ -177,7 +177,7 @@ class _Flaky:
         self.calls += 1
         if not self.recovered:
             raise self.error
-        await effects.write(uow.connection, event)
+        await effects.write_handled(uow, event)
 
 
 async def _parked(engine: AsyncEngine) -> list[dead_letters.DeadLetter]:
@@ -272,7 +272,7 @@ async def test_failure_in_the_middle_of_a_batch_keeps_the_events_around_it(
         calls.append(event.data.key)
         if event.data.key == "2.csv":
             raise PermanentError("batch 2 is unreadable")
-        await effects.write(uow.connection, event)
+        await effects.write_handled(uow, event)
 
     await flows.publish(bus, *(flows.arrived(key=f"{i}.csv") for i in (1, 2, 3)))
     async with flows.running(flows.consumer(bus, engine, [fails_on_the_second])):
@@ -299,7 +299,7 @@ async def test_batch_that_loses_an_inbox_race_leaves_the_event_to_the_member_tha
         if event.id == raced.id and not await _handled_elsewhere(engine, event.id):
             async with engine.begin() as other:  # the other member commits first
                 await inbox_rows.record(other, "mlcd-probe", event.id, event.type)
-        await effects.write(uow.connection, event)
+        await effects.write_handled(uow, event)
 
     await flows.publish(bus, flows.arrived(key="before.csv"), raced, flows.arrived(key="after.csv"))
     async with flows.running(flows.consumer(bus, engine, [another_member_wins])):

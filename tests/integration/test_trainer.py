@@ -29,12 +29,11 @@ from mlcd.policy.book import PolicyBook
 from mlcd.store import migrate, training
 from mlcd.store.database import create_engine
 from mlcd.store.tables import inbox, outbox
-from mlcd.store.unit_of_work import UnitOfWork
 from mlcd.trainer import decisions
-from mlcd.trainer.handlers import SERVICE, follow_runs
+from mlcd.trainer.handlers import SERVICE
 from tests.conftest import REPO, unique
 from tests.fakes import kfp_api
-from tests.support import flows
+from tests.support import flows, service_harness
 
 MODEL = "wine_quality"
 ACCESS_KEY, SECRET_KEY = "trainer-access-key-7f3a", "trainer-secret-key-91c2"  # must never be recorded
@@ -82,13 +81,8 @@ async def kfp_ports(tmp_path: Path, fake: kfp_api.FakeKfp, mlflow_uri: str) -> d
 
 
 async def deliver(engine: AsyncEngine, ports: dict[str, Any], payload: events.Payload, event_id: str) -> None:
-    """Hand one event to the trainer's handlers in one transaction, as the runtime does (inbox aside)."""
-    envelope = events.new_event(payload, source="test", id=event_id)
-    async with engine.begin() as conn:
-        uow = UnitOfWork(conn, SERVICE.source, cause=envelope)
-        for handler in SERVICE.handlers[type(payload)]:
-            await bind(handler, ports)(envelope, uow)
-        await uow.flush()
+    """Hand one event to the trainer's handlers as the runtime does."""
+    await service_harness.deliver(engine, SERVICE, payload, ports, event_id=event_id)
 
 
 async def emitted(engine: AsyncEngine, payload_type: type[events.Payload]) -> list[dict[str, Any]]:
@@ -105,8 +99,7 @@ async def follow_until(
     """Run the trainer's follow timer until `done()` holds."""
 
     async def followed() -> bool:
-        async with runtime.unit_of_work(engine, SERVICE.source) as uow:
-            await bind(follow_runs, ports)(uow)
+        await service_harness.tick(engine, SERVICE, ports)
         return await done()
 
     await flows.eventually(followed, "the trainer reporting the run", timeout_s)
@@ -122,17 +115,27 @@ class Crash(Exception):
     pass
 
 
+class _CrashAfterSubmit:
+    """The orchestrator, but the trainer dies right after KFP created the run."""
+
+    def __init__(self, real: Any) -> None:
+        self._real = real
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    async def submit(self, *args: Any, **kwargs: Any) -> Any:
+        await self._real.submit(*args, **kwargs)
+        raise Crash
+
+
 async def test_trigger_redelivered_after_a_crash_starts_one_run(
     engine: AsyncEngine, fake: kfp_api.FakeKfp, kfp_ports: dict[str, Any]
 ) -> None:
     trigger_id = unique("evt")
-    with pytest.raises(Crash):  # the run was created, then the transaction died before its commit
-        async with engine.begin() as conn:
-            envelope = events.new_event(
-                validated("s3://landing/wine_quality/a.csv"), source="test", id=trigger_id
-            )
-            await bind(SERVICE.handlers[events.DataValidated][0], kfp_ports)(envelope, UnitOfWork(conn, "t"))
-            raise Crash
+    crashing = {**kfp_ports, "orchestrator": _CrashAfterSubmit(kfp_ports["orchestrator"])}
+    with pytest.raises(Crash):  # the run was created, then the trainer died before recording it
+        await deliver(engine, crashing, validated("s3://landing/wine_quality/a.csv"), trigger_id)
 
     await deliver(engine, kfp_ports, validated("s3://landing/wine_quality/a.csv"), trigger_id)
     await deliver(engine, kfp_ports, validated("s3://landing/wine_quality/a.csv"), trigger_id)

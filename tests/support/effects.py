@@ -8,6 +8,7 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from mlcd import events
+from mlcd.store.unit_of_work import UnitOfWork
 
 _metadata = MetaData()
 
@@ -30,6 +31,12 @@ async def create(engine: AsyncEngine) -> None:
 async def write(conn: AsyncConnection, event: events.Envelope[Any], worker: str = "") -> None:
     note = str(getattr(event.data, "key", "") or getattr(event.data, "reason", ""))
     await conn.execute(insert(effects).values(event_id=event.id, model=event.key, note=note, worker=worker))
+
+
+async def write_handled(uow: UnitOfWork, event: events.Envelope[Any], worker: str = "") -> None:
+    """The effect and the event's inbox row in one transaction: exactly one row per event, crash or not."""
+    async with uow.transaction(completes=True) as tx:
+        await write(tx.connection, event, worker)
 
 
 async def rows(engine: AsyncEngine) -> list[Any]:

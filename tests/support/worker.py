@@ -34,10 +34,10 @@ async def on_data_arrived(event: events.Envelope[events.DataArrived], uow: UnitO
     if seconds:
         log.info("probe handler started", seconds=seconds)
         await asyncio.sleep(seconds)
-    await effects.write(uow.connection, event, WORKER)
     data = event.data
     validated = events.DataValidated(model=data.model, uri=data.uri, rows=1, suite="p", result_uri=data.uri)
     uow.emit(validated)
+    await effects.write_handled(uow, event, WORKER)
 
 
 PROBE = ServiceSpec("probe", {events.DataArrived: [on_data_arrived]})

@@ -12,15 +12,21 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import replace
 
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
+
 from mlcd.bus.port import partition_for
+from mlcd.errors import RecordsRefused
 from mlcd.events import Record
 
 TopicPartition = tuple[str, int]
 
 
 class MemoryBus:
-    def __init__(self, topics: Sequence[str], partitions: int = 4) -> None:
+    def __init__(
+        self, topics: Sequence[str], partitions: int = 4, *, max_request_size: int = 1_048_576
+    ) -> None:
         self.partitions = partitions
+        self.max_request_size = max_request_size
         self._logs: dict[TopicPartition, list[Record]] = {
             (t, p): [] for t in topics for p in range(partitions)
         }
@@ -40,8 +46,11 @@ class MemoryBus:
         return None
 
     async def publish(self, records: Sequence[Record]) -> None:
+        refused = {i: self._too_large(r) for i, r in enumerate(records) if self._too_large(r)}
         async with self._arrived:
-            for record in records:
+            for i, record in enumerate(records):
+                if i in refused:
+                    continue
                 partition = partition_for(record.key, self.partitions)
                 log = self._logs.setdefault((record.topic, partition), [])
                 log.append(
@@ -50,6 +59,17 @@ class MemoryBus:
                     )
                 )
             self._arrived.notify_all()
+        if refused:
+            raise RecordsRefused(refused)
+
+    def _too_large(self, record: Record) -> str:
+        # The same test as aiokafka's producer: the record's serialised size against max_request_size.
+        size = DefaultRecordBatchBuilder.estimate_size_in_bytes(
+            record.key, record.value, list(record.headers)
+        )
+        if size > self.max_request_size:
+            return f"MessageSizeTooLargeError: the record is {size} bytes, over max_request_size"
+        return ""
 
     async def subscribe(self, group: str, topics: Sequence[str]) -> _MemorySubscription:
         for topic in topics:
@@ -88,6 +108,13 @@ class _MemorySubscription:
         self.assigned: list[TopicPartition] = []
         self._positions: dict[TopicPartition, int] = {}
         self._closed = False
+        self._paused = False
+
+    def pause(self) -> None:
+        self._paused = True
+
+    def resume(self) -> None:
+        self._paused = False
 
     def assign(self, partitions: list[TopicPartition]) -> None:
         self.assigned = list(partitions)
@@ -108,6 +135,8 @@ class _MemorySubscription:
 
     def _take(self, max_records: int) -> list[Record]:
         batch: list[Record] = []
+        if self._paused:
+            return batch
         for tp in self.assigned:
             log = self._bus._logs[tp]
             position = self._positions[tp]

@@ -17,6 +17,14 @@ class Subscription(Protocol):
         """Mark every record up to these (per partition) as done for the group."""
         ...
 
+    def pause(self) -> None:
+        """Hold every assigned partition: polls keep the membership alive and return nothing."""
+        ...
+
+    def resume(self) -> None:
+        """Fetch from the held partitions again, from where the last records returned left off."""
+        ...
+
     def lag(self) -> dict[tuple[str, int], int]:
         """Records behind the end of each assigned partition, as of the last poll."""
         ...
@@ -34,7 +42,11 @@ class Bus(Protocol):
     async def stop(self) -> None: ...
 
     async def publish(self, records: Sequence[Record]) -> None:
-        """Return once every record is acknowledged (acks=all), else raise AdapterUnavailable."""
+        """Return once every record is acknowledged (acks=all).
+
+        Raises AdapterUnavailable when the broker may take them later (all are in doubt), and
+        RecordsRefused, after every other record was acknowledged, for records it refuses for good.
+        """
         ...
 
     async def subscribe(self, group: str, topics: Sequence[str]) -> Subscription: ...

@@ -1,9 +1,11 @@
 """The consumer runtime: handlers by event type, inbox dedupe, outbox, retries, the DLQ, the relay.
 
-A poll batch is handled in one database transaction (inbox read once, inbox and outbox rows written
-together); when one event's handler fails, the events before it are committed without it, and offsets
-are committed only after that transaction. A failing event is retried with bounded exponential backoff
-in its own transaction, then parked.
+No database transaction is open while a handler runs: handlers open short ones of their own through the
+unit of work (store/unit_of_work.py) and call outside systems between them. What a poll batch's handlers
+leave for the end (their inbox rows and the events they emitted on the unit of work) is written in one
+short transaction after them, and offsets are committed only after that. A failing event is retried with
+bounded exponential backoff when its error is temporary (by class), parked at once when it is not; a
+store outage holds the batch, without leaving the group, until the store answers.
 """
 
 from __future__ import annotations
@@ -23,10 +25,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from mlcd import events, logs, metrics
 from mlcd.bus.port import Bus, Subscription
-from mlcd.errors import AdapterUnavailable, PermanentError
+from mlcd.errors import AdapterUnavailable, RecordsRefused, TemporaryError
 from mlcd.events import Record
-from mlcd.store import dead_letters, inbox, outbox
-from mlcd.store.unit_of_work import UnitOfWork
+from mlcd.store import database, dead_letters, inbox, outbox
+from mlcd.store.unit_of_work import Transaction, UnitOfWork
 
 log = logs.get(__name__)
 
@@ -35,13 +37,21 @@ Handler = Callable[[events.Envelope[Any], UnitOfWork], Awaitable[None]]
 
 @dataclass(frozen=True)
 class RetryPolicy:
+    """Which failures are retried (temporary ones, by class) and how long to wait before each retry."""
+
     max_attempts: int = 5
     initial_s: float = 0.2
     max_s: float = 10.0
 
-    def delay(self, attempt: int) -> float:
-        """Delay before attempt number `attempt + 1` (attempt counts from 1)."""
-        return float(min(self.max_s, self.initial_s * 2 ** (attempt - 1)))
+    @staticmethod
+    def retries(error: BaseException) -> bool:
+        return isinstance(error, TemporaryError)
+
+    def delay(self, attempt: int, error: BaseException | None = None) -> float:
+        """Delay before attempt number `attempt + 1` (attempt counts from 1); at least what the error asks."""
+        backoff = float(min(self.max_s, self.initial_s * 2 ** (attempt - 1)))
+        asked = getattr(error, "retry_after_s", None)
+        return max(backoff, float(asked)) if asked else backoff
 
 
 class RelayWaker:
@@ -64,43 +74,19 @@ class RelayWaker:
 @asynccontextmanager
 async def unit_of_work(
     engine: AsyncEngine, source: str, waker: RelayWaker | None = None
-) -> AsyncIterator[UnitOfWork]:
-    """A unit of work outside any consumer (HTTP endpoints, timers); commits on a clean exit."""
-    async with engine.begin() as conn:
-        uow = UnitOfWork(conn, source)
-        yield uow
-        await uow.flush()
-    if waker is not None:
-        waker.wake()
+) -> AsyncIterator[Transaction]:
+    """One transaction outside any consumer (an HTTP endpoint); commits with its events on a clean exit."""
+    uow = UnitOfWork(engine, source, on_commit=waker.wake if waker else None)
+    async with uow.transaction() as tx:
+        yield tx
 
 
-class _Batch:
-    """Inbox and outbox rows of a poll batch's handled events, written together in its transaction.
-
-    Round trips per event are what bound throughput on PostgreSQL: the inbox is read once for the whole
-    batch and its rows and the emitted events are inserted in two statements at the end.
-    """
-
-    def __init__(self) -> None:
-        self.seen: set[str] = set()
-        self._handled: list[tuple[str, str]] = []
-        self._emitted: list[events.Envelope[Any]] = []
-
-    def handled(self, event: events.Envelope[Any], uow: UnitOfWork) -> None:
-        self.seen.add(event.id)
-        self._handled.append((event.id, event.type))
-        self._emitted.extend(uow.emitted)
-        uow.emitted = []
-
-    async def write(self, conn: AsyncConnection, group: str) -> None:
-        if self._emitted:
-            await outbox.add(conn, self._emitted)
-        await inbox.record_many(conn, group, self._handled)
-        self._handled, self._emitted = [], []
+class StoreUnavailable(Exception):
+    """The state store does not answer: the consumer holds its batch until it does."""
 
 
-def _event_ids(records: Sequence[Record]) -> list[str]:
-    return [event_id for event_id in (r.header("ce_id") for r in records) if event_id]
+class _Stopping(Exception):
+    """A stop arrived while an event waited for its retry: it stays uncommitted and is redelivered."""
 
 
 class _Failure(Exception):
@@ -108,10 +94,21 @@ class _Failure(Exception):
         self.error = error
 
 
-class _FailedAt(Exception):
-    def __init__(self, index: int, error: BaseException) -> None:
-        self.index = index
-        self.error = error
+@dataclass
+class _Handled:
+    """One record of a batch, handled or skipped; `uow` is set when it has rows left to write."""
+
+    record: Record
+    event: events.Envelope[Any] | None = None
+    uow: UnitOfWork | None = None
+
+
+def _event_ids(records: Sequence[Record]) -> list[str]:
+    return [event_id for event_id in (r.header("ce_id") for r in records) if event_id]
+
+
+def describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
 
 
 class Consumer:
@@ -139,10 +136,12 @@ class Consumer:
         self.max_batch = max_batch
         self.topics = sorted({events.PAYLOAD_TYPES[t].topic() for t in handlers})
         self._subscription: Subscription | None = None
+        self._stop = asyncio.Event()
         self.ready = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set; the batch in hand is finished and committed first."""
+        self._stop = stop
         self._subscription = await self.bus.subscribe(self.group, self.topics)
         self.ready.set()
         try:
@@ -151,137 +150,203 @@ class Consumer:
                     records = await self._subscription.poll(self.max_batch, 0.2)
                 except AdapterUnavailable as e:
                     log.warning("poll failed; retrying", group=self.group, error=str(e))
-                    await asyncio.sleep(1)
+                    await _pause(stop, 1.0)
                     continue
                 for (topic, partition), lag in self._subscription.lag().items():
                     metrics.CONSUMER_LAG.labels(self.group, topic, str(partition)).set(lag)
                 if records:
-                    await self.handle_batch(records)
+                    await self._handle_until_done(records)
         finally:
+            self.ready.clear()
             await self._subscription.close()
 
-    async def handle_batch(self, records: Sequence[Record]) -> None:
+    async def _handle_until_done(self, records: Sequence[Record]) -> None:
+        # A store outage must not cost a group rejoin: the partitions are paused (polls keep the member
+        # alive), nothing of the batch is committed, and once the store answers the batch is handled
+        # again; the inbox skips what had been committed before the outage.
+        while not self._stop.is_set():
+            try:
+                await self.handle_batch(records)
+                return
+            except _Stopping:
+                return
+            except StoreUnavailable as e:
+                log.warning("store unavailable; batch held until it answers", group=self.group, error=str(e))
+            metrics.CONSUMER_HELD.labels(self.group).set(1)
+            try:
+                await self._hold_until_store_answers()
+            finally:
+                metrics.CONSUMER_HELD.labels(self.group).set(0)
+
+    async def _hold_until_store_answers(self) -> None:
         assert self._subscription is not None
-        pending = list(records)
-        while pending:
-            done, failed = await self._handle_in_one_transaction(pending)
-            await self._subscription.commit(done)
-            if self.waker:
-                self.waker.wake()
-            if failed is None:
-                return
-            record, error = failed
-            await self._retry_then_park(record, error)
-            await self._subscription.commit([record])
-            if self.waker:
-                self.waker.wake()
-            pending = pending[len(done) + 1 :]
+        self._subscription.pause()
+        try:
+            wait_s = 0.25
+            while not self._stop.is_set():
+                await self._subscription.poll(self.max_batch, wait_s)
+                if await database.answers(self.engine):
+                    log.info("store answers again; handling the held batch", group=self.group)
+                    return
+                wait_s = min(wait_s * 2, 5.0)
+        finally:
+            self._subscription.resume()
 
-    async def _handle_in_one_transaction(
-        self, records: Sequence[Record]
-    ) -> tuple[list[Record], tuple[Record, BaseException] | None]:
-        """Handle a batch in one transaction; returns what was committed and the first failure, if any.
-
-        No savepoints (each costs two round trips per event): when a handler fails, the transaction is
-        rolled back and the events before it are handled again and committed; the failing one is left
-        to `_retry_then_park`. Handlers are idempotent, so running one twice is safe.
-        """
-        limit, failure = len(records), None
-        while limit:
+    async def handle_batch(self, records: Sequence[Record]) -> None:
+        """Handle records in order; a failing one is retried or parked before the ones after it."""
+        assert self._subscription is not None
+        seen = await self._store(self._seen_among(records))
+        done: list[_Handled] = []
+        for record in records:
             try:
-                await self._handle_all(records[:limit])
-                break
-            except _FailedAt as failed:
-                limit, failure = failed.index, (records[failed.index], failed.error)
-            except IntegrityError:
-                return await self._handle_after_lost_race(records)
-        return list(records[:limit]), failure
-
-    async def _handle_all(self, records: Sequence[Record]) -> None:
-        batch = _Batch()
-        async with self.engine.begin() as conn:
-            batch.seen = await inbox.seen_among(conn, self.group, _event_ids(records))
-            for index, record in enumerate(records):
-                try:
-                    await self._handle_one(conn, record, attempt=1, batch=batch)
-                except _Failure as failure:
-                    raise _FailedAt(index, failure.error) from failure
-            await batch.write(conn, self.group)
-
-    async def _handle_after_lost_race(
-        self, records: Sequence[Record]
-    ) -> tuple[list[Record], tuple[Record, BaseException] | None]:
-        # Another member handled one of these events meanwhile (a rebalance) and nothing was committed.
-        # Event by event, the inbox row inside each savepoint turns that one into a skip.
-        log.warning("batch lost an inbox race; handling it event by event", group=self.group)
-        done: list[Record] = []
-        async with self.engine.begin() as conn:
-            for record in records:
-                try:
-                    async with conn.begin_nested():
-                        await self._handle_one(conn, record, attempt=1)
-                except _Failure as failure:
-                    return done, (record, failure.error)
-                done.append(record)
-        return done, None
-
-    async def _retry_then_park(self, record: Record, error: BaseException) -> None:
-        attempt = 1
-        while not isinstance(error, PermanentError) and attempt < self.retry.max_attempts:
-            await asyncio.sleep(self.retry.delay(attempt))
-            attempt += 1
-            try:
-                async with self.engine.begin() as conn:
-                    await self._handle_one(conn, record, attempt=attempt)
-                return
+                done.append(await self._handle_one(record, attempt=1, seen=seen))
             except _Failure as failure:
-                error = failure.error
-        async with self.engine.begin() as conn:
-            await self._park(conn, record, f"{type(error).__name__}: {error}", attempt)
+                await self._complete(done)
+                done = [await self._retry_then_park(record, failure.error)]
+        await self._complete(done)
 
-    async def _handle_one(
-        self, conn: AsyncConnection, record: Record, *, attempt: int, batch: _Batch | None = None
-    ) -> None:
-        """Handle one event; with a `batch`, its inbox and outbox rows are written with the batch's."""
+    async def _seen_among(self, records: Sequence[Record]) -> set[str]:
+        async with self.engine.begin() as conn:
+            return await inbox.seen_among(conn, self.group, _event_ids(records))
+
+    async def _store(self, work: Awaitable[Any]) -> Any:
+        """Run store work of the runtime's own; an outage becomes StoreUnavailable."""
+        try:
+            return await work
+        except database.OUTAGE_ERRORS as e:
+            if await database.answers(self.engine):
+                raise
+            raise StoreUnavailable(describe(e)) from e
+
+    async def _handle_one(self, record: Record, *, attempt: int, seen: set[str]) -> _Handled:
         decoded = events.decode(record)
         if isinstance(decoded, events.DecodeError):
-            await self._park(conn, record, decoded.reason, attempts=0)
-            return
+            await self._store(self._park(record, decoded.reason, attempts=0))
+            return _Handled(record)
         handlers = self.handlers.get(decoded.type, ())
+        if not handlers:
+            return _Handled(record)
         with logs.bound(event_id=decoded.id, event_type=decoded.type, model=decoded.key, group=self.group):
-            if batch is not None:
-                duplicate = decoded.id in batch.seen
-            else:
-                duplicate = bool(handlers) and await inbox.seen(conn, self.group, decoded.id)
-            if not handlers or duplicate:
-                if handlers:
-                    metrics.EVENTS_DUPLICATE.labels(self.group).inc()
-                    log.info("duplicate skipped")
-                return
+            if decoded.id in seen:
+                metrics.EVENTS_DUPLICATE.labels(self.group).inc()
+                log.info("duplicate skipped")
+                return _Handled(record)
             started = time.perf_counter()
-            uow = UnitOfWork(conn, self.source, cause=decoded)
+            uow = UnitOfWork(self.engine, self.source, decoded, group=self.group, on_commit=self._wake)
             try:
                 for handler in handlers:
                     await handler(decoded, uow)
-                if batch is not None:
-                    batch.handled(decoded, uow)
-                else:
-                    await uow.flush()
-                    await inbox.record(conn, self.group, decoded.id, decoded.type)
+            except IntegrityError as e:
+                if await self._store(self._seen_now(decoded.id)):
+                    log.info("handled by another member meanwhile; skipped")
+                    return _Handled(record)
+                raise await self._failure(e, attempt) from e
             except Exception as e:  # any handler failure is retried or parked, never fatal to the loop
-                metrics.EVENTS_FAILED.labels(self.group, decoded.type).inc()
-                log.warning("handler failed", attempt=attempt, error=f"{type(e).__name__}: {e}")
-                raise _Failure(e) from e
-            metrics.HANDLER_SECONDS.labels(self.group, decoded.type).observe(time.perf_counter() - started)
+                raise await self._failure(e, attempt) from e
+            seen.add(decoded.id)
+            seconds = time.perf_counter() - started
+            metrics.HANDLER_SECONDS.labels(self.group, decoded.type).observe(seconds)
             metrics.EVENTS_CONSUMED.labels(self.group, decoded.type).inc()
-            log.info("handled", seconds=round(time.perf_counter() - started, 4))
+            log.info("handled", seconds=round(seconds, 4))
+            return _Handled(record, decoded, uow)
 
-    async def _park(self, conn: AsyncConnection, record: Record, error: str, attempts: int) -> None:
+    async def _failure(self, error: Exception, attempt: int) -> Exception:
+        if isinstance(error, database.OUTAGE_ERRORS) and not await database.answers(self.engine):
+            return StoreUnavailable(describe(error))
+        metrics.EVENTS_FAILED.labels(self.group, type(error).__name__).inc()
+        log.warning(
+            "handler failed", attempt=attempt, error=describe(error), retried=self.retry.retries(error)
+        )
+        return _Failure(error)
+
+    async def _seen_now(self, event_id: str) -> bool:
+        async with self.engine.begin() as conn:
+            return await inbox.seen(conn, self.group, event_id)
+
+    async def _complete(self, done: Sequence[_Handled]) -> None:
+        """Write what handled events left (inbox rows, events emitted on the unit of work); commit offsets."""
+        assert self._subscription is not None
+        pending = [h for h in done if h.uow is not None and (h.uow.emitted or not h.uow.completed)]
+        if pending:
+            try:
+                await self._store(self._write(pending))
+            except IntegrityError:
+                await self._store(self._write_one_by_one(pending))
+            self._wake()
+        if done:
+            await self._subscription.commit([h.record for h in done])
+
+    async def _write(self, pending: Sequence[_Handled]) -> None:
+        async with self.engine.begin() as conn:
+            emitted = [e for h in pending if h.uow is not None for e in h.uow.emitted]
+            if emitted:
+                await outbox.add(conn, emitted)
+            await inbox.record_many(conn, self.group, _inbox_rows(pending))
+
+    async def _write_one_by_one(self, pending: Sequence[_Handled]) -> None:
+        # Another member handled one of these events meanwhile (a rebalance): its inbox row is there, and
+        # so are the events it emitted. A savepoint per event turns that one into a skip.
+        log.warning("batch lost an inbox race; writing it event by event", group=self.group)
+        async with self.engine.begin() as conn:
+            for handled in pending:
+                try:
+                    async with conn.begin_nested():
+                        await self._write_each(conn, handled)
+                except IntegrityError:
+                    log.info(
+                        "handled by another member meanwhile; skipped",
+                        event_id=handled.record.header("ce_id"),
+                    )
+
+    async def _write_each(self, conn: AsyncConnection, handled: _Handled) -> None:
+        assert handled.uow is not None
+        if handled.uow.emitted:
+            await outbox.add(conn, handled.uow.emitted)
+        await inbox.record_many(conn, self.group, _inbox_rows([handled]))
+
+    async def _retry_then_park(self, record: Record, error: BaseException) -> _Handled:
+        attempt = 1
+        while self.retry.retries(error) and attempt < self.retry.max_attempts:
+            if await _pause(self._stop, self.retry.delay(attempt, error)):
+                raise _Stopping()
+            attempt += 1
+            seen = await self._store(self._seen_among([record]))
+            try:
+                return await self._handle_one(record, attempt=attempt, seen=seen)
+            except _Failure as failure:
+                error = failure.error
+        await self._store(self._park(record, describe(error), attempt))
+        return _Handled(record)
+
+    async def _park(self, record: Record, error: str, attempts: int) -> None:
         event_type = record.header("ce_type") or "undecodable"
         metrics.EVENTS_DEAD_LETTERED.labels(self.group, event_type).inc()
         log.error("dead-lettered", group=self.group, topic=record.topic, reason=error, attempts=attempts)
-        await dead_letters.park(conn, self.group, record, error, attempts)
-        await outbox.add_raw(conn, dead_letter_record(record, self.group, error, attempts))
+        async with self.engine.begin() as conn:
+            await dead_letters.park(conn, self.group, record, error, attempts)
+            await outbox.add_raw(conn, dead_letter_record(record, self.group, error, attempts))
+        self._wake()
+
+    def _wake(self) -> None:
+        if self.waker is not None:
+            self.waker.wake()
+
+
+def _inbox_rows(handled: Sequence[_Handled]) -> list[tuple[str, str]]:
+    return [
+        (h.event.id, h.event.type)
+        for h in handled
+        if h.event is not None and h.uow is not None and not h.uow.completed
+    ]
+
+
+async def _pause(stop: asyncio.Event, seconds: float) -> bool:
+    """Sleep unless `stop` is set first; True when stopping."""
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except TimeoutError:
+        return False
+    return True
 
 
 def dead_letter_record(record: Record, group: str, error: str, attempts: int) -> Record:
@@ -296,6 +361,10 @@ def dead_letter_record(record: Record, group: str, error: str, attempts: int) ->
         ("mlcd_consumer_group", group.encode()),
     ]
     return Record(topic=events.DLQ_TOPIC, key=record.key, value=record.value, headers=tuple(headers))
+
+
+RELAY_GROUP = "mlcd-relay"
+"""The dead letters' group name for records the broker refused for good."""
 
 
 class OutboxRelay:
@@ -353,11 +422,45 @@ class OutboxRelay:
             if not pending:
                 metrics.OUTBOX_PENDING.set(0)
                 return 0
-            await self.bus.publish([p.record for p in pending])
-            await outbox.mark_sent(conn, [p.seq for p in pending])
-        for p in pending:
+            refused: dict[int, str] = {}
+            try:
+                await self.bus.publish([p.record for p in pending])
+            except RecordsRefused as e:
+                refused = e.refused
+                await self._park_refused(conn, [(pending[i], reason) for i, reason in refused.items()])
+            published = [p for i, p in enumerate(pending) if i not in refused]
+            await outbox.mark_sent(conn, [p.seq for p in published])
+        for p in published:
             metrics.EVENTS_PUBLISHED.labels(p.record.header("ce_type") or "raw").inc()
         return len(pending)
+
+    async def _park_refused(
+        self, conn: AsyncConnection, refused: Sequence[tuple[outbox.Pending, str]]
+    ) -> None:
+        # A record the broker refuses for good would otherwise stay the first unsent row and hold back
+        # everything behind it: it leaves the outbox for the dead letters, and the journal says so.
+        for pending, reason in refused:
+            record = pending.record
+            event_type = record.header("ce_type") or "raw"
+            metrics.EVENTS_DEAD_LETTERED.labels(RELAY_GROUP, event_type).inc()
+            log.error(
+                "the broker refused a record for good; parked",
+                topic=record.topic,
+                event_id=record.header("ce_id"),
+                reason=reason,
+                bytes=len(record.value),
+            )
+            await dead_letters.park(conn, RELAY_GROUP, record, reason, 1)
+            notice = events.NoticeRaised(
+                model=(record.key or b"").decode("utf-8", "replace") or "unknown",
+                message=(
+                    f"the broker refused {event_type} {record.header('ce_id') or ''} for topic "
+                    f"{record.topic} for good ({reason}); it is parked with the dead letters of {RELAY_GROUP}"
+                ),
+                cause_event_id=record.header("ce_id") or "",
+            )
+            await outbox.add(conn, [events.new_event(notice, source="mlcd/relay")])
+        await outbox.remove(conn, [p.seq for p, _ in refused])
 
     async def _until_broker_answers(self, stop: asyncio.Event) -> None:
         # A publish that timed out is in doubt: a hung broker still holds the request and writes it when it

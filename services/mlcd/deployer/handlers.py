@@ -43,7 +43,8 @@ async def on_promotion_approved(
     serving: Serving,
 ) -> None:
     approved = event.data
-    current = await rollouts.running(uow.connection, approved.model)
+    async with uow.transaction() as tx:
+        current = await rollouts.running(tx.connection, approved.model)
     if current is None:
         await start_rollout(
             uow, approved.model, approved.model_version, event.id, policies, registry, serving
@@ -52,17 +53,19 @@ async def on_promotion_approved(
     if current.version == approved.model_version:
         log.info("approval of the version already rolling out; nothing to do", version=current.version)
         return
-    await rollouts.wait(uow.connection, approved.model, approved.model_version, event.id)
-    uow.emit(
-        events.NoticeRaised(
-            model=approved.model,
-            message=(
-                f"version {approved.model_version} waits behind the rollout of version {current.version} "
-                f"({current.traffic_percent}%); it supersedes that rollout when the step's analysis is due"
-            ),
-            cause_event_id=event.id,
+    async with uow.transaction(completes=True) as tx:
+        await rollouts.wait(tx.connection, approved.model, approved.model_version, event.id)
+        tx.emit(
+            events.NoticeRaised(
+                model=approved.model,
+                message=(
+                    f"version {approved.model_version} waits behind the rollout of version "
+                    f"{current.version} ({current.traffic_percent}%); it supersedes that rollout when the "
+                    "step's analysis is due"
+                ),
+                cause_event_id=event.id,
+            )
         )
-    )
 
 
 async def start_rollout(
@@ -73,51 +76,56 @@ async def start_rollout(
     policies: PolicyBook,
     registry: Registry,
     serving: Serving,
+    *,
+    from_waiting: bool = False,
 ) -> None:
-    """First step of a rollout; a model's first version goes straight to 100 % (nothing to compare)."""
+    """First step of a rollout; a model's first version goes straight to 100 % (nothing to compare).
+
+    Serving and the registry are changed first, declaratively; the rollout is recorded after (with the
+    waiting approval it came from taken off the queue), so a crash in between redoes the same calls.
+    """
     policy = _policy(policies, model)
     candidate = await registry.get_version(model, version)
     champion = await registry.version_by_alias(model, CHAMPION)
     if champion is not None and champion.version == version:
-        uow.emit(events.NoticeRaised(model=model, message=f"version {version} is already the champion"))
+        async with uow.transaction(completes=True) as tx:
+            if from_waiting:
+                await rollouts.take_waiting(tx.connection, model)
+            tx.emit(events.NoticeRaised(model=model, message=f"version {version} is already the champion"))
         return
     if champion is None:
         await serving.promote(model, version, candidate.source)
         await registry.set_alias(model, CHAMPION, version)
+        plan, state, next_analysis_at = [100], rollouts.SUCCEEDED, None
+    else:
+        plan, state = list(policy.rollout.steps), rollouts.RUNNING
+        next_analysis_at = _now() + policy.rollout.interval
+        await serving.set_canary(model, version, candidate.source, plan[0])
+    async with uow.transaction(completes=True) as tx:
+        if from_waiting:
+            await rollouts.take_waiting(tx.connection, model)
         await rollouts.start(
-            uow.connection,
+            tx.connection,
             model=model,
             version=version,
             artifact_uri=candidate.source,
-            previous_version=None,
-            previous_artifact_uri=None,
-            steps=[100],
-            next_analysis_at=None,
+            previous_version=champion.version if champion else None,
+            previous_artifact_uri=champion.source if champion else None,
+            steps=plan,
+            next_analysis_at=next_analysis_at,
             cause_event_id=cause_id,
-            state=rollouts.SUCCEEDED,
+            state=state,
         )
-        uow.emit(events.RolloutStarted(model=model, model_version=version, steps=[100]))
-        uow.emit(events.RolloutStepCompleted(model=model, model_version=version, traffic_percent=100))
-        uow.emit(events.RolloutSucceeded(model=model, model_version=version))
-        return
-    plan = list(policy.rollout.steps)
-    await serving.set_canary(model, version, candidate.source, plan[0])
-    await rollouts.start(
-        uow.connection,
-        model=model,
-        version=version,
-        artifact_uri=candidate.source,
-        previous_version=champion.version,
-        previous_artifact_uri=champion.source,
-        steps=plan,
-        next_analysis_at=_now() + policy.rollout.interval,
-        cause_event_id=cause_id,
-    )
-    uow.emit(
-        events.RolloutStarted(
-            model=model, model_version=version, previous_version=champion.version, steps=plan
-        )
-    )
+        if champion is None:
+            tx.emit(events.RolloutStarted(model=model, model_version=version, steps=plan))
+            tx.emit(events.RolloutStepCompleted(model=model, model_version=version, traffic_percent=100))
+            tx.emit(events.RolloutSucceeded(model=model, model_version=version))
+        else:
+            tx.emit(
+                events.RolloutStarted(
+                    model=model, model_version=version, previous_version=champion.version, steps=plan
+                )
+            )
 
 
 async def advance_rollouts(
@@ -129,32 +137,57 @@ async def advance_rollouts(
     analysis: Analysis,
 ) -> None:
     """Timer: analyse every rollout whose interval is over, then step, promote, supersede or roll back."""
-    for rollout in await rollouts.due(uow.connection, _now()):
+    now = _now()
+    async with uow.transaction() as tx:
+        due = await rollouts.due(tx.connection, now)
+        queued = await rollouts.all_waiting(tx.connection)
+        idle = [w for w in queued if await rollouts.running(tx.connection, w.model) is None]
+    for rollout in due:
         with logs.bound(model=rollout.model, version=rollout.version):
-            await _isolated(uow, advance_one(uow, rollout, policies, registry, serving, analysis))
-    for waiting in await rollouts.all_waiting(uow.connection):
-        if await rollouts.running(uow.connection, waiting.model) is None:
-            with logs.bound(model=waiting.model, version=waiting.version):
-                await _isolated(uow, _start_waiting(uow, waiting, policies, registry, serving))
+            await _isolated(_claimed_then_advanced(uow, rollout, now, policies, registry, serving, analysis))
+    for waiting in idle:
+        with logs.bound(model=waiting.model, version=waiting.version):
+            await _isolated(_start_waiting(uow, waiting, policies, registry, serving))
 
 
-async def _isolated(uow: UnitOfWork, work: Awaitable[None]) -> None:
-    # One model's failure (MLflow or the cluster down) must not undo another model's step in this tick.
-    mark = len(uow.emitted)
+async def _isolated(work: Awaitable[None]) -> None:
+    # One model's failure (MLflow or the cluster down) must not stop another model's step in this tick.
     try:
-        async with uow.connection.begin_nested():
-            await work
+        await work
     except MlcdError as e:
-        del uow.emitted[mark:]
         log.warning("rollout step failed; retried next tick", error=f"{type(e).__name__}: {e}")
+
+
+async def _claimed_then_advanced(
+    uow: UnitOfWork,
+    rollout: rollouts.Rollout,
+    now: datetime,
+    policies: PolicyBook,
+    registry: Registry,
+    serving: Serving,
+    analysis: Analysis,
+) -> None:
+    # The claim is a lease on the row: another deployer replica skips this rollout until it ends, and
+    # one that crashed mid-step leaves it to be taken again when the lease runs out.
+    policy = _policy(policies, rollout.model)
+    async with uow.transaction() as tx:
+        claimed = await rollouts.claim(tx.connection, rollout, now, now + policy.rollout.interval)
+    if claimed:
+        await advance_one(uow, rollout, policies, registry, serving, analysis)
 
 
 async def _start_waiting(
     uow: UnitOfWork, waiting: rollouts.Waiting, policies: PolicyBook, registry: Registry, serving: Serving
 ) -> None:
-    await rollouts.take_waiting(uow.connection, waiting.model)
     await start_rollout(
-        uow, waiting.model, waiting.version, waiting.cause_event_id, policies, registry, serving
+        uow,
+        waiting.model,
+        waiting.version,
+        waiting.cause_event_id,
+        policies,
+        registry,
+        serving,
+        from_waiting=True,
     )
 
 
@@ -167,7 +200,8 @@ async def advance_one(
     analysis: Analysis,
 ) -> None:
     policy = _policy(policies, rollout.model)
-    waiting = await rollouts.waiting(uow.connection, rollout.model)
+    async with uow.transaction() as tx:
+        waiting = await rollouts.waiting(tx.connection, rollout.model)
     if waiting is not None:
         await _supersede(uow, rollout, waiting, policies, registry, serving)
         return
@@ -177,27 +211,30 @@ async def advance_one(
     figures = await analysis.measure(rollout.model, rollout.version, max(0.001, window_s))
     verdict = steps.judge(figures, policy.rollout.thresholds, ready=state.ready, not_ready_why=state.message)
     if not verdict.conclusive:
-        await rollouts.postpone(uow.connection, rollout, _now() + policy.rollout.interval, verdict.reason)
+        async with uow.transaction() as tx:
+            await rollouts.postpone(tx.connection, rollout, _now() + policy.rollout.interval, verdict.reason)
         return
     if not verdict.passed:
         await roll_back(
             uow, rollout, serving, f"analysis failed at {rollout.traffic_percent}%: {verdict.reason}", figures
         )
         return
-    uow.emit(
-        events.RolloutStepCompleted(
-            model=rollout.model,
-            model_version=rollout.version,
-            traffic_percent=rollout.traffic_percent,
-            analysis=figures,
-        )
+    step_done = events.RolloutStepCompleted(
+        model=rollout.model,
+        model_version=rollout.version,
+        traffic_percent=rollout.traffic_percent,
+        analysis=figures,
     )
     following = steps.next_step(rollout.steps, rollout.step_index)
     if following is None or steps.is_final(rollout.steps, following):
-        await _promote(uow, rollout, registry, serving, figures, completes_final_step=following is not None)
+        await _promote(
+            uow, rollout, registry, serving, figures, step_done, completes_final_step=following is not None
+        )
         return
     await serving.set_canary(rollout.model, rollout.version, rollout.artifact_uri, rollout.steps[following])
-    await rollouts.advance(uow.connection, rollout, _now() + policy.rollout.interval, figures)
+    async with uow.transaction() as tx:
+        await rollouts.advance(tx.connection, rollout, _now() + policy.rollout.interval, figures)
+        tx.emit(step_done)
 
 
 async def _promote(
@@ -206,6 +243,7 @@ async def _promote(
     registry: Registry,
     serving: Serving,
     figures: dict[str, float],
+    step_done: events.RolloutStepCompleted,
     *,
     completes_final_step: bool,
 ) -> None:
@@ -215,20 +253,22 @@ async def _promote(
         await registry.set_version_tags(
             rollout.model, rollout.version, {PREVIOUS_CHAMPION_TAG: rollout.previous_version}
         )
-    await rollouts.finish(
-        uow.connection, rollout, rollouts.SUCCEEDED, figures=figures, step_index=len(rollout.steps) - 1
-    )
-    if completes_final_step:
-        uow.emit(
-            events.RolloutStepCompleted(
-                model=rollout.model, model_version=rollout.version, traffic_percent=100
+    async with uow.transaction() as tx:
+        await rollouts.finish(
+            tx.connection, rollout, rollouts.SUCCEEDED, figures=figures, step_index=len(rollout.steps) - 1
+        )
+        tx.emit(step_done)
+        if completes_final_step:
+            tx.emit(
+                events.RolloutStepCompleted(
+                    model=rollout.model, model_version=rollout.version, traffic_percent=100
+                )
+            )
+        tx.emit(
+            events.RolloutSucceeded(
+                model=rollout.model, model_version=rollout.version, previous_version=rollout.previous_version
             )
         )
-    uow.emit(
-        events.RolloutSucceeded(
-            model=rollout.model, model_version=rollout.version, previous_version=rollout.previous_version
-        )
-    )
 
 
 async def _supersede(
@@ -240,14 +280,17 @@ async def _supersede(
     serving: Serving,
 ) -> None:
     reason = f"superseded by version {waiting.version}, approved during the rollout"
-    await rollouts.finish(uow.connection, rollout, rollouts.SUPERSEDED, reason=reason)
-    uow.emit(
-        events.NoticeRaised(
-            model=rollout.model,
-            message=f"rollout of version {rollout.version} stopped at {rollout.traffic_percent}%: {reason}",
-            cause_event_id=waiting.cause_event_id,
+    async with uow.transaction() as tx:
+        await rollouts.finish(tx.connection, rollout, rollouts.SUPERSEDED, reason=reason)
+        tx.emit(
+            events.NoticeRaised(
+                model=rollout.model,
+                message=(
+                    f"rollout of version {rollout.version} stopped at {rollout.traffic_percent}%: {reason}"
+                ),
+                cause_event_id=waiting.cause_event_id,
+            )
         )
-    )
     await _start_waiting(uow, waiting, policies, registry, serving)
 
 
@@ -256,16 +299,17 @@ async def roll_back(
 ) -> None:
     """All traffic back to the version before the rollout; `champion` stays where it was."""
     await serving.rollback(rollout.model, rollout.previous_version, rollout.previous_artifact_uri)
-    await rollouts.finish(uow.connection, rollout, rollouts.ROLLED_BACK, reason=reason, figures=figures)
-    uow.emit(
-        events.RolledBack(
-            model=rollout.model,
-            from_version=rollout.version,
-            to_version=rollout.previous_version,
-            reason=reason,
-            figures=figures,
+    async with uow.transaction(completes=True) as tx:
+        await rollouts.finish(tx.connection, rollout, rollouts.ROLLED_BACK, reason=reason, figures=figures)
+        tx.emit(
+            events.RolledBack(
+                model=rollout.model,
+                from_version=rollout.version,
+                to_version=rollout.previous_version,
+                reason=reason,
+                figures=figures,
+            )
         )
-    )
 
 
 async def on_rollback_requested(
@@ -277,12 +321,14 @@ async def on_rollback_requested(
 ) -> None:
     request = event.data
     reason = f"{request.reason} (requested by {request.requested_by})"
-    current = await rollouts.running(uow.connection, request.model)
+    async with uow.transaction() as tx:
+        current = await rollouts.running(tx.connection, request.model)
+        last = await rollouts.last_succeeded(tx.connection, request.model)
     if current is not None and request.to_version in (None, current.previous_version):
         await roll_back(uow, current, serving, reason, {})
         return
     live = await serving.state(request.model)
-    target = request.to_version or await _version_before(uow, request.model, live.stable_version)
+    target = request.to_version or _version_before(last, live.stable_version)
     if target is None or (target == live.stable_version and live.canary_version is None):
         uow.emit(
             events.NoticeRaised(
@@ -294,22 +340,22 @@ async def on_rollback_requested(
         return
     wanted = await registry.get_version(request.model, target)
     await serving.rollback(request.model, target, wanted.source)
-    if current is not None:
-        await rollouts.finish(uow.connection, current, rollouts.ROLLED_BACK, reason=reason)
     if request.to_version is not None:
         await registry.set_alias(request.model, CHAMPION, target)
-    uow.emit(
-        events.RolledBack(
-            model=request.model,
-            from_version=current.version if current is not None else live.stable_version,
-            to_version=target,
-            reason=reason,
+    async with uow.transaction(completes=True) as tx:
+        if current is not None:
+            await rollouts.finish(tx.connection, current, rollouts.ROLLED_BACK, reason=reason)
+        tx.emit(
+            events.RolledBack(
+                model=request.model,
+                from_version=current.version if current is not None else live.stable_version,
+                to_version=target,
+                reason=reason,
+            )
         )
-    )
 
 
-async def _version_before(uow: UnitOfWork, model: str, stable: str | None) -> str | None:
-    last = await rollouts.last_succeeded(uow.connection, model)
+def _version_before(last: rollouts.Rollout | None, stable: str | None) -> str | None:
     if last is None or last.version != stable:
         return None
     return last.previous_version

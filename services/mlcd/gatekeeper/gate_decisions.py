@@ -14,7 +14,7 @@ from typing import Literal
 from mlcd import events, logs
 from mlcd.policy import decisions
 from mlcd.store import gates
-from mlcd.store.unit_of_work import UnitOfWork
+from mlcd.store.unit_of_work import Transaction
 
 log = logs.get(__name__)
 
@@ -33,7 +33,7 @@ class DecisionResult:
 
 
 async def decide(
-    uow: UnitOfWork,
+    tx: Transaction,
     gate_id: str,
     *,
     actor: str,
@@ -43,47 +43,47 @@ async def decide(
     authorise: Authorise,
 ) -> DecisionResult:
     """Apply one decision attempt; never raises for a refusal, so the audit line always commits."""
-    conn = uow.connection
+    conn = tx.connection
     now = datetime.now(UTC)
     gate = await gates.lock(conn, gate_id)
     if gate is None:
-        await _audit(uow, gate_id, actor, via, decision, "refused", "no such gate")
+        await _audit(tx, gate_id, actor, via, decision, "refused", "no such gate")
         return DecisionResult("not_found", None, f"no gate {gate_id!r}")
     refusal = await authorise(gate)
     if refusal:
-        await _audit(uow, gate_id, actor, via, decision, "refused", refusal)
+        await _audit(tx, gate_id, actor, via, decision, "refused", refusal)
         return DecisionResult("forbidden", gate, refusal)
     if decisions.expire(_state(gate), gate.expires_at, now):
-        gate = await expire(uow, gate, now)
+        gate = await expire(tx, gate, now)
     transition = decisions.attempt(_facts(gate), actor, decision, now)
     if transition.outcome in {"conflict", "forbidden"}:
-        await _audit(uow, gate_id, actor, via, decision, "refused", transition.reason)
+        await _audit(tx, gate_id, actor, via, decision, "refused", transition.reason)
         return DecisionResult(transition.outcome, gate, transition.reason)
     if transition.outcome == "repeated":
-        await _audit(uow, gate_id, actor, via, decision, "accepted", f"repeated: {transition.reason}")
+        await _audit(tx, gate_id, actor, via, decision, "accepted", f"repeated: {transition.reason}")
         return DecisionResult("repeated", gate, transition.reason)
     if transition.final and not await gates.finish(conn, gate_id, transition.state, actor, reason, now):
         # Unreachable while the row lock holds; without it the conditional update still lets one decision win.
         gate = await gates.get(conn, gate_id) or gate
         message = f"gate is already {gate.state} by {gate.decided_by}"
-        await _audit(uow, gate_id, actor, via, decision, "refused", message)
+        await _audit(tx, gate_id, actor, via, decision, "refused", message)
         return DecisionResult("conflict", gate, message)
     if transition.record_approval:
         await gates.add_approval(conn, gate_id, actor, now)
-    await _audit(uow, gate_id, actor, via, decision, "accepted", reason or transition.reason)
+    await _audit(tx, gate_id, actor, via, decision, "accepted", reason or transition.reason)
     gate = await gates.get(conn, gate_id) or gate
     if transition.final:
-        _announce(uow, gate, actor, reason)
+        _announce(tx, gate, actor, reason)
     log.info("gate decided", gate_id=gate_id, actor=actor, via=via, decision=decision, state=gate.state)
     return DecisionResult("accepted", gate, transition.reason or f"gate {gate.state}")
 
 
-async def expire(uow: UnitOfWork, gate: gates.Gate, now: datetime) -> gates.Gate:
+async def expire(tx: Transaction, gate: gates.Gate, now: datetime) -> gates.Gate:
     """Expire an open gate past its deadline: the promotion is rejected as expired."""
-    if not await gates.finish(uow.connection, gate.id, "expired", SYSTEM_ACTOR, "expired", now):
-        return await gates.get(uow.connection, gate.id) or gate
-    await _audit(uow, gate.id, SYSTEM_ACTOR, "timer", "expire", "accepted", "no decision before the deadline")
-    uow.emit(
+    if not await gates.finish(tx.connection, gate.id, "expired", SYSTEM_ACTOR, "expired", now):
+        return await gates.get(tx.connection, gate.id) or gate
+    await _audit(tx, gate.id, SYSTEM_ACTOR, "timer", "expire", "accepted", "no decision before the deadline")
+    tx.emit(
         events.PromotionRejected(
             model=gate.model,
             model_version=gate.model_version,
@@ -93,12 +93,12 @@ async def expire(uow: UnitOfWork, gate: gates.Gate, now: datetime) -> gates.Gate
         )
     )
     log.info("gate expired", gate_id=gate.id, model=gate.model)
-    return await gates.get(uow.connection, gate.id) or gate
+    return await gates.get(tx.connection, gate.id) or gate
 
 
-def _announce(uow: UnitOfWork, gate: gates.Gate, actor: str, reason: str) -> None:
+def _announce(tx: Transaction, gate: gates.Gate, actor: str, reason: str) -> None:
     if gate.state == "approved":
-        uow.emit(
+        tx.emit(
             events.PromotionApproved(
                 model=gate.model,
                 model_version=gate.model_version,
@@ -108,7 +108,7 @@ def _announce(uow: UnitOfWork, gate: gates.Gate, actor: str, reason: str) -> Non
             )
         )
     else:
-        uow.emit(
+        tx.emit(
             events.PromotionRejected(
                 model=gate.model,
                 model_version=gate.model_version,
@@ -121,10 +121,10 @@ def _announce(uow: UnitOfWork, gate: gates.Gate, actor: str, reason: str) -> Non
 
 
 async def _audit(
-    uow: UnitOfWork, gate_id: str, actor: str, via: str, action: str, outcome: str, reason: str
+    tx: Transaction, gate_id: str, actor: str, via: str, action: str, outcome: str, reason: str
 ) -> None:
     await gates.audit(
-        uow.connection, gate_id, actor=actor, via=via, action=action, outcome=outcome, reason=reason
+        tx.connection, gate_id, actor=actor, via=via, action=action, outcome=outcome, reason=reason
     )
 
 

@@ -16,7 +16,7 @@ from mlcd.policy import decisions, rules
 from mlcd.policy.book import PolicyBook
 from mlcd.policy.schema import Policy
 from mlcd.store import gates
-from mlcd.store.unit_of_work import UnitOfWork
+from mlcd.store.unit_of_work import Transaction, UnitOfWork
 
 log = logs.get(__name__)
 
@@ -75,19 +75,25 @@ async def on_decision_requested(
 ) -> None:
     """A `/mlcd approve|reject <id>` comment: authorised by the policy's GitLab users or Maintainer access."""
     request = event.data
+    # GitLab is asked before the gate's row is locked: no outside call inside a transaction. The model and
+    # project of a gate never change, so the answer still holds when the decision is applied.
+    async with uow.transaction() as tx:
+        gate = await gates.get(tx.connection, request.gate_id)
+    refusal = await gitlab_refusal(gate, request.actor, policies, code_host) if gate is not None else None
 
-    async def authorise(gate: gates.Gate) -> str | None:
-        return await gitlab_refusal(gate, request.actor, policies, code_host)
+    async def authorise(_: gates.Gate) -> str | None:
+        return refusal
 
-    result = await gate_decisions.decide(
-        uow,
-        request.gate_id,
-        actor=request.actor,
-        via=request.via,
-        decision=request.decision,
-        reason=request.reason,
-        authorise=authorise,
-    )
+    async with uow.transaction(completes=True) as tx:
+        result = await gate_decisions.decide(
+            tx,
+            request.gate_id,
+            actor=request.actor,
+            via=request.via,
+            decision=request.decision,
+            reason=request.reason,
+            authorise=authorise,
+        )
     if request.project and request.merge_request_iid is not None:
         reply = notices.decision_reply(
             request.gate_id, request.actor, request.decision, result.status, result.message
@@ -134,28 +140,32 @@ async def on_alert_fired(
         return
     action = policy.monitoring.action_for(alert.severity)
     now = datetime.now(UTC)
-    if not await gates.claim_action(uow.connection, alert.model, action, policy.monitoring.debounce, now):
-        log.info("alert debounced", model=alert.model, alert=alert.alert, action=action)
-        return
-    reason = f"alert {alert.alert} ({alert.severity}) fired"
-    if action == "retrain":
-        uow.emit(events.RetrainRequested(model=alert.model, reason=reason))
-    elif action == "rollback":
-        uow.emit(events.RollbackRequested(model=alert.model, reason=reason, requested_by="monitoring-policy"))
-    else:
-        message = (
-            f"{reason}: {alert.annotations.get('summary') or alert.annotations.get('description') or ''}"
-        )
-        uow.emit(
-            events.NoticeRaised(model=alert.model, message=message.rstrip(": "), cause_event_id=event.id)
-        )
+    async with uow.transaction(completes=True) as tx:
+        if not await gates.claim_action(tx.connection, alert.model, action, policy.monitoring.debounce, now):
+            log.info("alert debounced", model=alert.model, alert=alert.alert, action=action)
+            return
+        reason = f"alert {alert.alert} ({alert.severity}) fired"
+        if action == "retrain":
+            tx.emit(events.RetrainRequested(model=alert.model, reason=reason))
+        elif action == "rollback":
+            tx.emit(
+                events.RollbackRequested(model=alert.model, reason=reason, requested_by="monitoring-policy")
+            )
+        else:
+            summary = alert.annotations.get("summary") or alert.annotations.get("description") or ""
+            tx.emit(
+                events.NoticeRaised(
+                    model=alert.model, message=f"{reason}: {summary}".rstrip(": "), cause_event_id=event.id
+                )
+            )
 
 
 async def expire_gates(uow: UnitOfWork) -> None:
     """Timer: gates past their deadline expire and their promotion is rejected as expired."""
     now = datetime.now(UTC)
-    for gate in await gates.due_for_expiry(uow.connection, now):
-        await gate_decisions.expire(uow, gate, now)
+    async with uow.transaction() as tx:
+        for gate in await gates.due_for_expiry(tx.connection, now):
+            await gate_decisions.expire(tx, gate, now)
 
 
 async def gitlab_refusal(
@@ -230,23 +240,24 @@ async def _judge(
             events.PromotionApproved(model=candidate.model, model_version=candidate.version, rules=outcomes)
         )
     else:
-        opened = await _open_gate(uow, candidate, champion, outcomes, policy)
+        async with uow.transaction(completes=True) as tx:
+            opened = await _open_gate(tx, candidate, champion, outcomes, policy)
         await _announce_gate(
             opened, candidate, settings, code_host, notifier, policy.code.project if policy.code else ""
         )
 
 
 async def _open_gate(
-    uow: UnitOfWork,
+    tx: Transaction,
     candidate: _Candidate,
     champion: ports.ModelVersion | None,
     outcomes: list[events.RuleOutcome],
     policy: Policy,
 ) -> events.GateOpened:
-    cause = uow.cause.id if uow.cause else f"{candidate.model}/{candidate.version}"
+    cause = tx.cause.id if tx.cause else f"{candidate.model}/{candidate.version}"
     now = datetime.now(UTC)
     gate = await gates.open_gate(
-        uow.connection,
+        tx.connection,
         gates.Gate(
             id=gates.gate_id_for(cause),
             model=candidate.model,
@@ -265,7 +276,7 @@ async def _open_gate(
         ),
     )
     await gates.audit(
-        uow.connection,
+        tx.connection,
         gate.id,
         actor=gate_decisions.SYSTEM_ACTOR,
         via="policy",
@@ -283,7 +294,7 @@ async def _open_gate(
         approver_groups=gate.approver_groups,
         expires_at=gate.expires_at,
     )
-    uow.emit(opened)
+    tx.emit(opened)
     return opened
 
 

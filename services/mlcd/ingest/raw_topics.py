@@ -56,6 +56,7 @@ class RawDeliveryConsumer:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set; a batch the store could not take stays uncommitted."""
+        await self.bus.start()
         subscription = await self.bus.subscribe(RAW_GROUP, self.topics)
         self.ready.set()
         try:

@@ -9,19 +9,15 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Callable
-from typing import Any
 
-from mlcd import auth, bootstrap, logs
+from mlcd import auth, bootstrap, serve
 from mlcd.adapters.mlflow import EMBEDDED_PORT_OFFSET
 from mlcd.config import Settings
 from mlcd.local.mlflow_server import EmbeddedMlflow
 from mlcd.local.object_watch import ObjectFolderWatcher
 from mlcd.local.progress import ProgressView
 from mlcd.local.secrets import with_webhook_secrets
-from mlcd.runner import ServiceHost
-from mlcd.serve import Companion, run_with_http
-
-log = logs.get(__name__)
+from mlcd.supervisor import Worker
 
 
 def prepare(settings: Settings) -> Settings:
@@ -49,23 +45,26 @@ async def up(
     if settings.mlflow_tracking_uri is None:
         mlflow = EmbeddedMlflow(settings.home, settings.http_port + EMBEDDED_PORT_OFFSET)
         await mlflow.start()
-    ports: dict[str, Any] = {}
     try:
-        ports = bootstrap.build_ports(settings)
-        host = ServiceHost(settings, bootstrap.consumer_services(), ports)
-        app = bootstrap.app(settings, host, ports, with_ui=True)
-        companions: list[Companion] = bootstrap.ingest_companions(settings, host, ports)
-        if settings.s3_endpoint is None and settings.minio_webhook_token is not None:
-            watcher = ObjectFolderWatcher(
-                settings.home / "objects",
-                f"http://{settings.http_host}:{settings.http_port}/hooks/minio",
-                settings.minio_webhook_token.get_secret_value(),
-            )
-            companions.append(watcher.run)
-        if progress:
-            companions.append(ProgressView(host.engine).run)
-        return await run_with_http(host, app, settings, companions, stop=stop, on_ready=on_ready)
+        system = bootstrap.system(settings, bootstrap.consumer_services(), http=True, ui=True)
+        for worker in _companions(settings, system, progress=progress):
+            system.host.supervise(worker)
+        return await serve.run(system, stop=stop, on_ready=on_ready)
     finally:
-        await bootstrap.close_ports(ports)
         if mlflow is not None:
             mlflow.stop()
+
+
+def _companions(settings: Settings, system: bootstrap.System, *, progress: bool) -> list[Worker]:
+    """The embedded default's own workers: the object folder's watcher and the terminal's progress view."""
+    companions = []
+    if settings.s3_endpoint is None and settings.minio_webhook_token is not None:
+        watcher = ObjectFolderWatcher(
+            settings.home / "objects",
+            f"http://{settings.http_host}:{settings.http_port}/hooks/minio",
+            settings.minio_webhook_token.get_secret_value(),
+        )
+        companions.append(Worker("object-folder-watcher", watcher.run))
+    if progress:
+        companions.append(Worker("progress", ProgressView(system.host.engine).run))
+    return companions

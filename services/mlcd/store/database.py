@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, text
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 
@@ -32,3 +34,23 @@ def _make_sqlite_transactional(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection: Any) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+OUTAGE_ERRORS = (OperationalError, InterfaceError, OSError, TimeoutError)
+"""What a store that went away raises; `answers` tells an outage from a failing statement."""
+
+
+async def problem(engine: AsyncEngine, timeout_s: float = 5.0) -> str | None:
+    """Why the store does not run a trivial statement within the timeout, or None when it does."""
+    try:
+        async with asyncio.timeout(timeout_s), engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+    except TimeoutError:
+        return f"no answer within {timeout_s:g}s"
+    except (DBAPIError, OSError) as e:
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+async def answers(engine: AsyncEngine, timeout_s: float = 5.0) -> bool:
+    return await problem(engine, timeout_s) is None

@@ -101,6 +101,12 @@ async def mark_sent(conn: AsyncConnection, seqs: Sequence[int]) -> None:
     await conn.execute(update(outbox).where(outbox.c.seq.in_(seqs)).values(sent_at=datetime.now(UTC)))
 
 
+async def remove(conn: AsyncConnection, seqs: Sequence[int]) -> None:
+    """Drop unsent rows that will never be published (parked as dead letters instead)."""
+    if seqs:
+        await conn.execute(delete(outbox).where(outbox.c.seq.in_(seqs), outbox.c.sent_at.is_(None)))
+
+
 async def purge_sent(conn: AsyncConnection, older_than: timedelta) -> int:
     cutoff = datetime.now(UTC) - older_than
     result = await conn.execute(

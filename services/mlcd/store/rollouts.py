@@ -216,16 +216,29 @@ async def last_succeeded(conn: AsyncConnection, model: str) -> Rollout | None:
 
 
 async def due(conn: AsyncConnection, now: datetime, limit: int = 50) -> list[Rollout]:
-    """Running rollouts whose analysis is due, locked against other deployer replicas."""
+    """Running rollouts whose analysis is due; `claim` one before acting on it."""
     query = (
         select(rollouts)
         .where(rollouts.c.state == RUNNING, rollouts.c.next_analysis_at <= now)
         .order_by(rollouts.c.next_analysis_at)
         .limit(limit)
     )
-    if conn.dialect.name == "postgresql":
-        query = query.with_for_update(skip_locked=True)
     return [_rollout(row) for row in await conn.execute(query)]
+
+
+async def claim(conn: AsyncConnection, rollout: Rollout, now: datetime, until: datetime) -> bool:
+    """Take a due rollout for one analysis until `until`; False when another replica took it first."""
+    result = await conn.execute(
+        update(rollouts)
+        .where(
+            rollouts.c.id == rollout.id,
+            rollouts.c.state == RUNNING,
+            rollouts.c.step_index == rollout.step_index,
+            rollouts.c.next_analysis_at <= now,
+        )
+        .values(next_analysis_at=until)
+    )
+    return bool(result.rowcount == 1)
 
 
 async def advance(

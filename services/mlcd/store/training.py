@@ -2,7 +2,9 @@
 one row per training run (which trigger started it, where it stands, what it produced).
 
 `lock_model` serialises a model's handlers and the run follower on PostgreSQL (row lock); SQLite's
-BEGIN IMMEDIATE already serialises writers.
+BEGIN IMMEDIATE already serialises writers. No lock is held across an orchestrator call: a run is first
+recorded as STARTING (the intent), submitted under its idempotent name, then recorded RUNNING; a follower
+takes a run for one look with `claim`, a lease on the row.
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from mlcd.store.tables import metadata
 
+STARTING = "STARTING"
+"""Intent recorded, run not yet known to the orchestrator (`run_id` empty): the next step submits it."""
 RUNNING = "RUNNING"
+ACTIVE = (STARTING, RUNNING)
 
 training_models = Table(
     "training_models",
@@ -86,24 +91,22 @@ class TrainingRun:
     outcome: str | None = None
 
 
-def started_run(
-    name: str, trigger: Trigger, run_id: str, pipeline: str, pipeline_version: str, first_check: timedelta
-) -> TrainingRun:
-    """The row of a run just started for `trigger`."""
+def intended_run(name: str, trigger: Trigger, pipeline: str, lease: timedelta) -> TrainingRun:
+    """The row of a run about to be submitted for `trigger`; no follower touches it before `lease` ends."""
     now = datetime.now(UTC)
     return TrainingRun(
         run_name=name,
         model=trigger.model,
-        run_id=run_id,
+        run_id="",
         trigger_event_id=trigger.event_id,
         reason=trigger.reason,
         data_uri=trigger.data_uri,
         pipeline=pipeline,
-        pipeline_version=pipeline_version,
+        pipeline_version="",
         commit=trigger.commit,
-        state=RUNNING,
+        state=STARTING,
         checks=0,
-        next_check_at=now + first_check,
+        next_check_at=now + lease,
         started_at=now,
     )
 
@@ -188,7 +191,7 @@ async def take_pending(conn: AsyncConnection, model: str) -> Trigger | None:
 async def active_run(conn: AsyncConnection, model: str) -> TrainingRun | None:
     row = (
         await conn.execute(
-            select(training_runs).where(training_runs.c.model == model, training_runs.c.state == RUNNING)
+            select(training_runs).where(training_runs.c.model == model, training_runs.c.state.in_(ACTIVE))
         )
     ).first()
     return _run(row) if row is not None else None
@@ -207,15 +210,41 @@ async def runs(conn: AsyncConnection, model: str) -> list[TrainingRun]:
     return [_run(row) for row in rows]
 
 
-async def record_started(conn: AsyncConnection, run: TrainingRun) -> None:
+async def record_intent(conn: AsyncConnection, run: TrainingRun) -> None:
     await conn.execute(insert(training_runs).values(**run.__dict__))
+
+
+async def record_submitted(
+    conn: AsyncConnection, run_name: str, run_id: str, pipeline_version: str, next_check_at: datetime
+) -> bool:
+    """The intended run is known to the orchestrator now; False when it was recorded before."""
+    result = await conn.execute(
+        update(training_runs)
+        .where(training_runs.c.run_name == run_name, training_runs.c.state == STARTING)
+        .values(run_id=run_id, pipeline_version=pipeline_version, state=RUNNING, next_check_at=next_check_at)
+    )
+    return bool(result.rowcount == 1)
+
+
+async def claim(conn: AsyncConnection, run: TrainingRun, until: datetime) -> bool:
+    """Take the run for one look until `until`; False when another follower took it since it was read."""
+    result = await conn.execute(
+        update(training_runs)
+        .where(
+            training_runs.c.run_name == run.run_name,
+            training_runs.c.checks == run.checks,
+            training_runs.c.state.in_(ACTIVE),
+        )
+        .values(checks=run.checks + 1, next_check_at=until)
+    )
+    return bool(result.rowcount == 1)
 
 
 async def due(conn: AsyncConnection, now: datetime, limit: int = 20) -> list[TrainingRun]:
     """Active runs whose next look is due, soonest first."""
     rows = await conn.execute(
         select(training_runs)
-        .where(training_runs.c.state == RUNNING, training_runs.c.next_check_at <= now)
+        .where(training_runs.c.state.in_(ACTIVE), training_runs.c.next_check_at <= now)
         .order_by(training_runs.c.next_check_at)
         .limit(limit)
     )
@@ -232,9 +261,11 @@ async def reschedule(conn: AsyncConnection, run_name: str, checks: int, next_che
 
 async def record_finished(
     conn: AsyncConnection, run_name: str, state: str, outcome: str, model_version: str | None = None
-) -> None:
-    await conn.execute(
+) -> bool:
+    """The run ended; False when its end was recorded before (the caller must not report it again)."""
+    result = await conn.execute(
         update(training_runs)
-        .where(training_runs.c.run_name == run_name, training_runs.c.state == RUNNING)
+        .where(training_runs.c.run_name == run_name, training_runs.c.state.in_(ACTIVE))
         .values(state=state, outcome=outcome, model_version=model_version, finished_at=datetime.now(UTC))
     )
+    return bool(result.rowcount == 1)

@@ -16,7 +16,6 @@ from mlcd.bus.service import ServiceSpec, Timer
 from mlcd.config import Settings
 from mlcd.errors import NotFound, TemporaryError
 from mlcd.policy.book import PolicyBook
-from mlcd.policy.schema import Training
 from mlcd.store import training
 from mlcd.store.training import Trigger
 from mlcd.store.unit_of_work import UnitOfWork
@@ -52,7 +51,7 @@ async def on_retrain_requested(
     objects: ports.ObjectStore,
 ) -> None:
     data = event.data
-    data_uri = data.data_uri or await training.last_data_uri(uow.connection, data.model)
+    data_uri = data.data_uri or await _last_data_uri(uow, data.model)
     if data_uri is None:
         message = (
             f"retraining {data.model} was requested ({data.reason}), but no data batch was validated yet"
@@ -76,7 +75,7 @@ async def on_pipeline_published(
 ) -> None:
     data = event.data
     policy = policies.get(data.model)
-    data_uri = await training.last_data_uri(uow.connection, data.model)
+    data_uri = await _last_data_uri(uow, data.model)
     if policy is None or policy.training is None or policy.training.pipeline != data.pipeline or not data_uri:
         log.info(
             "published pipeline not retrained: not the model's pipeline, or no data yet", model=data.model
@@ -87,6 +86,11 @@ async def on_pipeline_published(
     await request_training(
         trigger, uow, settings=settings, policies=policies, orchestrator=orchestrator, objects=objects
     )
+
+
+async def _last_data_uri(uow: UnitOfWork, model: str) -> str | None:
+    async with uow.transaction() as tx:
+        return await training.last_data_uri(tx.connection, model)
 
 
 async def request_training(
@@ -103,67 +107,88 @@ async def request_training(
     if policy is None or policy.training is None:
         log.info("no training policy for the model; trigger ignored", model=trigger.model)
         return
-    conn = uow.connection
-    await training.lock_model(conn, trigger.model)
-    await training.remember_data(conn, trigger.model, trigger.data_uri)
-    active = await training.active_run(conn, trigger.model)
-    admission = decisions.admit(active.trigger_event_id if active else None, trigger.event_id)
-    if admission is decisions.Admission.QUEUE:
-        await training.queue(conn, trigger)
-        log.info(
-            "run active; trigger coalesced into the follow-up", model=trigger.model, data_uri=trigger.data_uri
-        )
-    elif admission is decisions.Admission.START:
-        await start_run(
-            trigger, policy.training, uow, settings=settings, orchestrator=orchestrator, objects=objects
+    name = decisions.run_name(trigger.model, trigger.event_id)
+    intent: training.TrainingRun | None = None
+    async with uow.transaction() as tx:
+        conn = tx.connection
+        await training.lock_model(conn, trigger.model)
+        await training.remember_data(conn, trigger.model, trigger.data_uri)
+        active = await training.active_run(conn, trigger.model)
+        admission = decisions.admit(active.trigger_event_id if active else None, trigger.event_id)
+        if admission is decisions.Admission.QUEUE:
+            await training.queue(conn, trigger)
+            log.info(
+                "run active; trigger coalesced into the follow-up",
+                model=trigger.model,
+                data_uri=trigger.data_uri,
+            )
+        elif admission is decisions.Admission.START and await training.get_run(conn, name) is None:
+            intent = training.intended_run(name, trigger, policy.training.pipeline, _lease(settings))
+            await training.record_intent(conn, intent)
+        elif admission is decisions.Admission.DUPLICATE and active is not None:
+            intent = active if active.state == training.STARTING else None  # a crash came before the submit
+    if intent is not None:
+        await launch(
+            intent, uow, settings=settings, policies=policies, orchestrator=orchestrator, objects=objects
         )
 
 
-async def start_run(
-    trigger: Trigger,
-    policy: Training,
+def _lease(settings: Settings) -> timedelta:
+    """How long a follower leaves a run alone that another is submitting: longer than three KFP calls."""
+    return timedelta(seconds=max(60.0, 4 * settings.kfp_timeout_s))
+
+
+async def launch(
+    intent: training.TrainingRun,
     uow: UnitOfWork,
     *,
     settings: Settings,
+    policies: PolicyBook,
     orchestrator: ports.Orchestrator,
     objects: ports.ObjectStore,
 ) -> None:
-    name = decisions.run_name(trigger.model, trigger.event_id)
-    if await training.get_run(uow.connection, name) is not None:
-        return  # this trigger's run was started (and perhaps finished) before
-    pipeline = await orchestrator.latest(policy.pipeline)
+    """Submit an intended run (found by name when a crash came after its submit), then record it running."""
+    name = intent.run_name
+    policy = policies.get(intent.model)
+    pipeline = await orchestrator.latest(intent.pipeline)
     if pipeline is None:
-        reason = f"pipeline {policy.pipeline} has no published version to run"
-        uow.emit(
-            events.TrainingFailed(model=trigger.model, run_id="", reason=reason),
-            id=decisions.event_id_of(name, "failed"),
-        )
+        reason = f"pipeline {intent.pipeline} has no published version to run"
+        async with uow.transaction() as tx:
+            if await training.record_finished(tx.connection, name, "FAILED", reason):
+                tx.emit(
+                    events.TrainingFailed(model=intent.model, run_id="", reason=reason),
+                    id=decisions.event_id_of(name, "failed"),
+                )
         return
     parameters = decisions.run_parameters(
-        model=trigger.model,
-        data_uri=readable_uri(trigger.data_uri, objects),
-        commit=trigger.commit,
+        model=intent.model,
+        data_uri=readable_uri(intent.data_uri, objects),
+        commit=intent.commit,
         pipeline_version=pipeline.version,
         name=name,
         tracking_uri=mlflow_adapter.tracking_uri(settings),
         settings=settings,
-        policy_parameters=policy.parameters,
+        policy_parameters=policy.training.parameters if policy and policy.training else {},
     )
     run = await orchestrator.find_run(name) or await orchestrator.submit(name, pipeline, parameters)
-    row = training.started_run(
-        name, trigger, run.run_id, pipeline.pipeline, pipeline.version, decisions.check_delay(0)
-    )
-    await training.record_started(uow.connection, row)
-    started = events.TrainingStarted(
-        model=trigger.model,
-        run_id=run.run_id,
-        run_name=name,
-        pipeline_version=pipeline.version,
-        data_uri=trigger.data_uri,
-        trigger_event_id=trigger.event_id,
-    )
-    uow.emit(started, id=decisions.event_id_of(name, "started"))
-    log.info("training run started", model=trigger.model, run=name, pipeline_version=pipeline.version)
+    first_check = datetime.now(UTC) + decisions.check_delay(0)
+    async with uow.transaction() as tx:
+        if not await training.record_submitted(
+            tx.connection, name, run.run_id, pipeline.version, first_check
+        ):
+            return  # another follower recorded this run's start
+        tx.emit(
+            events.TrainingStarted(
+                model=intent.model,
+                run_id=run.run_id,
+                run_name=name,
+                pipeline_version=pipeline.version,
+                data_uri=intent.data_uri,
+                trigger_event_id=intent.trigger_event_id,
+            ),
+            id=decisions.event_id_of(name, "started"),
+        )
+    log.info("training run started", model=intent.model, run=name, pipeline_version=pipeline.version)
 
 
 def readable_uri(data_uri: str, objects: ports.ObjectStore) -> str:
@@ -185,7 +210,9 @@ async def follow_runs(
     objects: ports.ObjectStore,
 ) -> None:
     """Timer: look at each active run that is due; report the ones that ended and start their follow-ups."""
-    for row in await training.due(uow.connection, datetime.now(UTC)):
+    async with uow.transaction() as tx:
+        due = await training.due(tx.connection, datetime.now(UTC))
+    for row in due:
         with logs.bound(model=row.model, run=row.run_name):
             await follow(
                 row,
@@ -208,33 +235,40 @@ async def follow(
     registry: ports.Registry,
     objects: ports.ObjectStore,
 ) -> None:
-    conn = uow.connection
-    await training.lock_model(conn, row.model)
-    current = await training.get_run(conn, row.run_name)
-    if current is None or current.state != training.RUNNING:
+    async with uow.transaction() as tx:
+        claimed = await training.claim(tx.connection, row, datetime.now(UTC) + _lease(settings))
+    if not claimed:
         return  # another follower got here first
+    if row.state == training.STARTING:
+        log.info("resuming a run whose submit was interrupted")
+        await launch(
+            row, uow, settings=settings, policies=policies, orchestrator=orchestrator, objects=objects
+        )
+        return
     policy = policies.get(row.model)
     limit = policy.training.timeout if policy and policy.training else DEFAULT_TIMEOUT
     try:
         run = await orchestrator.get_run(row.run_id)
-        now = datetime.now(UTC)
-        if not run.finished and not decisions.timed_out(row.started_at, now, limit):
-            await training.reschedule(
-                conn, row.run_name, row.checks + 1, now + decisions.check_delay(row.checks + 1)
-            )
+        if not run.finished and not decisions.timed_out(row.started_at, datetime.now(UTC), limit):
+            await _look_again(uow, row)
             return
         outcome = await _outcome(row, run, registry, limit)
     except TemporaryError as e:
         log.warning("cannot follow the run now; will look again", error=str(e))
-        await training.reschedule(
-            conn, row.run_name, row.checks + 1, datetime.now(UTC) + decisions.check_delay(row.checks + 1)
-        )
+        await _look_again(uow, row)
         return
-    await _report(row, outcome, uow)
-    follow_up = await training.take_pending(conn, row.model)
-    if follow_up is not None and policy is not None and policy.training is not None:
-        await start_run(
-            follow_up, policy.training, uow, settings=settings, orchestrator=orchestrator, objects=objects
+    follow_up = await _report(row, outcome, uow, settings, policies)
+    if follow_up is not None:
+        await launch(
+            follow_up, uow, settings=settings, policies=policies, orchestrator=orchestrator, objects=objects
+        )
+
+
+async def _look_again(uow: UnitOfWork, row: training.TrainingRun) -> None:
+    checks = row.checks + 1
+    async with uow.transaction() as tx:
+        await training.reschedule(
+            tx.connection, row.run_name, checks, datetime.now(UTC) + decisions.check_delay(checks)
         )
 
 
@@ -289,16 +323,40 @@ async def _registered_by_alias(registry: ports.Registry, model: str, alias: str)
 
 
 async def _report(
-    row: training.TrainingRun, outcome: events.TrainingSucceeded | events.TrainingFailed, uow: UnitOfWork
-) -> None:
+    row: training.TrainingRun,
+    outcome: events.TrainingSucceeded | events.TrainingFailed,
+    uow: UnitOfWork,
+    settings: Settings,
+    policies: PolicyBook,
+) -> training.TrainingRun | None:
+    """Record the run's end with its event; the model's follow-up, if one waits, becomes the next intent."""
+    succeeded = isinstance(outcome, events.TrainingSucceeded)
+    async with uow.transaction() as tx:
+        conn = tx.connection
+        await training.lock_model(conn, row.model)
+        if isinstance(outcome, events.TrainingSucceeded):
+            ended = await training.record_finished(conn, row.run_name, "SUCCEEDED", "", outcome.model_version)
+        else:
+            ended = await training.record_finished(conn, row.run_name, "FAILED", outcome.reason)
+        if not ended:
+            return None  # reported before
+        tx.emit(outcome, id=decisions.event_id_of(row.run_name, "succeeded" if succeeded else "failed"))
+        follow_up = await training.take_pending(conn, row.model)
+        policy = policies.get(row.model)
+        if follow_up is None or policy is None or policy.training is None:
+            intent = None
+        else:
+            name = decisions.run_name(follow_up.model, follow_up.event_id)
+            intent = training.intended_run(name, follow_up, policy.training.pipeline, _lease(settings))
+            if await training.get_run(conn, name) is None:
+                await training.record_intent(conn, intent)
+            else:
+                intent = None
     if isinstance(outcome, events.TrainingSucceeded):
-        await training.record_finished(uow.connection, row.run_name, "SUCCEEDED", "", outcome.model_version)
-        uow.emit(outcome, id=decisions.event_id_of(row.run_name, "succeeded"))
         log.info("training succeeded", model_version=outcome.model_version, metrics=outcome.metrics)
     else:
-        await training.record_finished(uow.connection, row.run_name, "FAILED", outcome.reason)
-        uow.emit(outcome, id=decisions.event_id_of(row.run_name, "failed"))
         log.warning("training failed", reason=outcome.reason, failed_task=outcome.failed_task)
+    return intent
 
 
 SERVICE = ServiceSpec(
