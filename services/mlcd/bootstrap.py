@@ -201,6 +201,11 @@ def system(
         app = http_boundary.create_app([_status_router(host, health)], host.readiness)
         return System(settings, host, built, app)
     host.supervise(_raw_delivery_worker(settings, host, built))
+    if ui:
+        from mlcd.local import serving as local_serving
+
+        if isinstance(built.serving, local_serving.LocalServing):
+            host.supervise(Worker("local-serving", built.serving.run))
     readiness = host.delivery_readiness if not services else host.readiness
     routers = [*api_routers(settings, host, built, ui=ui), _status_router(host, health)]
     return System(settings, host, built, http_boundary.create_app(routers, readiness))
