@@ -14,7 +14,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from pathlib import Path
-from typing import Self
+from typing import Literal, Self
 from urllib.parse import SplitResult, unquote, urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -146,6 +146,29 @@ class Settings(BaseSettings):
             "Largest record the producer sends (bytes); keep it at or below the broker's message.max.bytes. "
             "MLCD_WEBHOOK_MAX_BODY_BYTES must leave 64 KiB of it for the headers of a parked delivery."
         ),
+    )
+
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT",
+        description="How every Kafka client connects: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.",
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="SASL mechanism with a SASL_* protocol: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512."
+    )
+    kafka_sasl_username: str | None = Field(None, description="SASL user name (with a SASL_* protocol).")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password (secret).")
+    kafka_ssl_ca_file: Path | None = Field(
+        None, description="PEM CA bundle the broker's certificate is checked against; unset: the system's."
+    )
+    kafka_ssl_cert_file: Path | None = Field(
+        None, description="PEM client certificate for mutual TLS (with MLCD_KAFKA_SSL_KEY_FILE)."
+    )
+    kafka_ssl_key_file: Path | None = Field(None, description="PEM private key of the client certificate.")
+    kafka_ssl_key_password: SecretStr | None = Field(
+        None, description="Password of an encrypted MLCD_KAFKA_SSL_KEY_FILE (secret)."
+    )
+    kafka_ssl_check_hostname: bool = Field(
+        True, description="Check that the broker's certificate names the host connected to."
     )
 
     database_url: str | None = Field(
@@ -351,6 +374,13 @@ class Settings(BaseSettings):
             )
         return folder
 
+    @field_validator("kafka_ssl_ca_file", "kafka_ssl_cert_file", "kafka_ssl_key_file")
+    @classmethod
+    def _a_readable_file(cls, path: Path | None) -> Path | None:
+        if path is not None and not path.is_file():
+            raise ValueError(f"{path} is not a readable file (is the Secret mounted there?)")
+        return path
+
     # --- checks of settings that only work together ------------------------------------------------
 
     @model_validator(mode="after")
@@ -364,6 +394,7 @@ class Settings(BaseSettings):
                         f"MLCD_S3_ENDPOINT's {'https' if tls else 'http'}:// scheme; drop one of them"
                     )
                 self.s3_secure = tls
+        self._kafka_security_consistent()
         if self.kserve_namespace and not self.prometheus_url:
             raise ValueError(
                 "kserve_namespace: MLCD_KSERVE_NAMESPACE needs MLCD_PROMETHEUS_URL (rollouts on KServe are "
@@ -386,6 +417,30 @@ class Settings(BaseSettings):
                 f"MLCD_HANDLER_BACKOFF_MAX_S ({self.handler_backoff_max_s:g} s)"
             )
         return self
+
+    def _kafka_security_consistent(self) -> None:
+        sasl = self.kafka_security_protocol.startswith("SASL_")
+        tls = self.kafka_security_protocol in ("SSL", "SASL_SSL")
+        if sasl and not (self.kafka_sasl_mechanism and self.kafka_sasl_username and self.kafka_sasl_password):
+            raise ValueError(
+                f"kafka_sasl_mechanism: MLCD_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
+                "MLCD_KAFKA_SASL_MECHANISM, MLCD_KAFKA_SASL_USERNAME and MLCD_KAFKA_SASL_PASSWORD"
+            )
+        if not sasl and (self.kafka_sasl_mechanism or self.kafka_sasl_username or self.kafka_sasl_password):
+            raise ValueError(
+                "kafka_security_protocol: SASL settings are set but MLCD_KAFKA_SECURITY_PROTOCOL is "
+                f"{self.kafka_security_protocol}; use SASL_SSL (or SASL_PLAINTEXT)"
+            )
+        files = (self.kafka_ssl_ca_file, self.kafka_ssl_cert_file, self.kafka_ssl_key_file)
+        if not tls and any(f is not None for f in files):
+            raise ValueError(
+                "kafka_security_protocol: TLS files are set but MLCD_KAFKA_SECURITY_PROTOCOL is "
+                f"{self.kafka_security_protocol}; use SSL (or SASL_SSL)"
+            )
+        if (self.kafka_ssl_cert_file is None) != (self.kafka_ssl_key_file is None):
+            raise ValueError(
+                "kafka_ssl_cert_file: MLCD_KAFKA_SSL_CERT_FILE and MLCD_KAFKA_SSL_KEY_FILE go together"
+            )
 
     # --- derived values ----------------------------------------------------------------------------
 
@@ -421,6 +476,8 @@ class Settings(BaseSettings):
     def secret_values(self) -> list[str]:
         """Every configured secret for the log redactor, the database password as written and decoded."""
         secrets = [
+            self.kafka_sasl_password,
+            self.kafka_ssl_key_password,
             self.s3_access_key,
             self.s3_secret_key,
             self.gitlab_token,

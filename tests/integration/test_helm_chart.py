@@ -57,6 +57,11 @@ EXISTING = {
     "apiTokens": {"existingSecret": "mlcd-api-tokens"},
     "policies": {"existingConfigMap": "mlcd-policies"},
 }
+MUTUAL_TLS_SASL = {
+    "protocol": "SASL_SSL",
+    "saslMechanism": "SCRAM-SHA-512",
+    "tls": {"secretName": "kafka-cluster-ca", "caKey": "ca.crt", "certKey": "user.crt", "keyKey": "user.key"},
+}
 VALUE_SETS: dict[str, dict[str, Any]] = {"defaults": {}, "everything": EVERYTHING, "existing": EXISTING}
 
 Manifest = dict[str, Any]
@@ -373,7 +378,8 @@ def test_the_chart_passes_every_setting_a_service_reads_and_no_other() -> None:
         "databaseUrl": "postgresql+asyncpg://mlcd@postgresql:5432/mlcd",
         "slackWebhookUrl": "https://hooks.example.com/T1",
     }
-    manifests = tuple(_render({**EVERYTHING, "secrets": every_secret}))
+    config = {**EVERYTHING["config"], "kafka": {**EVERYTHING["config"]["kafka"], "security": MUTUAL_TLS_SASL}}
+    manifests = tuple(_render({**EVERYTHING, "config": config, "secrets": every_secret}))
     settings = of_kind(manifests, "ConfigMap")["prod-mlcd-config"]["data"]
     secrets = of_kind(manifests, "Secret")["prod-mlcd"]["stringData"]
     env = {e["name"] for d in of_kind(manifests, "Deployment").values() for e in container(d)["env"]}
@@ -419,6 +425,30 @@ def test_install_notes_give_the_webhook_urls_and_warn_when_the_api_is_closed() -
             {"config": {"s3": {"endpoint": "http://minio:9000", "secure": True}}},
             "use https:// (the scheme sets TLS)",
         ),
+        (
+            {"config": {"kafka": {"security": {"protocol": "SASL_SSL"}}}},
+            "needs config.kafka.security.saslMechanism",
+        ),
+        (
+            {"config": {"kafka": {"security": {"protocol": "SASL_SSL", "saslMechanism": "PLAIN"}}}},
+            "needs secrets.kafkaSaslUsername and secrets.kafkaSaslPassword",
+        ),
+        (
+            {"config": {"kafka": {"security": {"tls": {"secretName": "kafka-ca"}}}}},
+            "use SSL or SASL_SSL",
+        ),
+        (
+            {
+                "config": {
+                    "kafka": {"security": {"protocol": "SSL", "tls": {"secretName": "c", "certKey": "a"}}}
+                }
+            },
+            "go together",
+        ),
+        (
+            {"config": {"kafka": {"security": {"saslMechanism": "GSSAPI"}}}},
+            "/config/kafka/security/saslMechanism",
+        ),
     ],
 )
 def test_values_that_cannot_work_are_refused_at_render_time_with_the_reason(
@@ -449,3 +479,32 @@ def test_an_https_s3_endpoint_sets_tls_without_a_contradicting_secure_flag() -> 
 
     assert settings["MLCD_S3_ENDPOINT"] == "https://s3.example.com"
     assert "MLCD_S3_SECURE" not in settings
+
+
+def test_kafka_credentials_are_secrets_and_tls_material_is_mounted_into_every_service() -> None:
+    values = {
+        "config": {"kafka": {"security": MUTUAL_TLS_SASL}},
+        "secrets": {"kafkaSaslUsername": "mlcd", "kafkaSaslPassword": "scram-secret"},
+    }
+    manifests = tuple(_render(values))
+    settings = of_kind(manifests, "ConfigMap")["prod-mlcd-config"]["data"]
+    secret = of_kind(manifests, "Secret")["prod-mlcd"]["stringData"]
+
+    assert settings["MLCD_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+    assert settings["MLCD_KAFKA_SASL_MECHANISM"] == "SCRAM-SHA-512"
+    assert settings["MLCD_KAFKA_SSL_CA_FILE"] == "/etc/mlcd/kafka-tls/ca.crt"
+    assert (settings["MLCD_KAFKA_SSL_CERT_FILE"], settings["MLCD_KAFKA_SSL_KEY_FILE"]) == (
+        "/etc/mlcd/kafka-tls/user.crt",
+        "/etc/mlcd/kafka-tls/user.key",
+    )
+    assert "scram-secret" not in json.dumps(settings)
+    assert (secret["MLCD_KAFKA_SASL_USERNAME"], secret["MLCD_KAFKA_SASL_PASSWORD"]) == (
+        "mlcd",
+        "scram-secret",
+    )
+    for deployment in of_kind(manifests, "Deployment").values():
+        volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+        assert volumes["kafka-tls"]["secret"]["secretName"] == "kafka-cluster-ca"
+        assert {"name": "kafka-tls", "mountPath": "/etc/mlcd/kafka-tls", "readOnly": True} in container(
+            deployment
+        )["volumeMounts"]

@@ -93,6 +93,23 @@ MLCD_KAFKA_REQUEST_TIMEOUT_S: {{ $c.kafka.requestTimeoutSeconds | quote }}
 MLCD_KAFKA_SESSION_TIMEOUT_S: {{ $c.kafka.sessionTimeoutSeconds | quote }}
 MLCD_KAFKA_HEARTBEAT_INTERVAL_S: {{ $c.kafka.heartbeatIntervalSeconds | quote }}
 MLCD_KAFKA_MAX_REQUEST_SIZE: {{ $c.kafka.maxRequestSize | int64 | quote }}
+{{- $sec := $c.kafka.security }}
+MLCD_KAFKA_SECURITY_PROTOCOL: {{ $sec.protocol | quote }}
+{{- with $sec.saslMechanism }}
+MLCD_KAFKA_SASL_MECHANISM: {{ . | quote }}
+{{- end }}
+MLCD_KAFKA_SSL_CHECK_HOSTNAME: {{ $sec.checkHostname | quote }}
+{{- if $sec.tls.secretName }}
+{{- with $sec.tls.caKey }}
+MLCD_KAFKA_SSL_CA_FILE: {{ printf "/etc/mlcd/kafka-tls/%s" . | quote }}
+{{- end }}
+{{- with $sec.tls.certKey }}
+MLCD_KAFKA_SSL_CERT_FILE: {{ printf "/etc/mlcd/kafka-tls/%s" . | quote }}
+{{- end }}
+{{- with $sec.tls.keyKey }}
+MLCD_KAFKA_SSL_KEY_FILE: {{ printf "/etc/mlcd/kafka-tls/%s" . | quote }}
+{{- end }}
+{{- end }}
 MLCD_MLFLOW_TRACKING_URI: {{ required "config.mlflowTrackingUri is required" $c.mlflowTrackingUri | quote }}
 MLCD_MLFLOW_TIMEOUT_S: {{ $c.mlflowTimeoutSeconds | quote }}
 MLCD_KFP_HOST: {{ required "config.kfpHost is required" $c.kfpHost | quote }}
@@ -144,6 +161,26 @@ start, in every pod). */}}
 {{- if gt (float64 $c.handler.backoffInitialSeconds) (float64 $c.handler.backoffMaxSeconds) }}
 {{- fail (printf "config.handler.backoffInitialSeconds (%v) is above config.handler.backoffMaxSeconds (%v)" $c.handler.backoffInitialSeconds $c.handler.backoffMaxSeconds) }}
 {{- end }}
+{{- $sec := $c.kafka.security }}
+{{- $tls := or (eq $sec.protocol "SSL") (eq $sec.protocol "SASL_SSL") }}
+{{- if and (hasPrefix "SASL_" $sec.protocol) (not $sec.saslMechanism) }}
+{{- fail (printf "config.kafka.security.protocol %s needs config.kafka.security.saslMechanism (PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512)" $sec.protocol) }}
+{{- end }}
+{{- if and (hasPrefix "SASL_" $sec.protocol) (not .Values.secrets.existingSecret) (not (and .Values.secrets.kafkaSaslUsername .Values.secrets.kafkaSaslPassword)) }}
+{{- fail (printf "config.kafka.security.protocol %s needs secrets.kafkaSaslUsername and secrets.kafkaSaslPassword (or secrets.existingSecret with MLCD_KAFKA_SASL_USERNAME/PASSWORD)" $sec.protocol) }}
+{{- end }}
+{{- if and $sec.saslMechanism (not (hasPrefix "SASL_" $sec.protocol)) }}
+{{- fail (printf "config.kafka.security.saslMechanism is set but config.kafka.security.protocol is %s; use SASL_SSL" $sec.protocol) }}
+{{- end }}
+{{- if and $sec.tls.secretName (not $tls) }}
+{{- fail (printf "config.kafka.security.tls.secretName is set but config.kafka.security.protocol is %s; use SSL or SASL_SSL" $sec.protocol) }}
+{{- end }}
+{{- if ne (empty $sec.tls.certKey) (empty $sec.tls.keyKey) }}
+{{- fail "config.kafka.security.tls.certKey and tls.keyKey go together (a client certificate and its key)" }}
+{{- end }}
+{{- if and (or $sec.tls.certKey $sec.tls.keyKey) (not $sec.tls.secretName) }}
+{{- fail "config.kafka.security.tls.certKey/keyKey name keys of config.kafka.security.tls.secretName, which is empty" }}
+{{- end }}
 {{- if and (contains "://" $c.s3.endpoint) $c.s3.secure (hasPrefix "http://" $c.s3.endpoint) }}
 {{- fail (printf "config.s3.secure is true but config.s3.endpoint %q says http://; use https:// (the scheme sets TLS)" $c.s3.endpoint) }}
 {{- end }}
@@ -153,7 +190,7 @@ start, in every pod). */}}
 {{- define "mlcd.secretData" -}}
 {{- $s := .Values.secrets -}}
 MLCD_DATABASE_URL: {{ required "secrets.databaseUrl (or secrets.existingSecret) is required" $s.databaseUrl | quote }}
-{{- range $key, $value := dict "MLCD_S3_ACCESS_KEY" $s.s3AccessKey "MLCD_S3_SECRET_KEY" $s.s3SecretKey "MLCD_GITLAB_TOKEN" $s.gitlabToken "MLCD_GITLAB_WEBHOOK_SECRET" $s.gitlabWebhookSecret "MLCD_GITLAB_SIGNING_TOKEN" $s.gitlabSigningToken "MLCD_MINIO_WEBHOOK_TOKEN" $s.minioWebhookToken "MLCD_ALERTMANAGER_TOKEN" $s.alertmanagerToken "MLCD_MLFLOW_WEBHOOK_SECRET" $s.mlflowWebhookSecret "MLCD_SLACK_WEBHOOK_URL" $s.slackWebhookUrl }}
+{{- range $key, $value := dict "MLCD_KAFKA_SASL_USERNAME" $s.kafkaSaslUsername "MLCD_KAFKA_SASL_PASSWORD" $s.kafkaSaslPassword "MLCD_KAFKA_SSL_KEY_PASSWORD" $s.kafkaSslKeyPassword "MLCD_S3_ACCESS_KEY" $s.s3AccessKey "MLCD_S3_SECRET_KEY" $s.s3SecretKey "MLCD_GITLAB_TOKEN" $s.gitlabToken "MLCD_GITLAB_WEBHOOK_SECRET" $s.gitlabWebhookSecret "MLCD_GITLAB_SIGNING_TOKEN" $s.gitlabSigningToken "MLCD_MINIO_WEBHOOK_TOKEN" $s.minioWebhookToken "MLCD_ALERTMANAGER_TOKEN" $s.alertmanagerToken "MLCD_MLFLOW_WEBHOOK_SECRET" $s.mlflowWebhookSecret "MLCD_SLACK_WEBHOOK_URL" $s.slackWebhookUrl }}
 {{- if $value }}
 {{ $key }}: {{ $value | quote }}
 {{- end }}
