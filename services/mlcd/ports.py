@@ -176,6 +176,9 @@ class ServingState:
     traffic: dict[str, int] = field(default_factory=dict)
     canary_revision: str = ""  # the platform's name of the canary's revision, for analysis queries
     stable_revision: str = ""
+    platform: str = "local"  # which analysis templates apply: local, serverless or raw (KServe)
+    namespace: str = ""
+    service: str = ""
 
     @property
     def serving_percent(self) -> int:

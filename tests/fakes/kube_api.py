@@ -1,13 +1,19 @@
 """A Kubernetes API emulator for InferenceServices on loopback, built on kmock.
 
-It stands in for kube-apiserver plus the KServe controller: stores InferenceServices, serves GET, LIST
-and JSON merge-patch PATCH, answers 409 when a patch carries a stale resourceVersion, refuses (422)
-any write that breaks KServe's CRD schema, and moves each new revision to Ready at once, unless told to
-fail the revisions of a storage URI. POST and DELETE are not served: mlcd's Role allows neither.
+It stands in for kube-apiserver: stores InferenceServices, serves GET, LIST and JSON merge-patch PATCH,
+answers 409 when a patch carries a stale resourceVersion, refuses (422) any write that breaks KServe's
+CRD schema, and bumps `metadata.generation` on every spec change. POST and DELETE are not served: mlcd's
+Role allows neither. Status is a subresource: clients' patches cannot write it.
+
+By default it also plays the KServe controller in the simplest way (each new revision Ready at once,
+unless told to fail a storage URI). `running(reconcile=False)` leaves that to a real controller
+stand-in (tests/fakes/kserve_controller.py), which `watch()`es every write and `write_status()`es.
 """
 
 from __future__ import annotations
 
+import asyncio
+import copy
 import functools
 import itertools
 from collections.abc import AsyncIterator
@@ -57,24 +63,54 @@ class KubeApi:
     patches: list[dict[str, Any]] = field(default_factory=list)
     conflicts_to_inject: int = 0
     verbs: list[str] = field(default_factory=list)
+    reconcile: bool = True
     _versions: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _revisions: dict[tuple[str, str], int] = field(default_factory=dict)
+    _watchers: list[asyncio.Queue[tuple[str, str]]] = field(default_factory=list)
+
+    def watch(self) -> asyncio.Queue[tuple[str, str]]:
+        """A queue that receives (namespace, name) after every write to an InferenceService's spec."""
+        queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+        self._watchers.append(queue)
+        return queue
+
+    def write_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        """The controller's write to the status subresource (a new resourceVersion, no new generation)."""
+        obj = self.objects[(namespace, name)]
+        obj["status"] = copy.deepcopy(status)
+        obj["metadata"]["resourceVersion"] = str(next(self._versions))
+
+    def _changed(self, namespace: str, name: str, *, new_revision: bool) -> None:
+        if self.reconcile:
+            self._reconcile(namespace, name, new_revision=new_revision)
+        else:
+            self.objects[(namespace, name)]["metadata"]["resourceVersion"] = str(next(self._versions))
+        for queue in self._watchers:
+            queue.put_nowait((namespace, name))
 
     def add(
-        self, namespace: str, name: str, storage_uri: str, model_format: str = "sklearn"
+        self,
+        namespace: str,
+        name: str,
+        storage_uri: str,
+        model_format: str = "sklearn",
+        deployment_mode: str = "Serverless",
     ) -> dict[str, Any]:
-        """An InferenceService as the Helm chart would create it, its first revision Ready."""
+        """An InferenceService as the Helm chart would create it (Serverless, or RawDeployment)."""
+        metadata: dict[str, Any] = {"name": name, "namespace": namespace, "generation": 1}
+        if deployment_mode != "Serverless":
+            metadata["annotations"] = {"serving.kserve.io/deploymentMode": deployment_mode}
         obj: dict[str, Any] = {
             "apiVersion": f"{GROUP}/{VERSION}",
             "kind": "InferenceService",
-            "metadata": {"name": name, "namespace": namespace, "generation": 1},
+            "metadata": metadata,
             "spec": {
                 "predictor": {"model": {"modelFormat": {"name": model_format}, "storageUri": storage_uri}}
             },
         }
         self._check(obj)
         self.objects[(namespace, name)] = obj
-        self._reconcile(namespace, name, new_revision=True)
+        self._changed(namespace, name, new_revision=True)
         return obj
 
     def fail(self, storage_uri: str) -> None:
@@ -124,14 +160,14 @@ class KubeApi:
                 f'Operation cannot be fulfilled on inferenceservices.serving.kserve.io "{request.name}": '
                 "the object has been modified; please apply your changes to the latest version and try again",
             )
-        merged = merge(current, body)
+        merged = merge(current, {k: v for k, v in body.items() if k != "status"})
         merged["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
         self._check(merged)
         if merged.get("spec") != current.get("spec"):
             merged["metadata"]["generation"] = current["metadata"].get("generation", 1) + 1
         key = (request.namespace or "", request.name or "")
         self.objects[key] = merged
-        self._reconcile(*key, new_revision=_template(merged) != _template(current))
+        self._changed(*key, new_revision=_template(merged) != _template(current))
         return self.objects[key]
 
     async def refuse(self, request: kmock.Request) -> None:
@@ -234,9 +270,9 @@ def _template(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 @asynccontextmanager
-async def running() -> AsyncIterator[KubeApi]:
-    """The emulator on a free loopback port."""
-    api = KubeApi(_validator())
+async def running(*, reconcile: bool = True) -> AsyncIterator[KubeApi]:
+    """The emulator on a free loopback port; `reconcile=False` leaves status to a controller."""
+    api = KubeApi(_validator(), reconcile=reconcile)
     handler = kmock.KubernetesScaffold()
     resource = kmock.resource(GROUP, VERSION, PLURAL)
     handler[kmock.action.FETCH, resource] << api.fetch

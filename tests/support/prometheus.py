@@ -24,12 +24,28 @@ def binary() -> str:
 
 
 @contextmanager
-def running(targets: list[str], folder: Path, scrape_interval_s: float = 0.5) -> Iterator[str]:
-    """Prometheus scraping `targets` (host:port, path /metrics); yields its URL once it is ready."""
+def running(
+    targets: list[str], folder: Path, scrape_interval_s: float = 0.5, discovered: Path | None = None
+) -> Iterator[str]:
+    """Prometheus scraping `targets` (host:port, path /metrics); yields its URL once it is ready.
+
+    With `discovered`, it also scrapes the targets listed in that file (Prometheus' file-based service
+    discovery, re-read when the file changes): write it with `set_discovered`.
+    """
     folder.mkdir(parents=True, exist_ok=True)
+    jobs: list[dict[str, object]] = [{"job_name": "mlcd", "static_configs": [{"targets": targets}]}]
+    if discovered is not None:
+        if not discovered.exists():
+            set_discovered(discovered, [])
+        jobs.append(
+            {
+                "job_name": "discovered",
+                "file_sd_configs": [{"files": [str(discovered)], "refresh_interval": "1s"}],
+            }
+        )
     config = {
         "global": {"scrape_interval": f"{int(scrape_interval_s * 1000)}ms", "evaluation_interval": "1s"},
-        "scrape_configs": [{"job_name": "mlcd", "static_configs": [{"targets": targets}]}],
+        "scrape_configs": jobs,
     }
     (folder / "prometheus.yml").write_text(yaml.safe_dump(config))
     port = processes.free_port()
@@ -49,6 +65,15 @@ def running(targets: list[str], folder: Path, scrape_interval_s: float = 0.5) ->
         yield url
     finally:
         processes.stop(server)
+
+
+def set_discovered(path: Path, groups: list[dict[str, object]]) -> None:
+    """Replace the discovered targets: a list of {"targets": [host:port], "labels": {...}} (atomically)."""
+    import json
+
+    scratch = path.with_suffix(".tmp")
+    scratch.write_text(json.dumps(groups))
+    scratch.replace(path)
 
 
 def _ready(url: str) -> bool:

@@ -307,6 +307,9 @@ def serving_state(model: str, obj: dict[str, Any], mode: Mode) -> ServingState:
         traffic=traffic,
         canary_revision=canary_revision,
         stable_revision=stable_revision,
+        platform=mode,
+        namespace=str(obj.get("metadata", {}).get("namespace", "")),
+        service=str(obj.get("metadata", {}).get("name", "")),
     )
 
 

@@ -31,7 +31,8 @@ def _templates(requests: str, selector: str, failed: str, latency: str, scale: s
 
     return {
         "request-count": f"sum(increase({requests}{{{selector}}}[{{window}}]))",
-        "request-success-rate": f"{rate(',' + failed)} / {rate()}",
+        # No successful series at all is a rate of 0, not an empty result: `or on() vector(0)`.
+        "request-success-rate": f"({rate(',' + failed)} or on() vector(0)) / {rate()}",
         "request-duration-p95": (
             f"histogram_quantile(0.95, sum by (le) (rate({latency}{{{selector}}}[{{window}}]))){scale}"
         ),
