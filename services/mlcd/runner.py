@@ -170,6 +170,10 @@ class ServiceHost:
         bus = await _bus_problem(self.bus)
         return {"delivery": None if bus is None else f"neither the store ({store}) nor the broker ({bus})"}
 
+    async def connections(self) -> dict[str, str | None]:
+        """The store and the bus, each mapped to why it does not answer, or None (for `/status`)."""
+        return {"store": await _store_problem(self.engine), "bus": await _bus_problem(self.bus)}
+
     def _consumer(self, spec: ServiceSpec) -> runtime.Consumer:
         handlers = {
             payload.type: [bind(handler, self.ports) for handler in chain]

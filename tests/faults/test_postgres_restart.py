@@ -1,12 +1,13 @@
 """PostgreSQL stopped and started under webhook traffic, with `mlcd serve ingest` and a consumer service
 (the probe worker, one effect row per handling) each in its own process on the real broker: ingest keeps
-answering 2xx, /readyz names the store while it is down, both processes reconnect by themselves, and every
-accepted event is handled exactly once, none parked on the DLQ for an infrastructure blip.
+answering 2xx and stays ready (the broker makes deliveries durable), /status names the store while it is
+down, both processes reconnect by themselves, and every accepted event is handled exactly once, none parked
+on the DLQ for an infrastructure blip.
 
-The runtime handles this without special cases: the handler's failure counts as its first attempt, the
-retry cannot open a transaction, and that error leaves the consumer, which rejoins and gets the event
-again once the store answers. The in-process test below pins that path down where the process-level one
-meets it only when the outage falls on the first event of a batch.
+A store outage is not a handler failure: the consumer holds its batch with its partitions paused (polls
+keep it in the group), costs no attempt, and handles the batch again once the store answers. The
+in-process tests below pin that down: an outage inside a handler, and one between polls on the real
+broker, where the consumer must not rejoin its group.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -28,10 +30,12 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mlcd import events
+from mlcd.bus.kafka import KafkaBus
 from mlcd.bus.memory import MemoryBus
 from mlcd.bus.service import ServiceSpec
 from mlcd.config import Settings
 from mlcd.runner import ServiceHost
+from mlcd.store import migrate
 from mlcd.store.database import create_engine
 from mlcd.store.tables import dead_letters
 from mlcd.store.unit_of_work import UnitOfWork
@@ -103,8 +107,9 @@ async def store(own_postgres: PostgresServer) -> AsyncIterator[AsyncEngine]:
 
 
 def _store_problem(ingest: ServiceProcess) -> str | None:
-    answer = httpx.get(f"{ingest.base_url}/readyz", timeout=15)
-    problem: str | None = answer.json()["parts"]["store"]
+    """The store as ingest's /status reports it (/readyz stays green while the broker takes deliveries)."""
+    answer = httpx.get(f"{ingest.base_url}/status", timeout=15)
+    problem: str | None = answer.json()["store"]
     return problem
 
 
@@ -154,7 +159,9 @@ async def _outage(
     await asyncio.to_thread(own_postgres.stop, mode)
     stopped_at = time.monotonic()
     problem_while_down = await asyncio.to_thread(_store_problem, ingest)
-    assert problem_while_down, f"while PostgreSQL is down ({mode} stop), /readyz names the store"
+    assert problem_while_down, f"while PostgreSQL is down ({mode} stop), /status names the store"
+    readyz = await asyncio.to_thread(httpx.get, f"{ingest.base_url}/readyz", timeout=15)
+    assert readyz.status_code == 200, f"ingest stays ready while the broker takes deliveries: {readyz.text}"
     await traffic.answered(OUTAGE_DELIVERIES, f"while PostgreSQL is down ({mode} stop)")
     await asyncio.to_thread(own_postgres.start)
     started_at = time.monotonic()
@@ -162,7 +169,7 @@ async def _outage(
     async def store_ready() -> bool:
         return await asyncio.to_thread(_store_problem, ingest) is None
 
-    await flows.eventually(store_ready, "ingest's /readyz to find the store again", 60)
+    await flows.eventually(store_ready, "ingest's /status to find the store again", 60)
     readyz_s = time.monotonic() - started_at
     during = {i for d in traffic.between(stopped_at, started_at) for i in d.event_ids}
 
@@ -236,14 +243,12 @@ async def test_store_lost_inside_a_handler_pauses_the_event_instead_of_parking_i
         await effects.write_handled(uow, event)
 
     spec = ServiceSpec("probe", {events.DataArrived: [handler]})
-    failed = {"group": spec.group, "type": events.DataArrived.type}
-    failures_before = REGISTRY.get_sample_value("mlcd_events_failed_total", failed) or 0.0
 
     async def restart_once_the_attempt_failed() -> None:
-        async def attempt_failed() -> bool:
-            return (REGISTRY.get_sample_value("mlcd_events_failed_total", failed) or 0.0) > failures_before
+        async def batch_held() -> bool:
+            return REGISTRY.get_sample_value("mlcd_consumer_held", {"group": spec.group}) == 1.0
 
-        await flows.eventually(attempt_failed, "the handler's attempt to fail with the store gone", 60)
+        await flows.eventually(batch_held, "the consumer to hold its batch with the store gone", 60)
         await asyncio.to_thread(own_postgres.start)
 
     settings = Settings.model_validate(
@@ -271,3 +276,63 @@ async def test_store_lost_inside_a_handler_pauses_the_event_instead_of_parking_i
     finally:
         await host.stop()
         await asyncio.gather(*outage)
+
+
+class _CountingBus:
+    """The real broker, counting group joins: a consumer that rejoins subscribes again."""
+
+    def __init__(self, bus: KafkaBus) -> None:
+        self._bus = bus
+        self.subscriptions = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._bus, name)
+
+    async def subscribe(self, group: str, topics: Any) -> Any:
+        self.subscriptions += 1
+        return await self._bus.subscribe(group, topics)
+
+
+async def test_a_store_outage_holds_the_batch_and_keeps_the_consumer_in_its_group(
+    own_postgres: PostgresServer, kafka_bootstrap: str
+) -> None:
+    engine = create_engine(own_postgres.url)
+    real = KafkaBus(
+        kafka_bootstrap,
+        events.TOPICS,
+        namespace=unique("hold") + ".",
+        session_timeout_s=6,
+        heartbeat_interval_s=1,
+    )
+    bus = _CountingBus(real)
+    await real.start()
+    try:
+        await migrate.upgrade(engine)
+        await effects.create(engine)
+
+        async def write(event: events.Envelope[events.DataArrived], uow: UnitOfWork) -> None:
+            await effects.write_handled(uow, event)
+
+        consumer = flows.consumer(bus, engine, [write], group=unique("mlcd-hold"))
+        async with flows.running(consumer):
+            await asyncio.wait_for(consumer.ready.wait(), 60)
+            await asyncio.to_thread(own_postgres.stop, "fast")
+            event = flows.arrived()
+            await flows.publish(real, event)
+
+            async def held() -> bool:
+                return REGISTRY.get_sample_value("mlcd_consumer_held", {"group": consumer.group}) == 1.0
+
+            await flows.eventually(held, "the consumer to hold the batch while the store is down", 60)
+            await asyncio.to_thread(own_postgres.start)
+
+            async def handled() -> bool:
+                return [r.event_id for r in await effects.rows(engine)] == [event.id]
+
+            await flows.eventually(handled, "the held event handled once the store answers", 60)
+        assert bus.subscriptions == 1, "the outage cost a group rejoin"
+        async with engine.connect() as conn:
+            assert await conn.scalar(select(func.count()).select_from(dead_letters)) == 0
+    finally:
+        await real.stop()
+        await engine.dispose()

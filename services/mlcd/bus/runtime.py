@@ -240,9 +240,9 @@ class Consumer:
                 if await self._store(self._seen_now(decoded.id)):
                     log.info("handled by another member meanwhile; skipped")
                     return _Handled(record)
-                raise await self._failure(e, attempt) from e
+                raise await self._failure(e, attempt, decoded.type) from e
             except Exception as e:  # any handler failure is retried or parked, never fatal to the loop
-                raise await self._failure(e, attempt) from e
+                raise await self._failure(e, attempt, decoded.type) from e
             seen.add(decoded.id)
             seconds = time.perf_counter() - started
             metrics.HANDLER_SECONDS.labels(self.group, decoded.type).observe(seconds)
@@ -250,10 +250,10 @@ class Consumer:
             log.info("handled", seconds=round(seconds, 4))
             return _Handled(record, decoded, uow)
 
-    async def _failure(self, error: Exception, attempt: int) -> Exception:
+    async def _failure(self, error: Exception, attempt: int, event_type: str) -> Exception:
         if isinstance(error, database.OUTAGE_ERRORS) and not await database.answers(self.engine):
             return StoreUnavailable(describe(error))
-        metrics.EVENTS_FAILED.labels(self.group, type(error).__name__).inc()
+        metrics.EVENTS_FAILED.labels(self.group, event_type).inc()
         log.warning(
             "handler failed", attempt=attempt, error=describe(error), retried=self.retry.retries(error)
         )
