@@ -23,8 +23,9 @@ RUN groupadd --system --gid 10001 mlcd \
  && useradd --system --uid 10001 --gid mlcd --home-dir /var/lib/mlcd --shell /usr/sbin/nologin mlcd \
  && install -d -o mlcd -g mlcd /var/lib/mlcd
 COPY --from=build /opt/mlcd /opt/mlcd
-# Pipeline sources (compiled by the builder; policy paths such as pipelines/<name>/expectations.json
-# resolve from /app) and the default policies (the Helm chart mounts its own over them).
+# Pipeline sources (compiled by the builder) and the default policies (the Helm chart mounts its own over
+# them). Policy paths such as pipelines/<name>/expectations.json resolve against the parent of
+# MLCD_PIPELINES_DIR, /app; tests/integration/test_image_layout.py lays this stage out and checks it.
 COPY pipelines /app/pipelines
 COPY policies /etc/mlcd/policies
 WORKDIR /app

@@ -22,7 +22,7 @@ CHART = ROOT / "helm" / "mlcd"
 CRD_SCHEMAS = Path(__file__).parents[1] / "fixtures" / "crds"
 KUBERNETES_VERSION = "1.35"
 RELEASE, NAMESPACE = "prod", "mlcd"
-SERVICES = ("ingest", "builder", "validator", "trainer", "gatekeeper", "deployer")
+SERVICES = ("ingest", "builder", "validator", "trainer", "gatekeeper", "deployer", "notifier")
 CONSUMERS = SERVICES[1:]
 TOKEN_SHA256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 

@@ -9,12 +9,10 @@ a temporary root, the one liberty taken; everything relative is left as the imag
 
 from __future__ import annotations
 
-import fnmatch
-import shlex
+import os
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import helm_python
@@ -27,82 +25,10 @@ from mlcd.builder import triggers
 from mlcd.config import Settings
 from mlcd.policy.book import PolicyBook
 from mlcd.validator import suite
+from tests.support.image_layout import Image, final_stage, lay_out
 
 ROOT = Path(__file__).parents[2]
 CHART = ROOT / "helm" / "mlcd"
-
-
-@dataclass
-class Image:
-    """What the Dockerfile's final stage puts where."""
-
-    env: dict[str, str] = field(default_factory=dict)
-    copies: list[tuple[str, str]] = field(default_factory=list)  # (build-context source, image path)
-    from_stages: list[str] = field(default_factory=list)  # COPY --from=… destinations (built, not copied)
-    workdir: str = "/"
-
-
-def instructions(dockerfile: str) -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
-    joined, pending = [], ""
-    for raw in dockerfile.splitlines():
-        line = raw.strip()
-        if not pending and (not line or line.startswith("#")):
-            continue
-        if line.endswith("\\"):
-            pending += line[:-1] + " "
-            continue
-        joined.append(pending + line)
-        pending = ""
-    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in joined]
-
-
-def final_stage(dockerfile: str) -> Image:
-    image = Image()
-    for instruction, args in instructions(dockerfile):
-        if instruction == "FROM":
-            image = Image()
-        elif instruction == "ENV":
-            for pair in shlex.split(args):
-                name, _, value = pair.partition("=")
-                image.env[name] = value.replace("$PATH", "").rstrip(":")
-        elif instruction == "WORKDIR":
-            image.workdir = args
-        elif instruction == "COPY":
-            words = shlex.split(args)
-            flags = [w for w in words if w.startswith("--")]
-            *sources, destination = [w for w in words if not w.startswith("--")]
-            if any(f.startswith("--from=") for f in flags):
-                image.from_stages.append(destination)
-            else:
-                image.copies += [(source, destination) for source in sources]
-    return image
-
-
-def ignored(patterns: list[str], relative: str) -> bool:
-    return any(
-        fnmatch.fnmatch(relative, p) or fnmatch.fnmatch(Path(relative).name, p.removeprefix("**/"))
-        for p in patterns
-    )
-
-
-def lay_out(image: Image, root: Path) -> None:
-    """The build context's files at the image paths, minus what .dockerignore keeps out."""
-    patterns = [
-        line.strip()
-        for line in (ROOT / ".dockerignore").read_text().splitlines()
-        if line.strip() and not line.startswith("#")
-    ]
-    for source, destination in image.copies:
-        assert not ignored(patterns, source), f"{source} is copied but .dockerignore leaves it out"
-        target = root / destination.lstrip("/")
-        shutil.copytree(
-            ROOT / source,
-            target,
-            ignore=lambda folder, names: [
-                n for n in names if ignored(patterns, str((Path(folder) / n).relative_to(ROOT)))
-            ],
-        )
 
 
 def pod_env(root: Path, image: Image) -> tuple[dict[str, str], dict[str, str]]:
@@ -143,7 +69,7 @@ def under(root: Path, path: str) -> str:
 
 @pytest.fixture
 def image_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    image = final_stage((ROOT / "Dockerfile").read_text())
+    image = final_stage()
     root = tmp_path / "image"
     lay_out(image, root)
     env, policy_files = pod_env(root, image)
@@ -153,7 +79,7 @@ def image_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     policies.mkdir(parents=True)
     for name, text in policy_files.items():
         (policies / name).write_text(text)
-    for name in [n for n in list(__import__("os").environ) if n.startswith("MLCD_")]:
+    for name in [n for n in os.environ if n.startswith("MLCD_")]:
         monkeypatch.delenv(name)
     for name, value in env.items():
         if name.startswith("MLCD_"):
@@ -166,7 +92,7 @@ def image_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
 
 
 def test_the_image_ships_the_pipelines_where_the_chart_points() -> None:
-    image = final_stage((ROOT / "Dockerfile").read_text())
+    image = final_stage()
     with helm_python.Chart.load(CHART) as chart:
         chart_dir = chart.values["config"]["pipelinesDir"]
 
