@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from mlcd import logs
-from mlcd.commands import db, dlq, events, gates, pipelines, policy, serving
+from mlcd.commands import db, dlq, events, gates, pipelines, policy, rollout, serving
 from mlcd.config import Settings
 from mlcd.errors import MlcdError
 
@@ -30,6 +30,7 @@ app.add_typer(policy.app, name="policy", help="Policy files: check.")
 app.add_typer(pipelines.app, name="pipelines", help="KFP pipelines: compile.")
 app.add_typer(db.app, name="db", help="State store migrations.")
 app.add_typer(serving.app)  # rollback MODEL, status [MODEL]
+app.add_typer(rollout.app, name="rollout", help="Rollout control: promote, abort, pause, resume, retry.")
 
 
 def _settings(**overrides: object) -> Settings:

@@ -156,7 +156,7 @@ async def test_clean_rollout_goes_through_every_step_and_moves_champion(local: D
         "rollout_succeeded",
     ]
     assert [p["traffic_percent"] for p in _payload("rollout_step_completed", emitted)] == [10, 50, 100]
-    assert _payload("rollout_step_completed", emitted)[0]["analysis"]["requests"] > 0
+    assert _payload("rollout_step_completed", emitted)[0]["analysis"]["request-count"] > 0
     assert _payload("rollout_succeeded", emitted)[0]["previous_version"] == "1"
     state = await local.serving.state(local.model)
     assert (state.stable_version, state.canary_version) == ("2", None)
@@ -178,8 +178,8 @@ async def test_failed_analysis_at_50_percent_rolls_back_and_keeps_champion(local
     assert [k for k, _ in emitted][-1] == "rolled_back"
     (rolled_back,) = _payload("rolled_back", emitted)
     assert (rolled_back["from_version"], rolled_back["to_version"]) == ("3", "1")
-    assert rolled_back["reason"].startswith("analysis failed at 50%: error rate")
-    assert rolled_back["figures"]["error_rate"] == 1.0
+    assert rolled_back["reason"].startswith("analysis failed at 50%: success-rate")
+    assert rolled_back["figures"]["success-rate"] == 0.0
     state = await local.serving.state(local.model)
     assert (state.stable_version, state.canary_version) == ("1", None)
     assert await local.champion() == "1"
@@ -189,7 +189,9 @@ async def test_drift_rollback_request_returns_a_finished_rollout_to_the_previous
     local: Deployer,
 ) -> None:
     await local.deliver(events.PromotionApproved(model=local.model, model_version="2"))
+    await local.traffic(GOOD_ROWS)
     await local.tick()
+    await local.traffic(GOOD_ROWS)
     await local.tick()
     assert await local.champion() == "2"
 
@@ -203,7 +205,9 @@ async def test_drift_rollback_request_returns_a_finished_rollout_to_the_previous
     assert (rolled_back["from_version"], rolled_back["to_version"]) == ("2", "1")
     assert "drift" in rolled_back["reason"]
     assert (await local.serving.state(local.model)).stable_version == "1"
-    assert await local.champion() == "2"  # champion stays where it was unless to_version says otherwise
+    assert await local.champion() == "1"  # champion names what serves after any rollback
+    pulled = await local.ports["registry"].get_version(local.model, "2")
+    assert "drift" in pulled.tags[handlers.ROLLED_BACK_TAG]
 
 
 class _Killed(BaseException):
@@ -229,7 +233,10 @@ async def test_a_deployer_killed_between_steps_resumes_without_repeating_a_step(
         await local.tick(ports={**local.ports, "serving": _DiesAfterSideEffect(local.serving)})
     assert await local.kinds() == ["rollout_started"]
 
-    await local.tick()  # the restarted deployer
+    await local.tick()  # the restarted deployer: the recorded step (10 %) is applied again
+    await local.traffic(GOOD_ROWS)
+    await local.tick()
+    await local.traffic(GOOD_ROWS)
     await local.tick()
 
     emitted = await local.emitted()

@@ -68,10 +68,28 @@ def _rollout_line(rollout: dict[str, Any]) -> str:
     return line + (f" - {rollout['reason']}" if rollout.get("reason") else "")
 
 
+def _observed_line(observed: dict[str, Any] | None, problem: str | None) -> str:
+    """What the platform reports serving: the split by revision, and why it is not Ready."""
+    if problem:
+        return f"unknown ({problem})"
+    if not observed:
+        return "-"
+    split = ", ".join(f"{name} {percent}%" for name, percent in observed["traffic"].items()) or "no traffic"
+    versions = f"stable {observed['stable_version'] or '-'}"
+    if observed["canary_version"]:
+        versions += (
+            f", canary {observed['canary_version']} at {observed['canary_percent_observed']}%"
+            f" (asked {observed['canary_percent_wanted']}%)"
+        )
+    ready = "Ready" if observed["ready"] else f"not Ready: {observed['message']}"
+    return f"{versions}; {split}; {ready}"
+
+
 def _status_lines(answer: dict[str, Any]) -> list[str]:
     lines = [
         f"model      {answer['model']}",
         f"champion   {answer['champion'] or '-'}",
+        f"serving    {_observed_line(answer.get('serving'), answer.get('serving_problem'))}",
         f"candidate  {answer['candidate'] or '-'}",
         f"rollout    {_rollout_line(answer['rollout']) if answer['rollout'] else '-'}",
     ]

@@ -9,7 +9,8 @@ earlier to roll back to (409), a retrain without data to train on (409).
 # route signatures at definition time.
 
 from collections.abc import Callable
-from typing import Annotated, Any
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel, Field, field_validator
@@ -20,7 +21,7 @@ from mlcd.bus import runtime
 from mlcd.errors import Conflict, MlcdError, NotFound
 from mlcd.policy.book import PolicyBook
 from mlcd.policy.schema import Policy
-from mlcd.ports import Registry
+from mlcd.ports import Registry, Serving, ServingState
 from mlcd.store import outbox, rollouts, training
 
 log = logs.get(__name__)
@@ -67,8 +68,13 @@ def router(
     registry: Registry,
     identify: http.Identify,
     policies: PolicyBook,
+    serving: Serving | None = None,
 ) -> APIRouter:
-    """GET /api/v1/models[/{model}] for any valid token; POST …/rollback and …/retrain for on-call only."""
+    """GET /api/v1/models[/{model}] for any valid token; POST …/rollback, …/retrain and
+    …/rollout/{promote|abort|pause|resume|retry} for on-call only.
+
+    With `serving`, a model's status also shows what the platform reports serving (the observed split).
+    """
     caller = http.caller(identify)
 
     def store() -> AsyncEngine:
@@ -105,7 +111,15 @@ def router(
             registry_problem = None
         except MlcdError as e:
             champion_version, registry_problem = None, str(e)
+        observed, serving_problem = None, None
+        if serving is not None:
+            try:
+                observed = _observed(await serving.state(model))
+            except MlcdError as e:
+                serving_problem = str(e)
         return {
+            "serving": observed,
+            "serving_problem": serving_problem,
             "model": model,
             "champion": champion_version,
             "candidate": current.version if current else (waiting.version if waiting else None),
@@ -178,7 +192,79 @@ def router(
         log.info("retrain requested", model=model, by=who.name, via=who.via, data_uri=data_uri)
         return {"event_id": event_id, "model": model, "data_uri": data_uri, "reason": reason}
 
+    @api.post(
+        "/{model}/rollout/{action}",
+        status_code=202,
+        summary="On-call control of the model's rollout, like kubectl argo rollouts (on-call only)",
+        responses={
+            404: {"description": "No such model"},
+            409: {"description": "The rollout is not in a state that allows this"},
+        },
+    )
+    async def control(
+        model: str, action: Action, who: Annotated[http.Caller, Depends(caller)]
+    ) -> dict[str, Any]:
+        on_call(who)
+        policy_of(model, action)
+        async with store().begin() as conn:
+            current = await rollouts.running(conn, model)
+            last = await rollouts.latest(conn, model)
+            if action == "retry":
+                target = _retryable(model, current, last)
+            else:
+                target = _controllable(model, action, current)
+                if action == "pause":
+                    await rollouts.pause(conn, target, f"paused by {who.name}")
+                else:
+                    await rollouts.request(conn, target, action, datetime.now(UTC))
+        event_id = None
+        if action == "retry":
+            approval = events.PromotionApproved(
+                model=model, model_version=target.version, approved_by=[who.name]
+            )
+            async with runtime.unit_of_work(store(), SOURCE, waker) as uow:
+                event_id = uow.emit(approval)
+        log.info("rollout control", model=model, action=action, by=who.name, version=target.version)
+        return {"model": model, "action": action, "version": target.version, "event_id": event_id}
+
     return api
+
+
+Action = Literal["promote", "abort", "pause", "resume", "retry"]
+
+
+def _controllable(model: str, action: str, current: rollouts.Rollout | None) -> rollouts.Rollout:
+    if current is None:
+        raise Conflict(f"{model} has no rollout in progress to {action}")
+    if action == "resume" and current.state != rollouts.PAUSED:
+        raise Conflict(f"the rollout of {model} version {current.version} is not paused")
+    if action == "pause" and current.state == rollouts.PAUSED:
+        raise Conflict(f"the rollout of {model} version {current.version} is paused already")
+    return current
+
+
+def _retryable(
+    model: str, current: rollouts.Rollout | None, last: rollouts.Rollout | None
+) -> rollouts.Rollout:
+    if current is not None:
+        raise Conflict(f"{model} has a rollout in progress (version {current.version}); abort it first")
+    if last is None or last.state not in (rollouts.ROLLED_BACK, rollouts.FAILED, rollouts.SUPERSEDED):
+        shown = f"its last rollout {last.state}" if last else "it has no rollout"
+        raise Conflict(f"nothing of {model} to retry: {shown}")
+    return last
+
+
+def _observed(state: ServingState) -> dict[str, Any]:
+    """What the serving platform reports, beside what mlcd asked for."""
+    return {
+        "stable_version": state.stable_version,
+        "canary_version": state.canary_version,
+        "canary_percent_wanted": state.canary_percent,
+        "canary_percent_observed": state.serving_percent,
+        "traffic": state.traffic,
+        "ready": state.ready,
+        "message": state.message,
+    }
 
 
 async def _servable(registry: Registry, model: str, version: str) -> None:
@@ -187,7 +273,7 @@ async def _servable(registry: Registry, model: str, version: str) -> None:
         found = await registry.get_version(model, version)
     except NotFound:
         raise NotFound(f"the registry holds no version {version!r} of {model}") from None
-    if not found.source:
+    if not (found.artifact_uri or found.source):
         raise HTTPException(422, f"version {version} of {model} has no model artifact to serve")
 
 

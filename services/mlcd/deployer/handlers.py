@@ -2,20 +2,27 @@
 
 Side effects on serving and the registry are declarative (the same call twice leaves the same state),
 so a deployer killed between a side effect and its commit redoes the step's calls, never the step.
+
+Success is read from what the serving platform reports, never from what mlcd asked for: a step is
+analysed only once its split is observed (KServe: Ready for the generation, the traffic split in its
+status), and a version becomes champion only once its promotion is observed. A step that is not Ready,
+or whose checks are inconclusive (no data is never a pass), waits up to the policy's progress_deadline;
+then it rolls back (not Ready) or `on_inconclusive` decides: pause for on-call, or roll back.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from mlcd import events, logs
 from mlcd.bus.service import ServiceSpec, Timer
 from mlcd.deployer import steps
-from mlcd.errors import MlcdError
+from mlcd.errors import ArtifactUnreadable, MlcdError
+from mlcd.policy import analysis
 from mlcd.policy.book import PolicyBook
 from mlcd.policy.schema import Policy
-from mlcd.ports import Analysis, Registry, Serving
+from mlcd.ports import Analysis, ModelVersion, Registry, Serving, ServingState
 from mlcd.store import rollouts
 from mlcd.store.unit_of_work import UnitOfWork
 
@@ -23,7 +30,9 @@ log = logs.get(__name__)
 
 CHAMPION = "champion"
 PREVIOUS_CHAMPION_TAG = "mlcd.previous_champion"
+ROLLED_BACK_TAG = "mlcd.rolled_back"
 TICK_INTERVAL_S = 1.0
+OBSERVE_POLL = timedelta(seconds=1)  # how soon a step waiting for the platform's report looks again
 
 
 def _policy(policies: PolicyBook, model: str) -> Policy:
@@ -68,6 +77,11 @@ async def on_promotion_approved(
         )
 
 
+def _uri(version: ModelVersion) -> str:
+    """Where the serving platform downloads the version from: the artifact store's URI, not `models:/`."""
+    return version.artifact_uri or version.source
+
+
 async def start_rollout(
     uow: UnitOfWork,
     model: str,
@@ -83,6 +97,7 @@ async def start_rollout(
 
     Serving and the registry are changed first, declaratively; the rollout is recorded after (with the
     waiting approval it came from taken off the queue), so a crash in between redoes the same calls.
+    A first version becomes champion only once the platform reports it serving.
     """
     policy = _policy(policies, model)
     candidate = await registry.get_version(model, version)
@@ -93,14 +108,19 @@ async def start_rollout(
                 await rollouts.take_waiting(tx.connection, model)
             tx.emit(events.NoticeRaised(model=model, message=f"version {version} is already the champion"))
         return
-    if champion is None:
-        await serving.promote(model, version, candidate.source)
+    uri = _uri(candidate)
+    try:
+        if champion is None:
+            await serving.promote(model, version, uri)
+        else:
+            await serving.set_canary(model, version, uri, policy.rollout.steps[0])
+    except ArtifactUnreadable as e:
+        await _refuse(uow, model, version, uri, cause_id, str(e), from_waiting=from_waiting)
+        return
+    plan = [100] if champion is None else list(policy.rollout.steps)
+    first_version_served = champion is None and _promotion_observed(await serving.state(model), version, uri)
+    if first_version_served:
         await registry.set_alias(model, CHAMPION, version)
-        plan, state, next_analysis_at = [100], rollouts.SUCCEEDED, None
-    else:
-        plan, state = list(policy.rollout.steps), rollouts.RUNNING
-        next_analysis_at = _now() + policy.rollout.interval
-        await serving.set_canary(model, version, candidate.source, plan[0])
     async with uow.transaction(completes=True) as tx:
         if from_waiting:
             await rollouts.take_waiting(tx.connection, model)
@@ -108,24 +128,59 @@ async def start_rollout(
             tx.connection,
             model=model,
             version=version,
-            artifact_uri=candidate.source,
+            artifact_uri=uri,
             previous_version=champion.version if champion else None,
-            previous_artifact_uri=champion.source if champion else None,
+            previous_artifact_uri=_uri(champion) if champion else None,
             steps=plan,
-            next_analysis_at=next_analysis_at,
+            next_analysis_at=None if first_version_served else _now() + _first_wait(policy, champion),
             cause_event_id=cause_id,
-            state=state,
+            state=rollouts.SUCCEEDED if first_version_served else rollouts.RUNNING,
+            phase=rollouts.PROMOTING if champion is None else rollouts.STEP,
         )
-        if champion is None:
-            tx.emit(events.RolloutStarted(model=model, model_version=version, steps=plan))
+        tx.emit(
+            events.RolloutStarted(
+                model=model,
+                model_version=version,
+                previous_version=champion.version if champion else None,
+                steps=plan,
+            )
+        )
+        if first_version_served:
             tx.emit(events.RolloutStepCompleted(model=model, model_version=version, traffic_percent=100))
             tx.emit(events.RolloutSucceeded(model=model, model_version=version))
-        else:
-            tx.emit(
-                events.RolloutStarted(
-                    model=model, model_version=version, previous_version=champion.version, steps=plan
-                )
+
+
+def _first_wait(policy: Policy, champion: ModelVersion | None) -> timedelta:
+    return OBSERVE_POLL if champion is None else policy.rollout.interval
+
+
+async def _refuse(
+    uow: UnitOfWork, model: str, version: str, uri: str, cause_id: str, reason: str, *, from_waiting: bool
+) -> None:
+    """A version the platform cannot load: nothing moved; the rollout and the journal say why."""
+    async with uow.transaction(completes=True) as tx:
+        if from_waiting:
+            await rollouts.take_waiting(tx.connection, model)
+        await rollouts.start(
+            tx.connection,
+            model=model,
+            version=version,
+            artifact_uri=uri,
+            previous_version=None,
+            previous_artifact_uri=None,
+            steps=[100],
+            next_analysis_at=None,
+            cause_event_id=cause_id,
+            state=rollouts.FAILED,
+            reason=reason,
+        )
+        tx.emit(
+            events.NoticeRaised(
+                model=model,
+                message=f"rollout of version {version} refused: {reason}",
+                cause_event_id=cause_id,
             )
+        )
 
 
 async def advance_rollouts(
@@ -191,84 +246,288 @@ async def _start_waiting(
     )
 
 
+def _deadline_passed(rollout: rollouts.Rollout, policy: Policy, now: datetime) -> bool:
+    started = rollout.step_started_at or rollout.updated_at
+    return now - started >= policy.rollout.progress_deadline
+
+
+def _step_observed(state: ServingState, rollout: rollouts.Rollout) -> bool:
+    """The platform reports this step: Ready for its generation, and the canary getting its share."""
+    return (
+        state.ready
+        and state.canary_version == rollout.version
+        and state.serving_percent == rollout.traffic_percent
+        and (not state.canary_uri or state.canary_uri == rollout.artifact_uri)
+    )
+
+
+def _promotion_observed(state: ServingState, version: str, uri: str) -> bool:
+    return (
+        state.ready
+        and state.canary_version is None
+        and state.stable_version == version
+        and (not state.stable_uri or state.stable_uri == uri)
+    )
+
+
+def _target(
+    state: ServingState, rollout: rollouts.Rollout, revision: str, window_s: float
+) -> analysis.Target:
+    return analysis.Target(
+        namespace=state.namespace,
+        service=state.service or rollout.model,
+        revision=revision,
+        model=rollout.model,
+        version=rollout.version,
+        window_s=max(0.001, window_s),
+    )
+
+
+def _platform(state: ServingState) -> analysis.Platform:
+    return "serverless" if state.platform == "serverless" else "raw" if state.platform == "raw" else "local"
+
+
 async def advance_one(
     uow: UnitOfWork,
     rollout: rollouts.Rollout,
     policies: PolicyBook,
     registry: Registry,
     serving: Serving,
-    analysis: Analysis,
+    analysis_port: Analysis,
 ) -> None:
     policy = _policy(policies, rollout.model)
+    now = _now()
+    if rollout.requested == "abort":
+        await roll_back(uow, rollout, serving, registry, "aborted by on-call", {})
+        return
     async with uow.transaction() as tx:
         waiting = await rollouts.waiting(tx.connection, rollout.model)
-    if waiting is not None:
+    if waiting is not None and rollout.phase == rollouts.STEP:
         await _supersede(uow, rollout, waiting, policies, registry, serving)
         return
     state = await serving.state(rollout.model)
-    # Only this step's traffic counts: the window starts when the step was applied.
-    window_s = min(policy.rollout.interval.total_seconds(), (_now() - rollout.updated_at).total_seconds())
-    figures = await analysis.measure(rollout.model, rollout.version, max(0.001, window_s))
-    verdict = steps.judge(figures, policy.rollout.thresholds, ready=state.ready, not_ready_why=state.message)
-    if not verdict.conclusive:
-        async with uow.transaction() as tx:
-            await rollouts.postpone(tx.connection, rollout, _now() + policy.rollout.interval, verdict.reason)
+    if rollout.phase == rollouts.PROMOTING:
+        await _await_promotion(uow, rollout, policy, registry, serving, state, now)
         return
-    if not verdict.passed:
-        await roll_back(
-            uow, rollout, serving, f"analysis failed at {rollout.traffic_percent}%: {verdict.reason}", figures
+    if rollout.phase == rollouts.GUARDING:
+        await _guard(uow, rollout, policy, registry, serving, analysis_port, state, now)
+        return
+    if rollout.requested == "promote":
+        await _promote(uow, rollout, policy, registry, serving, {}, None, completes_final_step=True)
+        return
+    if state.canary_version != rollout.version or state.canary_percent != rollout.traffic_percent:
+        # The spec is not this step's (a deployer died between a step's change and its commit, or
+        # someone edited it): apply the recorded step again; it is declarative.
+        await serving.set_canary(
+            rollout.model, rollout.version, rollout.artifact_uri, rollout.traffic_percent
         )
+        state = await serving.state(rollout.model)
+    if not _step_observed(state, rollout):
+        if _deadline_passed(rollout, policy, now):
+            why = (
+                state.message or f"traffic observed {state.serving_percent}%, not {rollout.traffic_percent}%"
+            )
+            reason = (
+                f"canary not Ready at {rollout.traffic_percent}% within "
+                f"{policy.rollout.progress_deadline}: {why}"
+            )
+            await roll_back(uow, rollout, serving, registry, reason, {})
+            return
+        async with uow.transaction() as tx:
+            await rollouts.postpone(
+                tx.connection, rollout, now + OBSERVE_POLL, f"waiting for the platform: {state.message}"
+            )
+        return
+    started = rollout.step_started_at or rollout.updated_at
+    window_s = min(policy.rollout.interval.total_seconds(), (now - started).total_seconds())
+    target = _target(state, rollout, state.canary_revision, window_s)
+    outcomes = await analysis_port.evaluate(policy.rollout.checks(), _platform(state), target)
+    verdict = steps.verdict(outcomes)
+    if verdict.failed:
+        reason = f"analysis failed at {rollout.traffic_percent}%: {verdict.reason}"
+        await roll_back(uow, rollout, serving, registry, reason, verdict.figures)
+        return
+    if not verdict.conclusive:
+        await _inconclusive(uow, rollout, policy, registry, serving, verdict, now)
         return
     step_done = events.RolloutStepCompleted(
         model=rollout.model,
         model_version=rollout.version,
         traffic_percent=rollout.traffic_percent,
-        analysis=figures,
+        analysis=verdict.figures,
     )
     following = steps.next_step(rollout.steps, rollout.step_index)
     if following is None or steps.is_final(rollout.steps, following):
         await _promote(
-            uow, rollout, registry, serving, figures, step_done, completes_final_step=following is not None
+            uow,
+            rollout,
+            policy,
+            registry,
+            serving,
+            verdict.figures,
+            step_done,
+            completes_final_step=following is not None,
         )
         return
     await serving.set_canary(rollout.model, rollout.version, rollout.artifact_uri, rollout.steps[following])
     async with uow.transaction() as tx:
-        await rollouts.advance(tx.connection, rollout, _now() + policy.rollout.interval, figures)
+        await rollouts.advance(tx.connection, rollout, now + policy.rollout.interval, verdict.figures)
         tx.emit(step_done)
+
+
+async def _inconclusive(
+    uow: UnitOfWork,
+    rollout: rollouts.Rollout,
+    policy: Policy,
+    registry: Registry,
+    serving: Serving,
+    verdict: steps.AnalysisVerdict,
+    now: datetime,
+) -> None:
+    """Keep waiting until the deadline; then pause for on-call or roll back, as the policy says."""
+    if not _deadline_passed(rollout, policy, now):
+        async with uow.transaction() as tx:
+            await rollouts.postpone(tx.connection, rollout, now + policy.rollout.interval, verdict.reason)
+        return
+    reason = (
+        f"analysis inconclusive at {rollout.traffic_percent}% for {policy.rollout.progress_deadline}: "
+        f"{verdict.reason}"
+    )
+    if policy.rollout.on_inconclusive == "rollback":
+        await roll_back(uow, rollout, serving, registry, reason, verdict.figures)
+        return
+    async with uow.transaction(completes=True) as tx:
+        await rollouts.pause(tx.connection, rollout, reason)
+        tx.emit(
+            events.NoticeRaised(
+                model=rollout.model,
+                message=(
+                    f"rollout of version {rollout.version} paused: {reason}; "
+                    f"mlcd rollout promote|abort|resume {rollout.model}"
+                ),
+            )
+        )
 
 
 async def _promote(
     uow: UnitOfWork,
     rollout: rollouts.Rollout,
+    policy: Policy,
     registry: Registry,
     serving: Serving,
     figures: dict[str, float],
-    step_done: events.RolloutStepCompleted,
+    step_done: events.RolloutStepCompleted | None,
     *,
     completes_final_step: bool,
 ) -> None:
+    """All traffic to the candidate; champion moves once the platform reports it serving."""
     await serving.promote(rollout.model, rollout.version, rollout.artifact_uri)
+    state = await serving.state(rollout.model)
+    async with uow.transaction() as tx:
+        await rollouts.enter(
+            tx.connection,
+            rollout,
+            rollouts.PROMOTING,
+            _now() + OBSERVE_POLL,
+            step_index=len(rollout.steps) - 1,
+            figures=figures,
+        )
+        if step_done is not None:
+            tx.emit(step_done)
+    if _promotion_observed(state, rollout.version, rollout.artifact_uri):
+        async with uow.transaction() as tx:
+            promoting = await rollouts.running(tx.connection, rollout.model)
+        if promoting is not None and promoting.id == rollout.id:
+            await _promoted(uow, promoting, policy, registry)
+
+
+async def _await_promotion(
+    uow: UnitOfWork,
+    rollout: rollouts.Rollout,
+    policy: Policy,
+    registry: Registry,
+    serving: Serving,
+    state: ServingState,
+    now: datetime,
+) -> None:
+    if _promotion_observed(state, rollout.version, rollout.artifact_uri):
+        await _promoted(uow, rollout, policy, registry)
+        return
+    if _deadline_passed(rollout, policy, now):
+        reason = f"promotion to 100% not observed within {policy.rollout.progress_deadline}: {state.message}"
+        await roll_back(uow, rollout, serving, registry, reason, {})
+        return
+    async with uow.transaction() as tx:
+        await rollouts.postpone(
+            tx.connection, rollout, now + OBSERVE_POLL, f"waiting for the platform: {state.message}"
+        )
+
+
+async def _promoted(uow: UnitOfWork, rollout: rollouts.Rollout, policy: Policy, registry: Registry) -> None:
+    """The platform serves the version: it is champion; the guard window starts, if the policy has one."""
     await registry.set_alias(rollout.model, CHAMPION, rollout.version)
     if rollout.previous_version is not None:
         await registry.set_version_tags(
             rollout.model, rollout.version, {PREVIOUS_CHAMPION_TAG: rollout.previous_version}
         )
+    guard = policy.rollout.guard
     async with uow.transaction() as tx:
-        await rollouts.finish(
-            tx.connection, rollout, rollouts.SUCCEEDED, figures=figures, step_index=len(rollout.steps) - 1
+        if guard and rollout.previous_version is not None:
+            now = _now()
+            await rollouts.enter(
+                tx.connection,
+                rollout,
+                rollouts.GUARDING,
+                now + policy.rollout.interval,
+                guard_until=now + guard,
+            )
+        else:
+            await rollouts.finish(tx.connection, rollout, rollouts.SUCCEEDED, figures=rollout.figures)
+        tx.emit(
+            events.RolloutStepCompleted(
+                model=rollout.model, model_version=rollout.version, traffic_percent=100
+            )
         )
-        tx.emit(step_done)
-        if completes_final_step:
+        if not guard or rollout.previous_version is None:
             tx.emit(
-                events.RolloutStepCompleted(
-                    model=rollout.model, model_version=rollout.version, traffic_percent=100
+                events.RolloutSucceeded(
+                    model=rollout.model,
+                    model_version=rollout.version,
+                    previous_version=rollout.previous_version,
                 )
             )
-        tx.emit(
-            events.RolloutSucceeded(
-                model=rollout.model, model_version=rollout.version, previous_version=rollout.previous_version
+
+
+async def _guard(
+    uow: UnitOfWork,
+    rollout: rollouts.Rollout,
+    policy: Policy,
+    registry: Registry,
+    serving: Serving,
+    analysis_port: Analysis,
+    state: ServingState,
+    now: datetime,
+) -> None:
+    """After promotion the same checks keep running on the served revision until the window ends."""
+    window_s = policy.rollout.interval.total_seconds()
+    target = _target(state, rollout, state.stable_revision, window_s)
+    verdict = steps.verdict(await analysis_port.evaluate(policy.rollout.checks(), _platform(state), target))
+    if verdict.failed:
+        reason = f"post-promotion guard: {verdict.reason}"
+        await roll_back(uow, rollout, serving, registry, reason, verdict.figures)
+        return
+    async with uow.transaction() as tx:
+        if rollout.guard_until is not None and now >= rollout.guard_until:
+            await rollouts.finish(tx.connection, rollout, rollouts.SUCCEEDED, figures=verdict.figures or None)
+            tx.emit(
+                events.RolloutSucceeded(
+                    model=rollout.model,
+                    model_version=rollout.version,
+                    previous_version=rollout.previous_version,
+                )
             )
-        )
+        else:
+            await rollouts.postpone(tx.connection, rollout, now + policy.rollout.interval, verdict.reason)
 
 
 async def _supersede(
@@ -295,10 +554,21 @@ async def _supersede(
 
 
 async def roll_back(
-    uow: UnitOfWork, rollout: rollouts.Rollout, serving: Serving, reason: str, figures: dict[str, float]
+    uow: UnitOfWork,
+    rollout: rollouts.Rollout,
+    serving: Serving,
+    registry: Registry,
+    reason: str,
+    figures: dict[str, float],
 ) -> None:
-    """All traffic back to the version before the rollout; `champion` stays where it was."""
+    """All traffic back to the version before the rollout, observed; champion names it again.
+
+    The pulled version is tagged with why (MLflow tag mlcd.rolled_back).
+    """
     await serving.rollback(rollout.model, rollout.previous_version, rollout.previous_artifact_uri)
+    if rollout.previous_version is not None:
+        await registry.set_alias(rollout.model, CHAMPION, rollout.previous_version)
+    await registry.set_version_tags(rollout.model, rollout.version, {ROLLED_BACK_TAG: reason[:500]})
     async with uow.transaction(completes=True) as tx:
         await rollouts.finish(tx.connection, rollout, rollouts.ROLLED_BACK, reason=reason, figures=figures)
         tx.emit(
@@ -325,7 +595,7 @@ async def on_rollback_requested(
         current = await rollouts.running(tx.connection, request.model)
         last = await rollouts.last_succeeded(tx.connection, request.model)
     if current is not None and request.to_version in (None, current.previous_version):
-        await roll_back(uow, current, serving, reason, {})
+        await roll_back(uow, current, serving, registry, reason, {})
         return
     live = await serving.state(request.model)
     target = request.to_version or _version_before(last, live.stable_version)
@@ -339,9 +609,12 @@ async def on_rollback_requested(
         )
         return
     wanted = await registry.get_version(request.model, target)
-    await serving.rollback(request.model, target, wanted.source)
-    if request.to_version is not None:
-        await registry.set_alias(request.model, CHAMPION, target)
+    await serving.rollback(request.model, target, _uri(wanted))
+    # Champion names what serves now; the version taken off is tagged with why.
+    await registry.set_alias(request.model, CHAMPION, target)
+    pulled = current.version if current is not None else live.stable_version
+    if pulled is not None and pulled != target:
+        await registry.set_version_tags(request.model, pulled, {ROLLED_BACK_TAG: reason[:500]})
     async with uow.transaction(completes=True) as tx:
         if current is not None:
             await rollouts.finish(tx.connection, current, rollouts.ROLLED_BACK, reason=reason)

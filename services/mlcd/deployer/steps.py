@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from mlcd.policy import analysis
 from mlcd.policy.schema import Thresholds
 
 
@@ -48,3 +49,34 @@ def judge(
     if p95 > thresholds.max_p95_latency_s:
         failures.append(f"p95 latency {p95:.3f}s above {thresholds.max_p95_latency_s:g}s")
     return Verdict(not failures, failures=failures)
+
+
+@dataclass(frozen=True)
+class AnalysisVerdict:
+    """The checks of one step together: any failure rolls back; any no-data waits; else the step passes."""
+
+    outcomes: list[analysis.Outcome]
+
+    @property
+    def failed(self) -> list[analysis.Outcome]:
+        return [o for o in self.outcomes if o.passed is False]
+
+    @property
+    def conclusive(self) -> bool:
+        return all(o.passed is not None for o in self.outcomes)
+
+    @property
+    def figures(self) -> dict[str, float]:
+        return {o.name: o.value for o in self.outcomes if o.value is not None}
+
+    @property
+    def reason(self) -> str:
+        shown = self.failed or [o for o in self.outcomes if o.passed is None]
+        return "; ".join(o.reason for o in shown)
+
+
+def verdict(outcomes: list[analysis.Outcome]) -> AnalysisVerdict:
+    """No checks at all is no evidence: inconclusive, never a pass."""
+    if not outcomes:
+        return AnalysisVerdict([analysis.Outcome("analysis", None, None, "the rollout has no checks")])
+    return AnalysisVerdict(list(outcomes))

@@ -1,7 +1,10 @@
 """Rollout state, step by step: the deployer resumes from the last completed step after a restart.
 
 One running rollout per model (a partial unique index enforces it); an approval that arrives meanwhile
-waits in `rollout_waiting` until the running rollout's analysis is due, then supersedes it.
+waits in `rollout_waiting` until the running rollout's analysis is due, then supersedes it. A rollout's
+`phase` says what its next tick waits for: the step's analysis ("step"), KServe reporting the final
+promotion ("promoting"), or the end of the post-promotion guard window ("guarding"). A paused rollout
+("paused": inconclusive past its deadline, or on-call asked) waits for `mlcd rollout …`.
 """
 
 from __future__ import annotations
@@ -32,9 +35,15 @@ from mlcd.errors import Conflict
 from mlcd.store.tables import metadata
 
 RUNNING = "running"
+PAUSED = "paused"
 SUCCEEDED = "succeeded"
 ROLLED_BACK = "rolled_back"
 SUPERSEDED = "superseded"
+FAILED = "failed"  # refused before any traffic moved (a model version KServe cannot read)
+ACTIVE = (RUNNING, PAUSED)
+
+STEP, PROMOTING, GUARDING = "step", "promoting", "guarding"
+REQUESTS = ("promote", "abort", "resume")
 
 _BigId = BigInteger().with_variant(Integer(), "sqlite")
 
@@ -56,6 +65,10 @@ rollouts = Table(
     Column("cause_event_id", String(200), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("phase", String(20), nullable=False, server_default=STEP),
+    Column("step_started_at", DateTime(timezone=True), nullable=True),
+    Column("requested", String(20), nullable=False, server_default=""),
+    Column("guard_until", DateTime(timezone=True), nullable=True),
     Index("ix_rollouts_model_id", "model", "id"),
     Index(
         "ux_rollouts_one_running_per_model",
@@ -92,6 +105,10 @@ class Rollout:
     figures: dict[str, float]
     created_at: datetime
     updated_at: datetime
+    phase: str = STEP
+    step_started_at: datetime | None = None
+    requested: str = ""
+    guard_until: datetime | None = None
 
     @property
     def traffic_percent(self) -> int:
@@ -113,6 +130,10 @@ class Rollout:
             "figures": self.figures,
             "created_at": _iso(self.created_at),
             "updated_at": _iso(self.updated_at),
+            "phase": self.phase,
+            "step_started_at": _iso(self.step_started_at),
+            "requested": self.requested or None,
+            "guard_until": _iso(self.guard_until),
         }
 
 
@@ -149,6 +170,10 @@ def _rollout(row: Any) -> Rollout:
         figures={k: float(v) for k, v in (row.figures or {}).items()},
         created_at=_aware(row.created_at),
         updated_at=_aware(row.updated_at),
+        phase=row.phase or STEP,
+        step_started_at=_aware(row.step_started_at) if row.step_started_at is not None else None,
+        requested=row.requested or "",
+        guard_until=_aware(row.guard_until) if row.guard_until is not None else None,
     )
 
 
@@ -164,6 +189,8 @@ async def start(
     next_analysis_at: datetime | None,
     cause_event_id: str,
     state: str = RUNNING,
+    phase: str = STEP,
+    reason: str = "",
 ) -> Rollout:
     """Record a rollout whose first step is applied."""
     now = datetime.now(UTC)
@@ -179,11 +206,14 @@ async def start(
             step_index=0,
             state=state,
             next_analysis_at=next_analysis_at,
-            reason="",
+            reason=reason,
             figures={},
             cause_event_id=cause_event_id,
             created_at=now,
             updated_at=now,
+            phase=phase,
+            step_started_at=now,
+            requested="",
         )
         .returning(rollouts)
     )
@@ -191,8 +221,14 @@ async def start(
 
 
 async def running(conn: AsyncConnection, model: str) -> Rollout | None:
+    """The model's rollout in progress, running or paused."""
     row = (
-        await conn.execute(select(rollouts).where(rollouts.c.model == model, rollouts.c.state == RUNNING))
+        await conn.execute(
+            select(rollouts)
+            .where(rollouts.c.model == model, rollouts.c.state.in_(ACTIVE))
+            .order_by(rollouts.c.id.desc())
+            .limit(1)
+        )
     ).first()
     return _rollout(row) if row is not None else None
 
@@ -251,7 +287,49 @@ async def advance(
         step_index=rollout.step_index + 1,
         next_analysis_at=next_analysis_at,
         figures=figures,
+        step_started_at=datetime.now(UTC),
+        reason="",
+        requested="",
     )
+
+
+async def enter(
+    conn: AsyncConnection,
+    rollout: Rollout,
+    phase: str,
+    next_analysis_at: datetime,
+    *,
+    step_index: int | None = None,
+    guard_until: datetime | None = None,
+    figures: dict[str, float] | None = None,
+) -> None:
+    """Start waiting for something else: KServe's report of the promotion, or the guard window."""
+    await _change(
+        conn,
+        rollout,
+        phase=phase,
+        next_analysis_at=next_analysis_at,
+        step_index=rollout.step_index if step_index is None else step_index,
+        step_started_at=datetime.now(UTC),
+        guard_until=guard_until,
+        figures=figures if figures is not None else rollout.figures,
+        requested="",
+    )
+
+
+async def pause(conn: AsyncConnection, rollout: Rollout, reason: str) -> None:
+    await _change(conn, rollout, state=PAUSED, next_analysis_at=None, reason=reason, requested="")
+
+
+async def request(conn: AsyncConnection, rollout: Rollout, what: str, now: datetime) -> None:
+    """On-call's request (promote, abort, resume), acted on by the deployer's next tick.
+
+    A paused rollout runs again for it; `resume` also starts the step's deadline afresh.
+    """
+    values: dict[str, Any] = {"requested": what, "state": RUNNING, "next_analysis_at": now}
+    if what == "resume":
+        values |= {"requested": "", "step_started_at": now, "reason": ""}
+    await _change(conn, rollout, **values)
 
 
 async def postpone(conn: AsyncConnection, rollout: Rollout, next_analysis_at: datetime, reason: str) -> None:
@@ -285,7 +363,7 @@ async def _change(conn: AsyncConnection, rollout: Rollout, **values: Any) -> Non
         update(rollouts)
         .where(
             rollouts.c.id == rollout.id,
-            rollouts.c.state == RUNNING,
+            rollouts.c.state == rollout.state,
             rollouts.c.step_index == rollout.step_index,
         )
         .values(updated_at=datetime.now(UTC), **values)
