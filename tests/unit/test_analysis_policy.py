@@ -116,3 +116,18 @@ rollout:
     assert "not PromQL" in problems[1].message
     policy = Policy.model_validate({"model": "wine", "rollout": {"on_inconclusive": "rollback"}})
     assert policy.rollout.on_inconclusive == "rollback"
+
+
+def test_a_step_passes_only_when_every_check_passes_and_any_failure_wins_over_no_data() -> None:
+    from mlcd.deployer import steps
+
+    passed = analysis.Outcome("a", 1.0, True)
+    no_data = analysis.Outcome("b", None, None, "b: no data")
+    failed = analysis.Outcome("c", 0.2, False, "c 0.2 below 0.95")
+    assert steps.verdict([passed]).conclusive and not steps.verdict([passed]).failed
+    assert not steps.verdict([passed, no_data]).conclusive
+    assert steps.verdict([passed, no_data]).reason == "b: no data"
+    mixed = steps.verdict([no_data, failed])
+    assert mixed.failed == [failed] and mixed.reason == "c 0.2 below 0.95"
+    assert mixed.figures == {"c": 0.2}
+    assert not steps.verdict([]).conclusive  # no checks is no evidence
