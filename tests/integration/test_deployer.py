@@ -313,3 +313,48 @@ async def _handle_requested_rollbacks(deployer: Deployer) -> None:
         assert not isinstance(decoded, events.DecodeError)
         if isinstance(decoded.data, events.RollbackRequested):
             await deployer.deliver(decoded.data)
+
+
+async def test_on_call_pauses_resumes_aborts_and_retries_a_rollout_through_the_api(local: Deployer) -> None:
+    from mlcd import http as mlcd_http
+
+    tokens = {
+        "oncall-token": auth.Identity("olga", frozenset({"oncall"})),
+        "dev-token": auth.Identity("dan", frozenset()),
+    }
+    api = FastAPI()
+    mlcd_http.install_error_handlers(api)
+    api.include_router(
+        app.router(
+            local.engine, None, local.ports["registry"], tokens.get, local.ports["policies"], local.serving
+        )
+    )
+    oncall = {"Authorization": "Bearer oncall-token"}
+    await local.deliver(events.PromotionApproved(model=local.model, model_version="2"))
+
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url="http://mlcd") as http:
+        base = f"/api/v1/models/{local.model}/rollout"
+        refused = await http.post(f"{base}/pause", headers={"Authorization": "Bearer dev-token"})
+        nonsense = await http.post(f"{base}/explode", headers=oncall)
+        paused = await http.post(f"{base}/pause", headers=oncall)
+        again = await http.post(f"{base}/pause", headers=oncall)
+        await local.traffic(GOOD_ROWS)
+        await local.tick()  # a paused rollout is not analysed
+        held = (await http.get(f"/api/v1/models/{local.model}", headers=oncall)).json()
+        resumed = await http.post(f"{base}/resume", headers=oncall)
+        aborted = await http.post(f"{base}/abort", headers=oncall)
+        await local.tick()
+        after_abort = (await http.get(f"/api/v1/models/{local.model}", headers=oncall)).json()
+        retried = await http.post(f"{base}/retry", headers=oncall)
+
+    assert (refused.status_code, nonsense.status_code, paused.status_code) == (403, 422, 202)
+    assert again.status_code == 409 and "paused already" in str(again.json())
+    assert held["rollout"]["state"] == "paused" and held["rollout"]["traffic_percent"] == 10
+    assert held["serving"]["canary_version"] == "2" and held["serving"]["canary_percent_observed"] == 10
+    assert (resumed.status_code, aborted.status_code, retried.status_code) == (202, 202, 202)
+    assert after_abort["last_rollout"]["state"] == "rolled_back"
+    assert after_abort["last_rollout"]["reason"] == "aborted by on-call"
+    assert after_abort["serving"]["canary_version"] is None and after_abort["champion"] == "1"
+    assert retried.json()["version"] == "2" and retried.json()["event_id"]
+    kinds = await local.kinds()
+    assert kinds.count("approved") == 1  # the retry's approval, for the deployer to roll out
