@@ -23,6 +23,7 @@ from mlcd.bus.service import ServiceSpec
 from mlcd.config import Settings
 from mlcd.deployer import handlers as deployer
 from mlcd.gatekeeper import handlers as gatekeeper
+from mlcd.notifier import handlers as notifier
 from mlcd.policy.book import PolicyBook
 from mlcd.runner import ServiceHost
 from mlcd.supervisor import Worker
@@ -33,7 +34,14 @@ log = logs.get(__name__)
 
 CONSUMER_SERVICES: dict[str, ServiceSpec] = {
     spec.name: spec
-    for spec in (builder.SERVICE, validator.SERVICE, trainer.SERVICE, gatekeeper.SERVICE, deployer.SERVICE)
+    for spec in (
+        builder.SERVICE,
+        validator.SERVICE,
+        trainer.SERVICE,
+        gatekeeper.SERVICE,
+        deployer.SERVICE,
+        notifier.SERVICE,
+    )
 }
 SERVICES: tuple[str, ...] = ("ingest", *CONSUMER_SERVICES)
 ADAPTER_CHECK_INTERVAL_S = 30.0
@@ -213,7 +221,7 @@ def system(
 
 def api_routers(settings: Settings, host: ServiceHost, built: Ports, *, ui: bool) -> list[APIRouter]:
     """The HTTP surface of a process that runs ingest (`mlcd serve ingest`, `mlcd up`)."""
-    from mlcd import journal_api
+    from mlcd import explain_api, journal_api
     from mlcd.deployer import app as deployer_app
     from mlcd.gatekeeper import app as gatekeeper_app
     from mlcd.ingest import app as ingest_app
@@ -224,6 +232,7 @@ def api_routers(settings: Settings, host: ServiceHost, built: Ports, *, ui: bool
             settings=settings, policies=built.policies, bus=host.bus, engine=host.engine, waker=host.waker
         ),
         journal_api.router(lambda: host.engine, identify),
+        explain_api.router(lambda: host.engine, built.registry, built.policies, identify),
         gatekeeper_app.router(
             engine=host.engine,
             waker=host.waker,

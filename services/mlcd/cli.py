@@ -7,14 +7,37 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from mlcd import logs
-from mlcd.commands import db, dlq, events, gates, pipelines, policy, rollout, serving
+from mlcd.commands import db, dlq, events, explain, gates, pipelines, policy, rollout, serving
 from mlcd.config import Settings
 from mlcd.errors import MlcdError
+
+
+def _plain_type_labels() -> None:
+    """Help says TEXT, INTEGER, PATH… (nothing for flags), not typer's Python labels `<str>`, `<bool>`."""
+    import typer.core
+
+    parameter: Any = typer.core._TyperParameter
+    python_label = parameter.display_type
+    plain = {"str": "TEXT", "int": "INTEGER", "float": "NUMBER", "int range": "INTEGER",
+             "float range": "NUMBER", "path": "PATH", "file": "FILE", "directory": "DIRECTORY"}  # fmt: skip
+
+    def display_type(self: Any, ctx: Any) -> str:
+        if getattr(self, "is_flag", False):
+            return ""
+        label = str(python_label(self, ctx)).strip("<>")
+        listed = label.startswith("list[")
+        label = label.removeprefix("list[").removesuffix("]")
+        return plain.get(label, label.upper()) + ("..." if listed else "")
+
+    parameter.display_type = display_type
+
+
+_plain_type_labels()
 
 app = typer.Typer(
     name="mlcd",
@@ -29,8 +52,9 @@ app.add_typer(dlq.app, name="dlq", help="Dead-lettered records: list and replay.
 app.add_typer(policy.app, name="policy", help="Policy files: check.")
 app.add_typer(pipelines.app, name="pipelines", help="KFP pipelines: compile.")
 app.add_typer(db.app, name="db", help="State store migrations.")
-app.add_typer(serving.app)  # rollback MODEL, status [MODEL]
+app.add_typer(serving.app)  # rollback MODEL, retrain MODEL, status [MODEL]
 app.add_typer(rollout.app, name="rollout", help="Rollout control: promote, abort, pause, resume, retry.")
+app.add_typer(explain.app)  # explain FILE
 
 
 def _settings(**overrides: object) -> Settings:

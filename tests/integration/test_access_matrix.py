@@ -110,6 +110,7 @@ ENDPOINTS: dict[tuple[str, str], Access] = {
     ("POST", "/api/v1/gates/{gate_id}/reject"): Access("group", groups=(APPROVERS,)),
     ("POST", "/api/v1/models/{model}/rollback"): Access("group", 202, groups=("oncall",)),
     ("POST", "/api/v1/models/{model}/retrain"): Access("group", 202, groups=("oncall",)),
+    ("POST", "/api/v1/explain"): Access("token"),
 }
 GUARDED = [(endpoint, access) for endpoint, access in ENDPOINTS.items() if access.kind in ("token", "group")]
 PUBLIC = [(endpoint, access) for endpoint, access in ENDPOINTS.items() if access.kind == "public"]
@@ -257,6 +258,8 @@ class Api:
             body = {"reason": "access matrix", "to_version": "1"}
         elif path.endswith("/retrain"):
             body = {"reason": "access matrix", "data_uri": f"s3://landing/{MODEL}/batch.csv"}
+        elif path.endswith("/explain"):
+            body = events.new_event(events.RetrainRequested(model=MODEL, reason="m"), source="t").structured()
         elif method == "POST":
             body = {"reason": "access matrix"}
         if path.endswith("/stream"):  # an event stream does not end: its status and headers are the answer
@@ -527,6 +530,7 @@ API_COMMANDS: dict[tuple[str, ...], Access] = {
     ("events", "tail"): Access("token"),
     ("dlq", "list"): Access("token"),
     ("dlq", "replay"): Access("group", groups=("admin",)),
+    ("explain",): Access("token"),
 }
 STORE = "reads or writes the state store directly: MLCD_DATABASE_URL is its credential, not an API token"
 OTHER_COMMANDS: dict[tuple[str, ...], str] = {
@@ -578,6 +582,11 @@ def cli_arguments(api: Api, words: tuple[str, ...]) -> list[list[str]]:
         return [[*words, MODEL, "--reason", "cli matrix", "--data", f"s3://landing/{MODEL}/b.csv"]]
     if words == ("events", "tail"):
         return [[*words, "--timeout", "1"]]
+    if words == ("explain",):
+        asked = api.settings.home / "retrain-event.json"
+        retrain = events.new_event(events.RetrainRequested(model=MODEL, reason="m"), source="t")
+        asked.write_text(json.dumps(retrain.structured(), default=str))
+        return [[*words, str(asked)]]
     if words == ("status",):
         return [[*words], [*words, MODEL]]
     return [list(words)]

@@ -76,6 +76,7 @@ def _commands(home: Path) -> dict[tuple[str, ...], tuple[dict[str, st.SearchStra
         ("db", "current"): ({}, []),
         ("rollback",): ({"--to-version": TEXT, "--reason": TEXT}, [TEXT]),
         ("retrain",): ({"--reason": TEXT, "--data": TEXT}, [TEXT]),
+        ("explain",): ({"--expect": TEXT, "--offline": FLAG, "--json": FLAG}, [path]),
         ("events", "tail"): (
             {"--model": TEXT, "--type": TEXT, "--json": FLAG, "--count": NUMBER, "--timeout": NUMBER},
             [],

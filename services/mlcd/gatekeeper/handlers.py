@@ -306,14 +306,14 @@ async def _announce_gate(
     notifier: ports.Notifier,
     project: str,
 ) -> None:
-    """Notices are best effort: an unreachable chat or GitLab must not keep a gate from opening."""
+    """The commit note is best effort: an unreachable GitLab must not keep a gate from opening. Chat
+    channels hear of the gate from the notifier service (it reads GateOpened), not from here."""
     title, body = notices.gate_opened(opened, settings.effective_api_url)
     if project and candidate.commit:
         note = code_host.post_commit_note(
             project, candidate.commit, f"mlcd gate {opened.gate_id} opened", f"### {title}\n\n{body}"
         )
         await _best_effort("commit note", note)
-    await _best_effort("notification", notifier.notify(opened.model, title, body))
 
 
 async def _best_effort(what: str, call: Awaitable[None]) -> None:

@@ -34,7 +34,7 @@ def gate_opened(gate: events.GateOpened, api_url: str) -> tuple[str, str]:
             "```",
             f"mlcd gates approve {gate.gate_id}",
             f'mlcd gates reject {gate.gate_id} --reason "..."',
-            f"curl -X POST -H 'Authorization: Bearer $MLCD_TOKEN' -H 'Content-Type: application/json' "
+            "curl -X POST -H \"Authorization: Bearer $MLCD_API_TOKEN\" -H 'Content-Type: application/json' "
             f'-d \'{{"reason": "..."}}\' {api_url}/api/v1/gates/{gate.gate_id}/approve',
             "```",
             f"or comment `/mlcd approve {gate.gate_id}` (or `/mlcd reject {gate.gate_id} <reason>`) "
