@@ -33,12 +33,32 @@ class TokenEntry(BaseModel):
     name: str
     groups: list[str] = Field(default_factory=list)
     token_sha256: str
+    identity: str | None = Field(None, description="The person holding the token; default: name.")
+    gitlab_username: str | None = Field(
+        None,
+        description="Their GitLab username: API and merge-request decisions count as one person's.",
+    )
 
 
 @dataclass(frozen=True)
 class Identity:
+    """Who holds a token: the token's name, its groups, the person and their GitLab username."""
+
     name: str
     groups: frozenset[str]
+    person: str = ""
+    gitlab_username: str = ""
+
+    @property
+    def actor(self) -> str:
+        """The one name decisions are recorded under: the GitLab username when known, so approving in a
+        merge request and through the API count as the same person."""
+        return self.gitlab_username or self.person or self.name
+
+    def is_author(self, author: str) -> bool:
+        """True when `author` (a GitLab username, or a name) names this person."""
+        names = {self.name, self.person, self.gitlab_username} - {""}
+        return bool(author) and author.lower() in {name.lower() for name in names}
 
     def in_any(self, groups: list[str] | frozenset[str]) -> bool:
         return "admin" in self.groups or bool(self.groups & set(groups))
@@ -78,7 +98,11 @@ class TokenBook:
         for entry in self._entries:  # compare with every entry so timing does not reveal which matched
             if hmac.compare_digest(digest, entry.token_sha256.lower()):
                 found = entry
-        return Identity(found.name, frozenset(found.groups)) if found else None
+        if found is None:
+            return None
+        return Identity(
+            found.name, frozenset(found.groups), found.identity or found.name, found.gitlab_username or ""
+        )
 
 
 _ENTRIES = TypeAdapter(list[TokenEntry])
@@ -87,10 +111,11 @@ _ENTRIES = TypeAdapter(list[TokenEntry])
 def _problem(error: ErrorDetails) -> str:
     loc = error["loc"]
     if not loc:
-        return f"the file should be a list of {{name, groups, token_sha256}}: {error['msg']}"
+        fields = "name, groups, token_sha256, identity, gitlab_username"
+        return f"the file should be a list of {{{fields}}}: {error['msg']}"
     entry = f"entry {int(loc[0]) + 1}"
     if error["type"] == "extra_forbidden":  # the unknown key itself might be a pasted token
-        return f"{entry} has a field other than name, groups and token_sha256"
+        return f"{entry} has a field other than name, groups, token_sha256, identity and gitlab_username"
     return " ".join([entry, *(f"field {part}" for part in loc[1:])]) + f": {error['msg']}"
 
 

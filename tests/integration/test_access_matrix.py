@@ -123,9 +123,17 @@ def token(name: str) -> str:
     return f"mlcd_{name}_" + _RUN
 
 
+PEOPLE = {"lead": {"identity": "Lena Lead", "gitlab_username": "lena"}}  # lead's token is GitLab user lena
+
+
 def write_tokens(path: Path) -> Path:
     entries = [
-        {"name": name, "groups": groups, "token_sha256": hashlib.sha256(token(name).encode()).hexdigest()}
+        {
+            "name": name,
+            "groups": groups,
+            "token_sha256": hashlib.sha256(token(name).encode()).hexdigest(),
+            **PEOPLE.get(name, {}),
+        }
         for name, groups in IDENTITIES.items()
     ]
     path.write_text(yaml.safe_dump(entries))
@@ -476,6 +484,30 @@ def test_gate_author_in_the_approver_group_still_may_not_approve_their_own_chang
     answer = api.http.post(f"/api/v1/gates/{gate_id}/approve", headers=bearer("lead"), json={})
     assert answer.status_code == 403, answer.text
     assert api.gate(gate_id)["state"] == "open"
+
+
+def test_the_changes_gitlab_author_may_not_approve_it_through_any_surface(api: Api, tmp_path: Path) -> None:
+    """The gate's author is a GitLab username; the token file says the lead token is GitLab user lena."""
+    gate_id = api.open_gate(author="lena")
+    for via in ("api", "ui"):
+        headers = {**bearer("lead"), "X-Mlcd-Via": via}
+        answer = api.http.post(f"/api/v1/gates/{gate_id}/approve", headers=headers, json={})
+        assert answer.status_code == 403 and "lena is the author of the change" in answer.text, answer.text
+    env = {"MLCD_API_URL": api.url, "MLCD_API_TOKEN": token("lead"), "MLCD_HOME": str(tmp_path)}
+    result = CliRunner().invoke(cli.app, ["gates", "approve", gate_id], env=env)
+    assert result.exit_code == 1 and "403: lena is the author of the change" in result.stderr
+    gate = api.gate(gate_id)
+    assert gate["state"] == "open" and gate["approvals"] == []
+    assert [(e["actor"], e["via"], e["outcome"]) for e in gate["audit"]] == [
+        ("lena", "api", "refused"),
+        ("lena", "ui", "refused"),
+        ("lena", "cli", "refused"),
+    ]
+    # Rejecting one's own change is allowed, and recorded under the one identity.
+    rejected = api.http.post(
+        f"/api/v1/gates/{gate_id}/reject", headers=bearer("lead"), json={"reason": "oops"}
+    )
+    assert rejected.status_code == 200 and api.gate(gate_id)["decided_by"] == "lena"
 
 
 def test_merge_request_comment_decides_only_for_the_models_approvers(tmp_path: Path) -> None:

@@ -86,6 +86,9 @@ def router(
         async def authorise(gate: gates.Gate) -> str | None:
             policy = policies.get(gate.model)
             groups = list(policy.approval.groups) if policy else gate.approver_groups
+            if decision == "approve" and who.identity.is_author(gate.author):
+                # gate.author is the change's GitLab author; the token's gitlab_username says who that is
+                return f"{who.identity.actor} is the author of the change and may not approve it"
             if who.identity.in_any(groups):
                 return None
             return f"{who.name} is in none of the approver groups {groups} of {gate.model}"
@@ -94,7 +97,7 @@ def router(
             result = await gate_decisions.decide(
                 uow,
                 gate_id,
-                actor=who.name,
+                actor=who.identity.actor,
                 via=who.via,
                 decision=decision,
                 reason=reason,
