@@ -177,8 +177,9 @@ async def test_a_model_logged_without_a_signature_gets_its_feature_names_and_no_
     assert [str(w.message) for w in seen if "feature names" in str(w.message)] == []
 
 
-async def _until(probe: Callable[[], Awaitable[float]], at_least: float, timeout_s: float) -> None:
+async def _until(probe: Callable[[], Awaitable[float | None]], at_least: float, timeout_s: float) -> None:
     async def reached() -> bool:
-        return await probe() >= at_least
+        value = await probe()  # None: Prometheus has no sample yet
+        return value is not None and value >= at_least
 
     await flows.eventually(reached, f"Prometheus scraping a count of {at_least}", timeout_s)

@@ -258,7 +258,10 @@ def _array(given: RequestInput, raw: bytes | None) -> npt.NDArray[Any]:
         if len(values) != count:
             raise BadRequest(f"{where}: {len(values)} values do not fit shape {given.shape}")
         flat = _from_json(values, dtype, given.datatype, where)
-    return flat.reshape(given.shape)
+    try:
+        return flat.reshape(given.shape)
+    except ValueError as e:  # an empty tensor with a dimension numpy cannot index
+        raise BadRequest(f"{where}: shape {given.shape}: {e}") from None
 
 
 def _from_json(values: list[Any], dtype: np.dtype[Any], datatype: str, where: str) -> npt.NDArray[Any]:

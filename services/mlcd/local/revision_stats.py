@@ -73,5 +73,11 @@ def _p95(values: list[float]) -> float:
 
 
 def set_traffic(model: str, split: dict[str, int]) -> None:
+    """Export each revision's share, and its request series at zero from the moment it is routed:
+    an error rate of a revision without errors is then 0, not an empty (inconclusive) PromQL result,
+    and `increase()` counts its first requests."""
     for version, percent in split.items():
         TRAFFIC.labels(model, version).set(percent)
+        for outcome in ("ok", "error"):
+            REQUESTS.labels(model, version, outcome)
+        LATENCY.labels(model, version)
