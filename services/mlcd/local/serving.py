@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
@@ -224,6 +223,8 @@ class LocalServing:
         Raises NotFound, `protocol.BadRequest` when the inputs do not fit the model's signature,
         RevisionNotLoaded and PredictionFailed (counted as the revision's error).
         """
+        import numpy as np
+
         chosen = version or self._pick(model)
         if chosen not in self._routing(model).split():
             raise NotFound(f"model {model} does not serve version {chosen}")
