@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -26,7 +27,8 @@ from mlcd.commands import events as events_command
 from mlcd.local import endpoint
 from mlcd.store import dead_letters, outbox
 from mlcd.store.database import create_engine
-from tests.support import flows, ingest_app
+from tests.support import flows, ingest_app, processes
+from tests.support.mlcd_service import MLCD, REPO
 
 TOKENS = {
     "reader-token": auth.Identity("rita", frozenset({"developers"})),
@@ -251,3 +253,31 @@ def test_dlq_list_on_an_empty_store_says_nothing_waits(engine: AsyncEngine, api_
         0,
         "no dead letters waiting (--all shows replayed ones)",
     )
+
+
+def test_commands_find_the_running_mlcd_up_by_its_home(tmp_path: Path) -> None:
+    """`mlcd up --port P` records its URL and token file in MLCD_HOME; a command given only MLCD_HOME
+    reaches it, and after a clean stop the record is gone."""
+    home = tmp_path / "home"
+    port = processes.free_port()
+    env = {
+        "MLCD_HOME": str(home),
+        "MLCD_MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "MLCD_POLICIES_DIR": str(REPO / "policies"),
+    }
+    server = processes.start([MLCD, "up", "--port", str(port)], tmp_path / "up.log", env=env, cwd=REPO)
+    try:
+        processes.wait_until(lambda: (home / endpoint.FILE_NAME).exists(), 120, "mlcd up", server)
+        recorded = endpoint.read(home)
+        assert recorded is not None and recorded.url == f"http://127.0.0.1:{port}"
+        listed = subprocess.run(
+            [MLCD, "gates", "list"],
+            env={**os.environ, "MLCD_HOME": str(home)},
+            capture_output=True,
+            text=True,
+        )
+        assert (listed.returncode, listed.stdout.strip()) == (0, "no gates"), listed.stderr
+    finally:
+        processes.stop(server, timeout_s=60)
+    assert server.returncode == 0
+    assert not (home / endpoint.FILE_NAME).exists()

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from mlcd import auth, bootstrap, serve
 from mlcd.adapters.mlflow import EMBEDDED_PORT_OFFSET
 from mlcd.config import Settings
+from mlcd.local import endpoint
 from mlcd.local.mlflow_server import EmbeddedMlflow
 from mlcd.local.object_watch import ObjectFolderWatcher
 from mlcd.local.progress import ProgressView
@@ -49,8 +50,16 @@ async def up(
         system = bootstrap.system(settings, bootstrap.consumer_services(), http=True, ui=True)
         for worker in _companions(settings, system, progress=progress):
             system.host.supervise(worker)
-        return await serve.run(system, stop=stop, on_ready=on_ready)
+
+        def ready() -> None:  # the CLI finds this server (URL, admin token) through MLCD_HOME
+            url = f"http://{settings.http_host}:{settings.http_port}"
+            endpoint.record(settings.home, url, settings.home / "admin-token")
+            if on_ready is not None:
+                on_ready()
+
+        return await serve.run(system, stop=stop, on_ready=ready)
     finally:
+        endpoint.forget(settings.home)
         if mlflow is not None:
             mlflow.stop()
 
