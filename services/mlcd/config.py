@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Literal, Self
 from urllib.parse import SplitResult, unquote, urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mlcd.errors import ConfigError
@@ -101,7 +101,9 @@ RECORD_HEADROOM_BYTES = 65_536
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="MLCD_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="MLCD_", extra="ignore", validate_by_name=True, validate_by_alias=True
+    )
 
     @classmethod
     def load(cls) -> Settings:
@@ -138,6 +140,15 @@ class Settings(BaseSettings):
     )
     kafka_heartbeat_interval_s: float = Field(
         3.0, gt=0, description="Consumer heartbeat; a third of the session."
+    )
+    kafka_fetch_max_wait_ms: int = Field(
+        10,
+        ge=1,
+        le=30_000,
+        description=(
+            "How long the broker may hold a consumer's fetch when nothing new has arrived (ms): the "
+            "per-hop latency bound. Lower is faster and costs idle fetches (aiokafka's default is 500)."
+        ),
     )
     kafka_max_request_size: int = Field(
         1_048_576,
@@ -192,6 +203,19 @@ class Settings(BaseSettings):
         None, description="Kubeflow Pipelines API, http(s)://host[:port][/path]; unset: kfp local runner."
     )
     kfp_timeout_s: float = Field(30.0, gt=0, description="Timeout of every KFP API call.")
+    kfp_namespace: str | None = Field(
+        None, description="Multi-user Kubeflow: the profile namespace runs and experiments live in."
+    )
+    kfp_experiment: str | None = Field(
+        None, description="KFP experiment (display name) runs are filed under, created when missing."
+    )
+    kfp_token_path: Path | None = Field(
+        None,
+        validation_alias=AliasChoices("MLCD_KFP_TOKEN_PATH", "KF_PIPELINES_SA_TOKEN_PATH"),
+        description="Service-account token file sent to KFP as a bearer token, reread on every call (also "
+        "read from KF_PIPELINES_SA_TOKEN_PATH); multi-user Kubeflow mounts it at "
+        "/var/run/secrets/kubeflow/pipelines/token.",
+    )
     pipelines_dir: Path = Field(
         Path("pipelines"),
         description="The repository's pipelines/ folder; its parent is the root that relative policy paths "
@@ -350,7 +374,7 @@ class Settings(BaseSettings):
             s3_endpoint_parts(endpoint)
         return endpoint
 
-    @field_validator("kserve_namespace")
+    @field_validator("kserve_namespace", "kfp_namespace")
     @classmethod
     def _a_namespace(cls, namespace: str | None) -> str | None:
         if namespace is not None and not _DNS_LABEL.match(namespace):

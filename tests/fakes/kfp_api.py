@@ -1,9 +1,12 @@
 """A fake Kubeflow Pipelines API server (v2beta1 REST paths and JSON shapes) that records every call.
 
 It serves what mlcd's `KfpClientOrchestrator` and `kfp.Client` use: healthz, pipeline upload and listing,
-pipeline versions (upload, list with filter and sort, get), runs (create, list with a `display_name`
-filter, get). Runs stay RUNNING until the test calls `finish(...)`; `hang = True` makes every call wait
-without answering, like a server that accepts connections and never replies.
+pipeline versions (upload, list with filter and sort, get), experiments (create, list with a filter),
+runs (create, list with a `display_name` filter and a namespace, get, terminate). Runs stay RUNNING until
+the test calls `finish(...)`; `hang = True` makes every call wait without answering, like a server that
+accepts connections and never replies. With `token` set it answers 401 to a request without that bearer
+token, as multi-user Kubeflow does. Like the real server it reports no run outputs: v2beta1 runs carry
+none (tests/integration/test_kfp_fake_conformance.py checks every answer against kfp-server-api's models).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ class Call:
     method: str
     path: str
     query: dict[str, str]
+    authorization: str | None = None
 
 
 @dataclass
@@ -43,8 +47,11 @@ class FakeKfp:
     versions: dict[str, dict[str, Any]] = field(default_factory=dict)
     runs: dict[str, dict[str, Any]] = field(default_factory=dict)
     calls: list[Call] = field(default_factory=list)
+    experiments: dict[str, dict[str, Any]] = field(default_factory=dict)
     hang: bool = False
     url: str = ""
+    token: str | None = None
+    multi_user: bool = False
 
     def created_runs(self) -> list[Call]:
         return [c for c in self.calls if c.method == "POST" and c.path == f"{PREFIX}/runs"]
@@ -54,21 +61,13 @@ class FakeKfp:
         run_id: str,
         state: str,
         *,
-        outputs: dict[str, Any] | None = None,
         failed_task: str = "",
         error: str = "",
     ) -> None:
-        """End a run as SUCCEEDED, FAILED or CANCELED; `outputs` appear as a plugin's entries."""
+        """End a run as SUCCEEDED, FAILED or CANCELED (what the pipeline registered is in MLflow)."""
         run = self.runs[run_id]
         run.update(state=state, finished_at=_now())
         run["state_history"].append({"update_time": _now(), "state": state})
-        if outputs:
-            run["plugins_output"] = {
-                "mlcd": {
-                    "entries": {k: {"value": v} for k, v in outputs.items()},
-                    "state": "PLUGIN_SUCCEEDED",
-                }
-            }
         if state == "FAILED":
             run["error"] = {"code": 2, "message": error or "run failed"}
             task = {
@@ -138,14 +137,48 @@ def app(fake: FakeKfp) -> FastAPI:
 
     @api.middleware("http")
     async def record(request: Request, call_next: Any) -> Any:
-        fake.calls.append(Call(request.method, request.url.path, dict(request.query_params)))
+        fake.calls.append(
+            Call(
+                request.method,
+                request.url.path,
+                dict(request.query_params),
+                request.headers.get("authorization"),
+            )
+        )
         while fake.hang:  # flipped from the test thread; an asyncio.Event is bound to one loop
             await asyncio.sleep(0.05)
+        if fake.token is not None and request.headers.get("authorization") != f"Bearer {fake.token}":
+            return JSONResponse(
+                {"code": 16, "message": "Unauthenticated: no valid token", "details": []}, 401
+            )
         return await call_next(request)
 
     @api.get(f"{PREFIX}/healthz")
     async def healthz() -> dict[str, Any]:
-        return {"multi_user": False, "pipeline_store": "database"}
+        return {"multi_user": fake.multi_user, "pipeline_store": "database"}
+
+    @api.post(f"{PREFIX}/experiments")
+    async def create_experiment(request: Request) -> dict[str, Any]:
+        body = await request.json()
+        experiment_id = str(uuid.uuid4())
+        fake.experiments[experiment_id] = {
+            "experiment_id": experiment_id,
+            "display_name": body["display_name"],
+            "description": body.get("description", ""),
+            "created_at": _now(),
+            "namespace": body.get("namespace") or "",
+            "storage_state": "AVAILABLE",
+            "last_run_created_at": _UNSET_TIME,
+        }
+        return fake.experiments[experiment_id]
+
+    @api.get(f"{PREFIX}/experiments")
+    async def list_experiments(request: Request) -> dict[str, Any]:
+        namespace = request.query_params.get("namespace", "")
+        if fake.multi_user and not namespace:
+            raise HTTPException(400, "a namespace is required in multi-user mode")
+        chosen = [e for e in fake.experiments.values() if e["namespace"] == namespace]
+        return _listing(chosen, request, "experiments")
 
     def new_version(pipeline_id: str, name: str, filename: str) -> dict[str, Any]:
         version_id = str(uuid.uuid4())
@@ -207,9 +240,12 @@ def app(fake: FakeKfp) -> FastAPI:
         reference = body.get("pipeline_version_reference") or {}
         if reference.get("pipeline_version_id") not in fake.versions:
             raise HTTPException(400, "pipeline_version_reference names no known pipeline version")
+        experiment_id = body.get("experiment_id")
+        if fake.multi_user and experiment_id not in fake.experiments:
+            raise HTTPException(400, "a run needs an experiment of its namespace in multi-user mode")
         run_id = str(uuid.uuid4())
         fake.runs[run_id] = {
-            "experiment_id": body.get("experiment_id") or "default",
+            "experiment_id": experiment_id or "default",
             "run_id": run_id,
             "display_name": body["display_name"],
             "storage_state": "AVAILABLE",
@@ -226,12 +262,26 @@ def app(fake: FakeKfp) -> FastAPI:
 
     @api.get(f"{PREFIX}/runs")
     async def list_runs(request: Request) -> dict[str, Any]:
+        namespace = request.query_params.get("namespace", "")
+        if fake.multi_user and not namespace and not request.query_params.get("experiment_id"):
+            raise HTTPException(400, "a namespace or experiment_id is required in multi-user mode")
         return _listing(list(fake.runs.values()), request, "runs")
+
+    @api.post(PREFIX + "/runs/{run_id}:terminate")
+    async def terminate_run(run_id: str) -> Any:
+        if run_id not in fake.runs:
+            return JSONResponse({"code": 5, "message": f"run {run_id} not found", "details": []}, 404)
+        run = fake.runs[run_id]
+        if run["state"] not in {"SUCCEEDED", "FAILED", "CANCELED", "SKIPPED"}:
+            run.update(state="CANCELING")
+            run["state_history"].append({"update_time": _now(), "state": "CANCELING"})
+            fake.finish(run_id, "CANCELED")  # the workflow's pods are gone at once here
+        return {}
 
     @api.get(PREFIX + "/runs/{run_id}")
     async def get_run(run_id: str) -> Any:
         if run_id not in fake.runs:
-            return JSONResponse({"code": 5, "message": f"run {run_id} not found"}, status_code=404)
+            return JSONResponse({"code": 5, "message": f"run {run_id} not found", "details": []}, 404)
         return fake.runs[run_id]
 
     return api

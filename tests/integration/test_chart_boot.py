@@ -51,6 +51,7 @@ RELEASE, NAMESPACE = "prod", "mlcd"
 BIN = Path(sys.executable).parent
 READY_TIMEOUT_S = 240
 ONCALL_TOKEN = "mlcd-chart-boot-oncall-token"
+KFP_TOKEN = "projected-service-account-token"  # what the kubelet writes into the projected volume
 
 Manifest = dict[str, Any]
 
@@ -62,7 +63,7 @@ class Outside:
     kafka: str
     database_url: str
     mlflow: str
-    kfp: str
+    kfp: kfp_api.FakeKfp
     s3: minio_gateway.Gateway
     prometheus: str
     gitlab: FakeGitLab
@@ -75,7 +76,7 @@ def default_values(outside: Outside) -> dict[str, Any]:
         "config": {
             "kafka": {"bootstrap": outside.kafka, "enableIdempotence": False},
             "mlflowTrackingUri": outside.mlflow,
-            "kfpHost": outside.kfp,
+            "kfpHost": outside.kfp.url,
             "s3": {"endpoint": outside.s3.endpoint},
             "prometheusUrl": outside.prometheus,
         },
@@ -101,8 +102,11 @@ def production_values(outside: Outside) -> dict[str, Any]:
             },
             "mlflowTrackingUri": outside.mlflow,
             "mlflowTimeoutSeconds": 20,
-            "kfpHost": outside.kfp,
+            "kfpHost": outside.kfp.url,
             "kfpTimeoutSeconds": 20,
+            "kfpNamespace": "team-ml",
+            "kfpExperiment": "mlcd",
+            "kfpServiceAccountToken": True,
             # The form MLflow's MLFLOW_S3_ENDPOINT_URL and boto take.
             "s3": {"endpoint": f"http://{outside.s3.endpoint}", "timeoutSeconds": 20},
             "kserveNamespace": "serving",
@@ -191,6 +195,8 @@ class Cluster:
         return str(self.secrets[ref["secretKeyRef"]["name"]][ref["secretKeyRef"]["key"]])
 
     def files(self, volume: Manifest) -> dict[str, str]:
+        if "projected" in volume:  # the kubelet's service-account token for an audience
+            return {s["serviceAccountToken"]["path"]: KFP_TOKEN for s in volume["projected"]["sources"]}
         if "configMap" in volume:
             data, items = self.config_maps[volume["configMap"]["name"]], volume["configMap"].get("items")
         else:
@@ -326,7 +332,7 @@ async def outside(
         kfp = stack.enter_context(kfp_api.serve())
         kube = await stack.enter_async_context(kube_api.running())
         analysis = stack.enter_context(prometheus.running([], tmp_path / "prometheus"))
-        yield Outside(kafka_bootstrap, pg_url, mlflow_uri, kfp.url, gateway, analysis, gitlab, kube.url)
+        yield Outside(kafka_bootstrap, pg_url, mlflow_uri, kfp, gateway, analysis, gitlab, kube.url)
 
 
 # --- the test -------------------------------------------------------------------------------------------
@@ -337,6 +343,8 @@ async def test_every_rendered_workload_boots_under_its_rendered_env(
     value_set: str, outside: Outside, tmp_path: Path
 ) -> None:
     values = VALUE_SETS[value_set](outside)
+    if values["config"].get("kfpServiceAccountToken"):
+        outside.kfp.token, outside.kfp.multi_user = KFP_TOKEN, True
     manifests = render(values)
     cluster = Cluster(manifests)
     image = image_layout.final_stage()
@@ -361,9 +369,18 @@ async def test_every_rendered_workload_boots_under_its_rendered_env(
             start(pod)
         async with httpx.AsyncClient() as http:
             times = await asyncio.gather(*(until_ready(pod, http) for pod in pods))
+            # /status asks every adapter, KFP included, whether it answers.
+            statuses = [
+                (await http.get(f"http://127.0.0.1:{pod.port}/status", timeout=30)).json() for pod in pods
+            ]
     finally:
         # All at once, as a namespace deletion would: each drain takes seconds.
         await asyncio.gather(*(asyncio.to_thread(stop, pod) for pod in pods))
+    assert all(status["adapters"] for status in statuses)
+    if outside.kfp.token is not None:  # multi-user: every KFP call carried the mounted token
+        assert outside.kfp.calls and {c.authorization for c in outside.kfp.calls} == {f"Bearer {KFP_TOKEN}"}
+        assert [s["adapters"].get("orchestrator") for s in statuses] == [None] * len(pods)
+        assert all(problem is None for s in statuses for problem in s["adapters"].values()), statuses
     report = ", ".join(
         f"{pod.name.removeprefix('prod-mlcd-')} {s:.1f} s" for pod, s in zip(pods, times, strict=True)
     )

@@ -39,6 +39,9 @@ EVERYTHING = {
     "config": {
         "kafka": {"namespace": "prod."},
         "kserveNamespace": "serving",
+        "kfpNamespace": "team-ml",
+        "kfpExperiment": "mlcd",
+        "kfpServiceAccountToken": True,
         "prometheusUrl": "http://prometheus.monitoring:9090",
         "gitlabUrl": "https://gitlab.example.com",
         "minioKafkaTopic": "minio-events",
@@ -508,3 +511,20 @@ def test_kafka_credentials_are_secrets_and_tls_material_is_mounted_into_every_se
         assert {"name": "kafka-tls", "mountPath": "/etc/mlcd/kafka-tls", "readOnly": True} in container(
             deployment
         )["volumeMounts"]
+
+
+def test_multi_user_kubeflow_gets_a_projected_token_for_the_pipelines_audience() -> None:
+    manifests = rendered("everything")
+    settings = of_kind(manifests, "ConfigMap")["prod-mlcd-config"]["data"]
+
+    assert (settings["MLCD_KFP_NAMESPACE"], settings["MLCD_KFP_EXPERIMENT"]) == ("team-ml", "mlcd")
+    token_dir = str(Path(settings["MLCD_KFP_TOKEN_PATH"]).parent)
+    for deployment in of_kind(manifests, "Deployment").values():
+        volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+        (source,) = volumes["kfp-token"]["projected"]["sources"]
+        assert source["serviceAccountToken"]["audience"] == "pipelines.kubeflow.org"
+        assert source["serviceAccountToken"]["path"] == Path(settings["MLCD_KFP_TOKEN_PATH"]).name
+        mounts = {m["name"]: m["mountPath"] for m in container(deployment)["volumeMounts"]}
+        assert mounts["kfp-token"] == token_dir
+    with pytest.raises(helm_python.HelmError, match="need an experiment there"):
+        _render({"config": {"kfpNamespace": "team-ml"}})

@@ -192,8 +192,25 @@ async def test_duplicate_delivery_on_the_bus_starts_one_run(
     assert len(await emitted(engine, events.TrainingStarted)) == 1
 
 
+def register_for_run(mlflow_uri: str, model: str, run_name: str, metrics: dict[str, float]) -> str:
+    """What the pipeline does on a cluster: a version with the run's metrics, behind the run's alias."""
+    client = MlflowClient(tracking_uri=mlflow_uri)
+    mlflow_run = client.create_run(client.create_experiment(unique("exp")))
+    for key, value in metrics.items():
+        client.log_metric(mlflow_run.info.run_id, key, value)
+    try:
+        client.create_registered_model(model)
+    except Exception:  # MlflowException RESOURCE_ALREADY_EXISTS: another test registered it first
+        pass
+    version = client.create_model_version(
+        model, source=f"runs:/{mlflow_run.info.run_id}/model", run_id=mlflow_run.info.run_id
+    ).version
+    client.set_registered_model_alias(model, decisions.run_alias(run_name), version)
+    return str(version)
+
+
 async def test_triggers_during_a_run_coalesce_into_one_follow_up_on_the_newest_data(
-    engine: AsyncEngine, fake: kfp_api.FakeKfp, kfp_ports: dict[str, Any]
+    engine: AsyncEngine, fake: kfp_api.FakeKfp, kfp_ports: dict[str, Any], mlflow_uri: str
 ) -> None:
     first, second, third = unique("evt"), unique("evt"), unique("evt")
     await deliver(engine, kfp_ports, validated("s3://landing/wine_quality/1.csv"), first)
@@ -202,9 +219,8 @@ async def test_triggers_during_a_run_coalesce_into_one_follow_up_on_the_newest_d
     assert len(fake.created_runs()) == 1
 
     first_run = fake.run_named(decisions.run_name(MODEL, first))
-    fake.finish(
-        first_run["run_id"], "SUCCEEDED", outputs={"model_version": "4", "metrics": json.dumps(METRICS)}
-    )
+    registered = register_for_run(mlflow_uri, MODEL, first_run["display_name"], METRICS)
+    fake.finish(first_run["run_id"], "SUCCEEDED")
 
     async def succeeded() -> bool:
         return bool(await emitted(engine, events.TrainingSucceeded))
@@ -214,7 +230,7 @@ async def test_triggers_during_a_run_coalesce_into_one_follow_up_on_the_newest_d
     follow_up = fake.run_named(decisions.run_name(MODEL, third))
     assert follow_up["runtime_config"]["parameters"]["data_uri"] == "s3://landing/wine_quality/2.csv"
     [result] = await emitted(engine, events.TrainingSucceeded)
-    assert result["model_version"] == "4" and result["metrics"] == METRICS
+    assert result["model_version"] == registered and result["metrics"] == METRICS
     assert result["data_uri"] == "s3://landing/wine_quality/1.csv"
     assert [s["trigger_event_id"] for s in await emitted(engine, events.TrainingStarted)] == [first, third]
     async with engine.connect() as conn:

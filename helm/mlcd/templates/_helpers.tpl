@@ -93,6 +93,7 @@ MLCD_KAFKA_REQUEST_TIMEOUT_S: {{ $c.kafka.requestTimeoutSeconds | quote }}
 MLCD_KAFKA_SESSION_TIMEOUT_S: {{ $c.kafka.sessionTimeoutSeconds | quote }}
 MLCD_KAFKA_HEARTBEAT_INTERVAL_S: {{ $c.kafka.heartbeatIntervalSeconds | quote }}
 MLCD_KAFKA_MAX_REQUEST_SIZE: {{ $c.kafka.maxRequestSize | int64 | quote }}
+MLCD_KAFKA_FETCH_MAX_WAIT_MS: {{ $c.kafka.fetchMaxWaitMs | int64 | quote }}
 {{- $sec := $c.kafka.security }}
 MLCD_KAFKA_SECURITY_PROTOCOL: {{ $sec.protocol | quote }}
 {{- with $sec.saslMechanism }}
@@ -114,6 +115,15 @@ MLCD_MLFLOW_TRACKING_URI: {{ required "config.mlflowTrackingUri is required" $c.
 MLCD_MLFLOW_TIMEOUT_S: {{ $c.mlflowTimeoutSeconds | quote }}
 MLCD_KFP_HOST: {{ required "config.kfpHost is required" $c.kfpHost | quote }}
 MLCD_KFP_TIMEOUT_S: {{ $c.kfpTimeoutSeconds | quote }}
+{{- with $c.kfpNamespace }}
+MLCD_KFP_NAMESPACE: {{ . | quote }}
+{{- end }}
+{{- with $c.kfpExperiment }}
+MLCD_KFP_EXPERIMENT: {{ . | quote }}
+{{- end }}
+{{- if $c.kfpServiceAccountToken }}
+MLCD_KFP_TOKEN_PATH: "/var/run/secrets/kubeflow/pipelines/token"
+{{- end }}
 MLCD_PIPELINES_DIR: {{ $c.pipelinesDir | quote }}
 MLCD_BUILD_TIMEOUT_S: {{ $c.buildTimeoutSeconds | quote }}
 MLCD_VALIDATION_TIMEOUT_S: {{ $c.validationTimeoutSeconds | quote }}
@@ -180,6 +190,12 @@ start, in every pod). */}}
 {{- end }}
 {{- if and (or $sec.tls.certKey $sec.tls.keyKey) (not $sec.tls.secretName) }}
 {{- fail "config.kafka.security.tls.certKey/keyKey name keys of config.kafka.security.tls.secretName, which is empty" }}
+{{- end }}
+{{- if and $c.kfpNamespace (not $c.kfpExperiment) }}
+{{- fail "config.kfpNamespace is set (multi-user Kubeflow) but config.kfpExperiment is empty: runs in a profile namespace need an experiment there" }}
+{{- end }}
+{{- if and $c.kfpServiceAccountToken (not .Values.serviceAccount.automountToken) }}
+{{- fail "config.kfpServiceAccountToken needs serviceAccount.automountToken (the projected token comes from the pod's ServiceAccount)" }}
 {{- end }}
 {{- if and (contains "://" $c.s3.endpoint) $c.s3.secure (hasPrefix "http://" $c.s3.endpoint) }}
 {{- fail (printf "config.s3.secure is true but config.s3.endpoint %q says http://; use https:// (the scheme sets TLS)" $c.s3.endpoint) }}

@@ -3,7 +3,11 @@
 `KfpClientOrchestrator` talks to a KFP API server (v2beta1); every call runs in a worker thread under a
 timeout, and kfp_server_api's REST client gets a default request timeout (it would otherwise wait forever
 on a server that accepts and never answers). Pipelines are found by display name, versions are named after
-the commit, runs by display name.
+the commit, runs by display name. In multi-user Kubeflow it sends the service-account token (reread on
+every call, as the kubelet rotates it), lists runs in its profile namespace and files them under one
+experiment there, created on first use. A cluster run reports no outputs: the v2beta1 API carries no
+parameter outputs (`plugins_output` holds what KFP's own plugins report, not the pipeline's), so the
+trainer finds the registered version in MLflow by the alias and tag the pipeline sets.
 
 `LocalOrchestrator` keeps compiled packages under MLCD_HOME/pipelines/<pipeline>/<version>.yaml and runs
 them with `kfp.local`'s SubprocessRunner in a separate worker process (`mlcd.adapters.kfp_local_worker`),
@@ -50,10 +54,21 @@ _FINAL = {"SUCCEEDED", "FAILED", "CANCELED", "SKIPPED"}
 class KfpClientOrchestrator:
     """Pipelines, versions and runs on a Kubeflow Pipelines API server."""
 
-    def __init__(self, host: str, timeout_s: float = 30.0, experiment_id: str | None = None) -> None:
+    def __init__(
+        self,
+        host: str,
+        timeout_s: float = 30.0,
+        *,
+        namespace: str | None = None,
+        experiment: str | None = None,
+        token_path: Path | None = None,
+    ) -> None:
         self.host = host
         self.timeout_s = timeout_s
-        self.experiment_id = experiment_id
+        self.namespace = namespace
+        self.experiment = experiment
+        self.token_path = token_path
+        self._experiment_id: str | None = None
         self._client: Any = None
 
     async def publish(self, pipeline: str, version: str, package: Path) -> PipelineRef:
@@ -88,7 +103,7 @@ class KfpClientOrchestrator:
     async def find_run(self, name: str) -> Run | None:
         def lookup() -> Run | None:
             found = self._kfp()._run_api.run_service_list_runs(
-                filter=_equals("display_name", name), page_size=1
+                filter=_equals("display_name", name), page_size=1, **self._in_namespace()
             )
             runs = found.runs or []
             return _run(runs[0]) if runs else None
@@ -101,7 +116,7 @@ class KfpClientOrchestrator:
 
             body = api.V2beta1Run(
                 display_name=name,
-                experiment_id=self.experiment_id,
+                experiment_id=self._experiment(),
                 pipeline_version_reference=api.V2beta1PipelineVersionReference(
                     pipeline_id=pipeline.pipeline_id, pipeline_version_id=pipeline.version_id
                 ),
@@ -116,6 +131,16 @@ class KfpClientOrchestrator:
             f"read run {run_id}", lambda: _run(self._kfp()._run_api.run_service_get_run(run_id))
         )
 
+    async def terminate_run(self, run_id: str) -> None:
+        """Stop a run on KFP (its pods are deleted, it ends CANCELED); a finished run stays as it is."""
+
+        def terminate() -> None:
+            run = self._kfp()._run_api.run_service_get_run(run_id)
+            if str(run.state or "") not in _FINAL:
+                self._kfp()._run_api.run_service_terminate_run(run_id)
+
+        await self._call(f"terminate run {run_id}", terminate)
+
     async def ping(self) -> None:
         await self._call("health check", lambda: self._kfp()._healthz_api.healthz_service_get_healthz())
 
@@ -123,8 +148,30 @@ class KfpClientOrchestrator:
 
     def _kfp(self) -> Any:
         if self._client is None:
-            self._client = _timed_client(self.host, self.timeout_s)
+            self._client = _timed_client(self.host, self.timeout_s, self.namespace, self.token_path)
         return self._client
+
+    def _in_namespace(self) -> dict[str, str]:
+        return {"namespace": self.namespace} if self.namespace else {}
+
+    def _experiment(self) -> str | None:
+        """The id of the configured experiment, created in the namespace when it does not exist yet."""
+        if self.experiment is None or self._experiment_id is not None:
+            return self._experiment_id
+        import kfp_server_api as api
+
+        experiments = self._kfp()._experiment_api
+        found = experiments.experiment_service_list_experiments(
+            filter=_equals("display_name", self.experiment), page_size=1, **self._in_namespace()
+        ).experiments
+        if found:
+            self._experiment_id = str(found[0].experiment_id)
+        else:
+            created = experiments.experiment_service_create_experiment(
+                api.V2beta1Experiment(display_name=self.experiment, namespace=self.namespace)
+            )
+            self._experiment_id = str(created.experiment_id)
+        return self._experiment_id
 
     def _pipeline_id(self, pipeline: str) -> str | None:
         found = self._kfp()._pipelines_api.pipeline_service_list_pipelines(
@@ -156,9 +203,11 @@ class KfpClientOrchestrator:
             raise _translated(self.host, what, e) from e
 
 
-def _timed_client(host: str, timeout_s: float) -> Any:
-    """A kfp.Client whose every request, the constructor's health check included, has a timeout."""
+def _timed_client(host: str, timeout_s: float, namespace: str | None, token_path: Path | None) -> Any:
+    """A kfp.Client whose every request, the constructor's health check included, has a timeout; with a
+    token file, every request carries its current content as the bearer token."""
     import kfp
+    from kfp.client.set_volume_credentials import ServiceAccountTokenVolumeCredentials
 
     timeout = (min(timeout_s, 10.0), timeout_s)
 
@@ -175,7 +224,8 @@ def _timed_client(host: str, timeout_s: float) -> Any:
             config.retries = urllib3.Retry(connect=0, read=0, other=0, status=0)
             return config
 
-    client = TimedClient(host=host)
+    credentials = ServiceAccountTokenVolumeCredentials(str(token_path)) if token_path else None
+    client = TimedClient(host=host, namespace=namespace or "kubeflow", credentials=credentials)
     rest = client._run_api.api_client.rest_client
     unbounded = rest.request
 
@@ -227,7 +277,6 @@ def _run(run: Any) -> Run:
         run_id=str(run.run_id),
         name=str(run.display_name or ""),
         state="PENDING" if state == "RUNTIME_STATE_UNSPECIFIED" else state,
-        outputs=_plugin_outputs(run),
         failed_task=failing[0][0] if failing else "",
         log_tail=(failing[0][1] if failing and failing[0][1] else error_message)[-worker.LOG_TAIL_CHARS :],
     )
@@ -241,15 +290,6 @@ def _failed_tasks(run: Any) -> list[tuple[str, str]]:
     return [
         (str(task.display_name or task.task_id), task.error.message if task.error else "") for task in failed
     ]
-
-
-def _plugin_outputs(run: Any) -> dict[str, Any]:
-    """Entries KFP plugins report on the run (`plugins_output`); v2beta1 runs carry no parameter outputs."""
-    outputs: dict[str, Any] = {}
-    for plugin in (run.plugins_output or {}).values():
-        for name, entry in (plugin.entries or {}).items():
-            outputs[name] = entry.value
-    return outputs
 
 
 # --- embedded: kfp.local in a worker process ------------------------------------------------------
@@ -334,6 +374,21 @@ class LocalOrchestrator:
                 f"cannot write the local runner's folders under {self.runs.parent}: {e}"
             ) from e
 
+    async def terminate_run(self, run_id: str) -> None:
+        """Stop a run's worker and its tasks (started by this process or an earlier one); it ends CANCELED."""
+        path = self._state_path(run_id)
+        if not path.exists():
+            raise NotFound(f"no local run {run_id!r} under {self.runs}")
+        state = await asyncio.to_thread(worker.read_state, path)
+        if state["state"] in _FINAL:
+            return
+        process = self._workers.pop(run_id, None)
+        if process is not None:
+            await asyncio.to_thread(_stop_group, process)
+        elif state.get("pid") is not None:
+            await asyncio.to_thread(_stop_pid_group, int(state["pid"]))
+        await asyncio.to_thread(self._mark_canceled, path, "terminated by mlcd")
+
     async def close(self) -> None:
         """Stop the workers this process started that are still running; their runs end CANCELED."""
         for name, process in list(self._workers.items()):
@@ -389,10 +444,10 @@ class LocalOrchestrator:
             return datetime.now(UTC) - created < self.ORPHAN_AFTER
         return _pid_alive(int(pid))
 
-    def _mark_canceled(self, path: Path) -> None:
+    def _mark_canceled(self, path: Path, why: str = "stopped when mlcd shut down") -> None:
         state = worker.read_state(path)
         if state["state"] not in _FINAL:
-            state.update(state="CANCELED", error="stopped when mlcd shut down", finished_at=worker.now())
+            state.update(state="CANCELED", error=why, finished_at=worker.now())
             worker.write_state(path, state)
 
     async def _compile_working_tree(self, pipeline: str, folder: Path) -> Path:
@@ -482,6 +537,21 @@ def _stop_group(process: subprocess.Popen[bytes], timeout_s: float = 10) -> None
         process.wait(5)
 
 
+def _stop_pid_group(pid: int, timeout_s: float = 10) -> None:
+    """Stop the process group a worker started by an earlier mlcd process leads (it is not our child)."""
+    import time
+
+    try:
+        os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while _pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _pid_alive(pid):
+            os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+
+
 def s3_credentials(settings: Settings) -> dict[str, str]:
     """MLCD_S3_ACCESS_KEY/SECRET_KEY under the names the pipeline's tasks read from their environment."""
     named = {"AWS_ACCESS_KEY_ID": settings.s3_access_key, "AWS_SECRET_ACCESS_KEY": settings.s3_secret_key}
@@ -495,7 +565,13 @@ def build(settings: Settings) -> Orchestrator:
     workers get them from the settings, in their environment.
     """
     if settings.kfp_host:
-        return KfpClientOrchestrator(settings.kfp_host, settings.kfp_timeout_s)
+        return KfpClientOrchestrator(
+            settings.kfp_host,
+            settings.kfp_timeout_s,
+            namespace=settings.kfp_namespace,
+            experiment=settings.kfp_experiment,
+            token_path=settings.kfp_token_path,
+        )
     return LocalOrchestrator(
         settings.home, settings.pipelines_dir, settings.build_timeout_s, credentials=s3_credentials(settings)
     )
