@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from mlcd import http, logs
 from mlcd.bus.runtime import RelayWaker
 from mlcd.errors import InvalidRequest
-from mlcd.store import dead_letters, outbox
+from mlcd.store import dead_letters, notices, outbox
 from mlcd.store.tables import outbox as outbox_table
 
 log = logs.get(__name__)
@@ -109,6 +109,36 @@ def router(
 
         headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
         return StreamingResponse(feed(), media_type="text/event-stream", headers=headers)
+
+    @api.get(
+        "/notices",
+        tags=["notices"],
+        summary="What the notifier told (or is telling) each channel, newest first",
+        dependencies=[Depends(caller)],
+    )
+    async def list_notices(
+        model: Annotated[str | None, Query(description="Only notices about this model")] = None,
+        limit: Annotated[int, Query(description=f"How many, 1 to {MAX_LIMIT}")] = 100,
+    ) -> list[dict[str, Any]]:
+        if not 1 <= limit <= MAX_LIMIT:
+            raise InvalidRequest(f"limit must be between 1 and {MAX_LIMIT}, not {limit}")
+        async with engine_provider().connect() as conn:
+            found = await notices.listing(conn, model=model, limit=limit)
+        return [
+            {
+                "id": n.id,
+                "event_id": n.event_id,
+                "model": n.model,
+                "kind": n.kind,
+                "channel": n.channel,
+                "state": n.state,
+                "error": n.error,
+                "message": n.message,
+                "created_at": n.created_at.isoformat(),
+                "sent_at": n.sent_at.isoformat() if n.sent_at else None,
+            }
+            for n in found
+        ]
 
     @api.get(
         "/dead-letters",

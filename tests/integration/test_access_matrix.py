@@ -100,6 +100,7 @@ ENDPOINTS: dict[tuple[str, str], Access] = {
     ("GET", "/api/v1/events"): Access("token"),
     ("GET", "/api/v1/events/stream"): Access("token"),
     ("GET", "/api/v1/dead-letters"): Access("token"),
+    ("GET", "/api/v1/notices"): Access("token"),
     ("POST", "/api/v1/dead-letters/replay"): Access("group", groups=("admin",)),
     ("GET", "/api/v1/policies"): Access("token"),
     ("GET", "/api/v1/gates"): Access("token"),

@@ -478,3 +478,26 @@ def _alert(model: str, severity: str, n: int) -> events.Envelope[Any]:
         annotations={"summary": "drift"},
     )
     return events.new_event(data, source="mlcd/test")
+
+
+async def test_a_newer_candidate_supersedes_the_older_open_gate(stack: Stack) -> None:
+    older = await stack.open_gate(register(stack.mlflow_uri, stack.model, 0.83))
+    newer = await stack.open_gate(register(stack.mlflow_uri, stack.model, 0.85))
+
+    async def superseded() -> dict[str, Any] | None:
+        shown = (await stack.http.get(f"/api/v1/gates/{older['id']}", headers=_bearer("dev"))).json()
+        return shown if shown["state"] == "superseded" else None
+
+    shown = await eventually(superseded, "the older gate superseded")
+    assert shown["reason"] == f"superseded by version {newer['model_version']} (gate {newer['id']})"
+    assert ("mlcd", "policy", "supersede", "accepted") in [
+        (e["actor"], e["via"], e["action"], e["outcome"]) for e in shown["audit"]
+    ]
+    late = await stack.decide(older["id"], "approve", "olivia")
+    assert late.status_code == 409 and late.json()["state"] == "superseded"
+    still = (await stack.http.get(f"/api/v1/gates/{newer['id']}", headers=_bearer("dev"))).json()
+    assert still["state"] == "open"
+    rejected = [
+        e for e in await stack.published(events.PromotionRejected) if e["data"]["gate_id"] == older["id"]
+    ]
+    assert [e["data"]["model_version"] for e in rejected] == [older["model_version"]]

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mlcd import events, http, journal_api
 from mlcd.auth import Identity
-from mlcd.store import database, dead_letters, outbox
+from mlcd.store import database, dead_letters, notices, outbox
 
 TOKEN = "mlcd_reader_token"
 ADMIN_TOKEN = "mlcd_admin_token"
@@ -155,3 +155,25 @@ async def test_dead_letters_are_listed_for_any_token_and_replayed_for_admins_onl
     assert [d["event_id"] for d in waiting.json()] == ["wine_quality-2"]
     everything = await client.get("/api/v1/dead-letters", params={"all": "true"}, headers=_auth())
     assert [d["replayed_at"] is not None for d in everything.json()] == [False, True]
+
+
+async def test_notices_are_listed_for_any_token_newest_first(
+    client: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    async with engine.begin() as conn:
+        for n in (1, 2):
+            await notices.record(
+                conn,
+                event_id=f"e{n}",
+                model="wine_quality",
+                kind="notice",
+                channels=["log"],
+                message={"title": f"notice {n}", "what": "drift"},
+            )
+    assert (await client.get("/api/v1/notices")).status_code == 401
+    listed = await client.get("/api/v1/notices", params={"model": "wine_quality"}, headers=_auth())
+    assert listed.status_code == 200
+    assert {(n["event_id"], n["state"], n["message"]["title"]) for n in listed.json()} == {
+        ("e1", "pending", "notice 1"),
+        ("e2", "pending", "notice 2"),
+    }

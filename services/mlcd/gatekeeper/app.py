@@ -64,7 +64,9 @@ def router(
 
     @api.get("", summary="Gates, newest first", dependencies=[Depends(caller)])
     async def list_gates(
-        state: Annotated[Literal["open", "approved", "rejected", "expired"] | None, Query()] = None,
+        state: Annotated[
+            Literal["open", "approved", "rejected", "expired", "superseded"] | None, Query()
+        ] = None,
         model: Annotated[str | None, Query()] = None,
     ) -> Any:
         async with engine.connect() as conn:

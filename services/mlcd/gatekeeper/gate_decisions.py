@@ -141,7 +141,7 @@ def _facts(gate: gates.Gate) -> decisions.GateFacts:
 
 def _state(gate: gates.Gate) -> decisions.GateState:
     state = gate.state
-    if state not in {"open", "approved", "rejected", "expired"}:
+    if state not in {"open", "approved", "rejected", "expired", "superseded"}:
         raise ValueError(f"gate {gate.id} has an unknown state {state!r}")
     return state  # type: ignore[return-value]
 

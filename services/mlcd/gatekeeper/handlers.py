@@ -295,7 +295,40 @@ async def _open_gate(
         expires_at=gate.expires_at,
     )
     tx.emit(opened)
+    await _supersede_older(tx, gate, now)
     return opened
+
+
+async def _supersede_older(tx: Transaction, newer: gates.Gate, now: datetime) -> None:
+    """Open gates of older candidates of the model close as superseded: approving one would roll out an
+    old version judged against an old champion."""
+    for older in await gates.listing(tx.connection, state="open", model=newer.model):
+        if older.id == newer.id:
+            continue
+        reason = f"superseded by version {newer.model_version} (gate {newer.id})"
+        if not await gates.finish(
+            tx.connection, older.id, "superseded", gate_decisions.SYSTEM_ACTOR, reason, now
+        ):
+            continue  # decided meanwhile
+        await gates.audit(
+            tx.connection,
+            older.id,
+            actor=gate_decisions.SYSTEM_ACTOR,
+            via="policy",
+            action="supersede",
+            outcome="accepted",
+            reason=reason,
+        )
+        tx.emit(
+            events.PromotionRejected(
+                model=older.model,
+                model_version=older.model_version,
+                reason=reason,
+                gate_id=older.id,
+                rules=[events.RuleOutcome.model_validate(rule) for rule in older.rules],
+                rejected_by=gate_decisions.SYSTEM_ACTOR,
+            )
+        )
 
 
 async def _announce_gate(

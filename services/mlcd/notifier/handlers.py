@@ -127,7 +127,7 @@ async def deliver(
     place: GitLabPlace | None,
 ) -> None:
     if target.kind == "log":
-        log.warning("notice", model=message.model, title=message.title, text=message.markdown())
+        log.info("notice", model=message.model, title=message.title, text=message.markdown())
     elif target.kind == "gitlab":
         assert place is not None
         body = f"### mlcd: {message.title}\n\n{message.markdown()}"

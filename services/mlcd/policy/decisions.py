@@ -15,12 +15,12 @@ from typing import Literal
 from mlcd import events
 
 Verdict = Literal["reject", "open_gate", "approve"]
-GateState = Literal["open", "approved", "rejected", "expired"]
+GateState = Literal["open", "approved", "rejected", "expired", "superseded"]
 Decision = Literal["approve", "reject"]
 Outcome = Literal["accepted", "repeated", "conflict", "forbidden"]
 """conflict: the gate's state does not allow it (HTTP 409); forbidden: this actor may not (HTTP 403)."""
 
-FINAL_STATES: frozenset[str] = frozenset({"approved", "rejected", "expired"})
+FINAL_STATES: frozenset[str] = frozenset({"approved", "rejected", "expired", "superseded"})
 _STATE_OF: dict[Decision, GateState] = {"approve": "approved", "reject": "rejected"}
 
 
