@@ -101,6 +101,10 @@ class CodeHost(Protocol):
         """Comment on a commit once: a comment carrying `marker` already there is not posted again."""
         ...
 
+    async def open_issue(self, project: str, marker: str, title: str, body: str) -> str:
+        """Open an issue once per `marker` (hidden in its description); its web URL."""
+        ...
+
     async def fetch_tree(self, project: str, ref: str, path: str, target: Path) -> Path:
         """Download the files under `path` at `ref` into `target`; returns the local folder."""
         ...

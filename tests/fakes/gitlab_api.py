@@ -43,6 +43,7 @@ class _Project:
     statuses: dict[str, list[dict[str, Json]]] = field(default_factory=dict)  # sha → statuses, oldest first
     notes: dict[int, list[dict[str, Json]]] = field(default_factory=dict)  # MR iid → notes
     comments: dict[str, list[dict[str, Json]]] = field(default_factory=dict)  # sha → commit comments
+    issues: list[dict[str, Json]] = field(default_factory=list)
 
 
 class _Reply(Exception):
@@ -135,6 +136,10 @@ class FakeGitLab:
     def commit_comments(self, project: str, sha: str) -> list[dict[str, Json]]:
         with self._lock:
             return [dict(c) for c in self._project(project).comments.get(sha, [])]
+
+    def issues(self, project: str) -> list[dict[str, Json]]:
+        with self._lock:
+            return [dict(i) for i in self._project(project).issues]
 
     def fail_next(self, count: int, status: int = 502) -> None:
         """Answer the next `count` requests with `status` (an outage or an overloaded GitLab)."""
@@ -278,6 +283,33 @@ class FakeGitLab:
                 return _Reply(200, files[file_path])
             case ("GET", ["projects", ref, "members", "all", user_id]):
                 return self._member(self._project(ref), user_id)
+            case ("GET", ["projects", ref, "issues"]):
+                # GET /projects/:id/issues?search=…&in=title,description: substring search, as GitLab's
+                wanted = query.get("search", "")
+                fields = (query.get("in") or "title,description").split(",")
+                found = [
+                    issue
+                    for issue in self._project(ref).issues
+                    if not wanted or any(wanted in str(issue.get(name) or "") for name in fields)
+                ]
+                return self._page(found, query, raw_path)
+            case ("POST", ["projects", ref, "issues"]):
+                project = self._project(ref)
+                iid = len(project.issues) + 1
+                issue = {
+                    "id": next(self._ids),
+                    "iid": iid,
+                    "project_id": project.id,
+                    "title": body.get("title", ""),
+                    "description": body.get("description", ""),
+                    "labels": [label for label in str(body.get("labels") or "").split(",") if label],
+                    "state": "opened",
+                    "author": self._user(self.bot_id),
+                    "created_at": _now(),
+                    "web_url": f"{self.url}/{project.path}/-/issues/{iid}",
+                }
+                project.issues.append(issue)
+                return _Reply(201, issue)
         raise _Reply(404, {"error": "404 Not Found"})
 
     # --- resources ------------------------------------------------------------------------------

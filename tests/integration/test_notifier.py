@@ -238,6 +238,13 @@ async def test_each_outcome_is_told_once_on_every_channel_also_when_redelivered(
     assert any("pipeline build failed" in note for note in notes)
     assert any(f"promotion gate {notified.gate_id} waits for approval" in note for note in notes)
     assert any(f"promotion gate {notified.gate_id} approved" in note for note in notes)
+    # Data-triggered work has no commit: an issue in the model's project, one per notice
+    issues = notified.gitlab.issues(PROJECT)
+    assert sorted(i["title"] for i in issues) == sorted(
+        [f"mlcd: [{notified.model}] data batch rejected", f"mlcd: [{notified.model}] training failed"]
+    )
+    for issue in issues:
+        assert issue["labels"] == ["mlcd"] and "<!-- mlcd " in str(issue["description"])
 
 
 async def test_a_failing_channel_is_retried_without_repeating_what_was_sent(
@@ -297,3 +304,14 @@ def test_only_state_changes_are_told() -> None:
     assert kinds["RolloutStepCompleted"] is None and kinds["TrainingStarted"] is None
     plain = events.new_event(events.PromotionApproved(model="m", model_version="2"), source="t")
     assert messages.render(plain, API) is None  # approved by policy alone: the rollout's notices follow
+
+
+async def test_an_issue_is_opened_once_per_marker(tmp_path: Path) -> None:
+    with FakeGitLab() as gitlab:
+        gitlab.add_project(PROJECT)
+        host = GitLabCodeHost(gitlab.url, gitlab.token)
+        first = await host.open_issue(PROJECT, "mlcd data_rejected e1", "mlcd: batch rejected", "why")
+        again = await host.open_issue(PROJECT, "mlcd data_rejected e1", "mlcd: batch rejected", "why")
+        other = await host.open_issue(PROJECT, "mlcd data_rejected e2", "mlcd: batch rejected", "why")
+        assert first == again != other
+        assert len(gitlab.issues(PROJECT)) == 2

@@ -138,6 +138,23 @@ class GitLabCodeHost:
 
         await self._call(f"comment on {project}@{sha[:8]}", post_once)
 
+    async def open_issue(self, project: str, marker: str, title: str, body: str) -> str:
+        """Open an issue once per marker (a redelivered notice finds it); returns its web URL."""
+        text = with_marker(body, marker)
+        tag = hidden(marker)
+
+        def open_once() -> str:
+            issues = self._project(project).issues
+            # GitLab's search matches words of the description; the hidden tag itself is checked after.
+            found = issues.list(search=marker, query_parameters={"in": "description"}, get_all=True)
+            for issue in found:
+                if tag in (issue.description or ""):
+                    return str(issue.web_url)
+            created = issues.create({"title": title[:255], "description": text, "labels": "mlcd"})
+            return str(created.web_url)
+
+        return await self._call(f"issue in {project}", open_once)
+
     async def fetch_tree(self, project: str, ref: str, path: str, target: Path) -> Path:
         """Files under `path` at `ref`, written to `target/<path>/…` (their repository layout kept)."""
         base = _relative(path)
@@ -223,6 +240,10 @@ class LogCodeHost:
 
     async def post_commit_note(self, project: str, sha: str, marker: str, body: str) -> None:
         log.info("commit note", project=project, sha=sha, marker=marker, body=body)
+
+    async def open_issue(self, project: str, marker: str, title: str, body: str) -> str:
+        log.info("issue", project=project, marker=marker, title=title, body=body)
+        return ""
 
     async def fetch_tree(self, project: str, ref: str, path: str, target: Path) -> Path:
         """The working tree's copy of `path` (whatever is checked out; `ref` cannot be honoured here)."""

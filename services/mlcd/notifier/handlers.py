@@ -41,11 +41,16 @@ class Target:
 
 @dataclass(frozen=True)
 class GitLabPlace:
-    """The commit a GitLab note goes on, and the marker that keeps it to one note."""
+    """Where on GitLab a notice goes: a note on `commit`, or (no commit: data-triggered work) an issue;
+    the marker keeps it to one note or issue."""
 
     project: str
     commit: str
     marker: str
+
+    @property
+    def issue(self) -> bool:
+        return not self.commit
 
 
 async def on_outcome(
@@ -130,8 +135,12 @@ async def deliver(
         log.info("notice", model=message.model, title=message.title, text=message.markdown())
     elif target.kind == "gitlab":
         assert place is not None
-        body = f"### mlcd: {message.title}\n\n{message.markdown()}"
-        await code_host.post_commit_note(place.project, place.commit, place.marker, body)
+        if place.issue:
+            title = f"mlcd: [{message.model}] {message.title}"
+            await code_host.open_issue(place.project, place.marker, title, message.markdown())
+        else:
+            body = f"### mlcd: {message.title}\n\n{message.markdown()}"
+            await code_host.post_commit_note(place.project, place.commit, place.marker, body)
     else:
         await notify.post(target.kind, target.url, message, idempotency_key=notice_id)
 
@@ -143,9 +152,12 @@ def _chat(kind: Literal["slack", "teams", "webhook"], url: str) -> Target:
 async def _gitlab_place(
     conn: Any, event: events.Envelope[Any], message: notify.Message, policy: Policy | None
 ) -> GitLabPlace | None:
-    """Where on GitLab this notice belongs: the commit behind the gate or the failed build."""
+    """Where on GitLab this notice belongs: the commit behind the gate or the failed build, or an issue in
+    the model's project for data-triggered work (a rejected batch, a failed run, a gate with no commit)."""
     data = event.data
     project = policy.code.project if policy is not None and policy.code else ""
+    if isinstance(data, events.DataRejected | events.TrainingFailed):
+        return GitLabPlace(project, "", f"mlcd {message.kind} {event.id}") if project else None
     if isinstance(data, events.PipelineBuildFailed):
         if project and data.commit:
             return GitLabPlace(project, data.commit, f"mlcd build {data.commit[:12]} failed")
@@ -154,8 +166,14 @@ async def _gitlab_place(
     if not gate_id or message.kind not in ("gate_opened", "gate_decided", "gate_expired"):
         return None
     gate = await gates.get(conn, gate_id)
-    if gate is None or not (gate.project and gate.commit):
+    if gate is None or not gate.project:
         return None
+    if not gate.commit:  # a data-triggered gate: its opening is an issue (its decision is in the audit)
+        return (
+            GitLabPlace(gate.project, "", f"mlcd gate {gate_id} opened")
+            if message.kind == "gate_opened"
+            else None
+        )
     # The gatekeeper's own markers: whichever posts first, the commit carries one note per state.
     state = {"gate_opened": "opened", "gate_expired": "expired"}.get(message.kind, gate.state)
     return GitLabPlace(gate.project, gate.commit, f"mlcd gate {gate_id} {state}")
