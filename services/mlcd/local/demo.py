@@ -204,6 +204,28 @@ async def _predictions(story: Story, stop: asyncio.Event, counts: dict[str, int]
         await asyncio.sleep(0.05)
 
 
+async def _notices(story: Story, stop: asyncio.Event) -> None:
+    """Print each notice the notifier records as people would read it (once, whatever its channels)."""
+    told: set[str] = set()
+    while not stop.is_set():
+        try:
+            response = await story.client.get("/api/v1/notices", params={"limit": 200}, headers=story._auth())
+            found = response.json() if response.status_code == 200 else []
+        except (httpx.HTTPError, ValueError):
+            found = []
+        for notice in reversed(found):
+            if notice["event_id"] in told:
+                continue
+            told.add(notice["event_id"])
+            message = notice["message"]
+            story.say(f"notice: [{message['model']}] {message['title']}")
+            story.say(f"        {message['what']}")
+        try:
+            await asyncio.wait_for(stop.wait(), 0.5)
+        except TimeoutError:
+            pass
+
+
 async def _approve_and_roll_out(story: Story, gate: Event, step: str) -> Event:
     gate_id = gate["data"]["gate_id"]
     story.say(f"on-call engineer {ONCALL_TOKEN_NAME} approves gate {gate_id}")
@@ -337,7 +359,12 @@ async def run_demo(settings: Settings) -> int:
         story = Story(client, with_webhook_secrets(demo_settings), oncall_token)
         try:
             await _wait_ready(ready, runtime)
-            await _play(story, repo)
+            told = asyncio.create_task(_notices(story, stop_notices := asyncio.Event()))
+            try:
+                await _play(story, repo)
+            finally:
+                stop_notices.set()
+                await told
         except StepMissing as e:
             outcome = f"INCOMPLETE: {e}"
         finally:
