@@ -239,6 +239,7 @@ def api_routers(settings: Settings, host: ServiceHost, built: Ports, *, ui: bool
             policies=built.policies,
             identify=identify,
             code_host=built.code_host,
+            registry=built.registry,
         ),
         deployer_app.router(
             engine=host.engine,

@@ -227,7 +227,14 @@ async def stack(engine: AsyncEngine, mlflow_uri: str, tmp_path: Path) -> AsyncIt
         await host.start()
         app = mlcd_http.create_app(
             [
-                router(engine, host.waker, policies, identify, code_host=code_host),
+                router(
+                    engine,
+                    host.waker,
+                    policies,
+                    identify,
+                    code_host=code_host,
+                    registry=MlflowRegistry(mlflow_uri),
+                ),
                 ingest_router(settings=settings, policies=policies, bus=bus, engine=engine),
             ],
             host.readiness,
@@ -501,3 +508,20 @@ async def test_a_newer_candidate_supersedes_the_older_open_gate(stack: Stack) ->
         e for e in await stack.published(events.PromotionRejected) if e["data"]["gate_id"] == older["id"]
     ]
     assert [e["data"]["model_version"] for e in rejected] == [older["model_version"]]
+
+
+async def test_approving_rechecks_the_rules_when_the_champion_changed_since_the_gate_opened(
+    stack: Stack,
+) -> None:
+    crown(stack.mlflow_uri, stack.model, register(stack.mlflow_uri, stack.model, 0.84))
+    gate = await stack.open_gate(register(stack.mlflow_uri, stack.model, 0.86))
+    better = register(stack.mlflow_uri, stack.model, 0.95)
+    crown(stack.mlflow_uri, stack.model, better)  # another candidate won meanwhile
+
+    refused = await stack.decide(gate["id"], "approve", "olivia")
+    assert refused.status_code == 409, refused.text
+    assert f"champion changed from version {gate['champion_version']} to {better}" in refused.json()["error"]
+    assert "no_regression" in refused.json()["error"]
+    shown = (await stack.http.get(f"/api/v1/gates/{gate['id']}", headers=_bearer("dev"))).json()
+    assert shown["state"] == "open" and shown["approvals"] == []
+    assert [(e["actor"], e["outcome"]) for e in shown["audit"]][-1] == ("olivia", "refused")

@@ -18,6 +18,7 @@ from mlcd import http, logs, ports
 from mlcd.bus.runtime import RelayWaker, unit_of_work
 from mlcd.errors import MlcdError, NotFound
 from mlcd.gatekeeper import gate_decisions
+from mlcd.policy import decisions, rules
 from mlcd.policy.book import PolicyBook
 from mlcd.policy.decisions import Decision
 from mlcd.store import gates
@@ -54,10 +55,13 @@ def router(
     policies: PolicyBook,
     identify: http.Identify,
     code_host: ports.CodeHost | None = None,
+    registry: ports.Registry | None = None,
 ) -> APIRouter:
     """The gate routes; `identify` maps a bearer token to its identity (None: not a valid token).
 
-    With `code_host`, a final decision is also noted on the commit that triggered the training.
+    With `code_host`, a final decision is also noted on the commit that triggered the training. With
+    `registry`, an approval is refused (409) when the champion changed since the gate opened and the
+    candidate fails the rules against the new one.
     """
     caller = http.caller(identify)
     api = APIRouter(prefix="/api/v1/gates", tags=["gates"])
@@ -84,16 +88,47 @@ def router(
             raise NotFound(f"no gate {gate_id!r}")
         return {**gate.summary(), "rules": gate.rules, "audit": [entry.as_dict() for entry in entries]}
 
+    async def stale_champion(gate_id: str) -> str | None:
+        """Why the rules no longer hold for the gate's candidate, judged against today's champion."""
+        if registry is None:
+            return None
+        async with engine.connect() as conn:
+            gate = await gates.get(conn, gate_id)
+        if gate is None or gate.state != "open":
+            return None
+        champion = await registry.version_by_alias(gate.model, "champion")
+        now = champion.version if champion else None
+        if now == gate.champion_version:
+            return None
+        candidate = await registry.get_version(gate.model, gate.model_version)
+        context = rules.Context(
+            candidate=rules.version_view(candidate),
+            champion=rules.version_view(champion) if champion else None,
+            data={"uri": ""},
+            training={"model_version": gate.model_version},
+        )
+        compiled = policies.compiled(gate.model)
+        outcomes = rules.evaluate(compiled.rules_for(champion is not None), context)
+        if all(o.passed or o.error for o in outcomes):  # a rule that cannot be re-read is not held against it
+            return None
+        failing = [o for o in outcomes if not o.passed and not o.error]
+        return (
+            f"the champion changed from version {gate.champion_version or 'none'} to {now or 'none'} since "
+            f"the gate opened, and the candidate fails against it now: {decisions.rejection_reason(failing)}"
+        )
+
     async def decide(gate_id: str, decision: Decision, reason: str, who: http.Caller) -> JSONResponse:
+        stale = await stale_champion(gate_id) if decision == "approve" else None
+
         async def authorise(gate: gates.Gate) -> str | None:
             policy = policies.get(gate.model)
             groups = list(policy.approval.groups) if policy else gate.approver_groups
             if decision == "approve" and who.identity.is_author(gate.author):
                 # gate.author is the change's GitLab author; the token's gitlab_username says who that is
                 return f"{who.identity.actor} is the author of the change and may not approve it"
-            if who.identity.in_any(groups):
-                return None
-            return f"{who.name} is in none of the approver groups {groups} of {gate.model}"
+            if not who.identity.in_any(groups):
+                return f"{who.name} is in none of the approver groups {groups} of {gate.model}"
+            return stale
 
         async with unit_of_work(engine, SOURCE, waker) as uow:
             result = await gate_decisions.decide(
@@ -107,6 +142,8 @@ def router(
             )
         if code_host is not None and result.status == "accepted" and result.gate is not None:
             await _note_decision(code_host, result.gate, who.via)
+        if stale is not None and result.status == "forbidden" and result.message == stale:
+            return _answer(gate_decisions.DecisionResult("conflict", result.gate, stale))
         return _answer(result)
 
     @api.post("/{gate_id}/approve", summary="Approve a gate (approver groups of the model's policy)")
