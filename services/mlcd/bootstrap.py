@@ -44,7 +44,6 @@ CONSUMER_SERVICES: dict[str, ServiceSpec] = {
     )
 }
 SERVICES: tuple[str, ...] = ("ingest", *CONSUMER_SERVICES)
-ADAPTER_CHECK_INTERVAL_S = 30.0
 
 
 def service(name: str) -> ServiceSpec:
@@ -147,8 +146,9 @@ class AdapterHealth:
     """Pings each outside system now and then: reported on `/status` and as `mlcd_adapter_up`, never
     as readiness (a process that cannot reach MLflow can still take webhooks and do much of its job)."""
 
-    def __init__(self, systems: dict[str, Any], timeout_s: float = 10.0) -> None:
+    def __init__(self, systems: dict[str, Any], interval_s: float, timeout_s: float = 10.0) -> None:
         self.systems = systems
+        self.interval_s = interval_s
         self.timeout_s = timeout_s
         self.last: dict[str, str | None] = {}
 
@@ -168,7 +168,7 @@ class AdapterHealth:
         while not stop.is_set():
             await self.check()
             try:
-                await asyncio.wait_for(stop.wait(), ADAPTER_CHECK_INTERVAL_S)
+                await asyncio.wait_for(stop.wait(), self.interval_s)
             except TimeoutError:
                 pass
 
@@ -201,7 +201,7 @@ def system(
 
     built = ports or build_ports(settings)
     host = ServiceHost(settings, services, built.by_name(), bus=bus)
-    health = AdapterHealth(built.outside_systems())
+    health = AdapterHealth(built.outside_systems(), settings.adapter_check_interval_s)
     host.supervise(Worker("adapter-health", health.run))
     for worker in extra_workers:
         host.supervise(worker)

@@ -268,6 +268,11 @@ class Settings(BaseSettings):
         983_040, ge=1, description="Largest webhook body accepted (413 above); 64 KiB under the record limit."
     )
     webhook_max_age_s: int = Field(300, ge=1, description="Oldest signed-webhook timestamp accepted.")
+    adapter_check_interval_s: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds between health checks of MLflow, S3, GitLab, KFP and serving (/status).",
+    )
     ingest_timeout_s: float = Field(
         2.0,
         gt=0,

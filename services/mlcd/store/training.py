@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Column, DateTime, Index, Integer, String, Table, Text, insert, select, update
+from sqlalchemy import Column, DateTime, Index, Integer, String, Table, Text, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -212,6 +212,13 @@ async def runs(conn: AsyncConnection, model: str) -> list[TrainingRun]:
 
 async def record_intent(conn: AsyncConnection, run: TrainingRun) -> None:
     await conn.execute(insert(training_runs).values(**run.__dict__))
+
+
+async def drop_intent(conn: AsyncConnection, run_name: str) -> None:
+    """Forget a run that was never submitted (its submit failed), so the trigger's retry starts afresh."""
+    await conn.execute(
+        delete(training_runs).where(training_runs.c.run_name == run_name, training_runs.c.state == STARTING)
+    )
 
 
 async def record_submitted(

@@ -127,10 +127,19 @@ async def request_training(
             await training.record_intent(conn, intent)
         elif admission is decisions.Admission.DUPLICATE and active is not None:
             intent = active if active.state == training.STARTING else None  # a crash came before the submit
-    if intent is not None:
+    if intent is None:
+        return
+    try:
         await launch(
             intent, uow, settings=settings, policies=policies, orchestrator=orchestrator, objects=objects
         )
+    except BaseException:
+        # A failed submit (KFP down or hung) must not leave the model "busy": the runtime retries or parks
+        # this trigger, and a later trigger must be able to start its own run. Only a crash (kill -9) leaves
+        # the intent behind, and then the redelivered trigger or the follower resumes it.
+        async with uow.transaction() as tx:
+            await training.drop_intent(tx.connection, intent.run_name)
+        raise
 
 
 def _lease(settings: Settings) -> timedelta:
@@ -241,9 +250,7 @@ async def follow(
         return  # another follower got here first
     if row.state == training.STARTING:
         log.info("resuming a run whose submit was interrupted")
-        await launch(
-            row, uow, settings=settings, policies=policies, orchestrator=orchestrator, objects=objects
-        )
+        await _launch_or_look_again(row, uow, settings, policies, orchestrator, objects)
         return
     policy = policies.get(row.model)
     limit = policy.training.timeout if policy and policy.training else DEFAULT_TIMEOUT
@@ -259,9 +266,25 @@ async def follow(
         return
     follow_up = await _report(row, outcome, uow, settings, policies)
     if follow_up is not None:
+        await _launch_or_look_again(follow_up, uow, settings, policies, orchestrator, objects)
+
+
+async def _launch_or_look_again(
+    intent: training.TrainingRun,
+    uow: UnitOfWork,
+    settings: Settings,
+    policies: PolicyBook,
+    orchestrator: ports.Orchestrator,
+    objects: ports.ObjectStore,
+) -> None:
+    """The follower's submit: on an outage the intent stays and is tried again after a growing pause."""
+    try:
         await launch(
-            follow_up, uow, settings=settings, policies=policies, orchestrator=orchestrator, objects=objects
+            intent, uow, settings=settings, policies=policies, orchestrator=orchestrator, objects=objects
         )
+    except TemporaryError as e:
+        log.warning("cannot submit the run now; will try again", error=str(e))
+        await _look_again(uow, intent)
 
 
 async def _look_again(uow: UnitOfWork, row: training.TrainingRun) -> None:
