@@ -281,3 +281,18 @@ def test_commands_find_the_running_mlcd_up_by_its_home(tmp_path: Path) -> None:
         processes.stop(server, timeout_s=60)
     assert server.returncode == 0
     assert not (home / endpoint.FILE_NAME).exists()
+
+
+def test_mlcd_up_refuses_a_tokens_file_that_does_not_exist(tmp_path: Path) -> None:
+    missing = tmp_path / "etc" / "tokens.yaml"
+    env = {**os.environ, "MLCD_HOME": str(tmp_path / "home"), "MLCD_API_TOKENS_FILE": str(missing)}
+    done = subprocess.run(
+        [MLCD, "up", "--port", str(processes.free_port())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done
+    assert done.stderr.startswith(f"error: MLCD_API_TOKENS_FILE {missing} does not exist")
+    assert not missing.parent.exists()  # no token was written beside a path nobody created

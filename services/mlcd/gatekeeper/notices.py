@@ -38,7 +38,8 @@ def gate_opened(gate: events.GateOpened, api_url: str) -> tuple[str, str]:
             f'-d \'{{"reason": "..."}}\' {api_url}/api/v1/gates/{gate.gate_id}/approve',
             "```",
             f"or comment `/mlcd approve {gate.gate_id}` (or `/mlcd reject {gate.gate_id} <reason>`) "
-            "on the model's merge request.",
+            f"on any merge request of {gate.model}'s project (as a GitLab user the policy lists for an "
+            "approver group, or a Maintainer of the project).",
         ]
     )
     return title, body

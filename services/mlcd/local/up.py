@@ -13,6 +13,7 @@ from collections.abc import Callable
 from mlcd import auth, bootstrap, serve
 from mlcd.adapters.mlflow import EMBEDDED_PORT_OFFSET
 from mlcd.config import Settings
+from mlcd.errors import ConfigError
 from mlcd.local import endpoint
 from mlcd.local.mlflow_server import EmbeddedMlflow
 from mlcd.local.object_watch import ObjectFolderWatcher
@@ -23,6 +24,13 @@ from mlcd.supervisor import Worker
 
 def prepare(settings: Settings) -> Settings:
     """Create MLCD_HOME, the webhook secrets and (if absent) the API tokens file with an admin token."""
+    configured = settings.api_tokens_file
+    if configured is not None and not configured.is_file():
+        # a token written beside a path that does not exist would be one nobody configured or expects
+        raise ConfigError(
+            f"MLCD_API_TOKENS_FILE {configured} does not exist: create it (a YAML list of "
+            "{name, groups, token_sha256}) or unset it and mlcd up writes one with an admin token"
+        )
     settings.home.mkdir(parents=True, exist_ok=True)
     settings = with_webhook_secrets(settings)
     if auth.ensure_tokens_file(settings.effective_tokens_file) is not None:
