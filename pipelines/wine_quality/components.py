@@ -1,8 +1,12 @@
 """The wine-quality pipeline's lightweight components: load a batch, train and evaluate, register in MLflow.
 
-KFP ships each function's source into its task, so every import lives inside the function body. The
-components install nothing (`install_kfp_package=False`, no `packages_to_install`): the local runner uses
-the caller's venv, and on a cluster `BASE_IMAGE` must carry the packages listed in README.md.
+KFP ships each function's source into its task, so every import lives inside the function body, and each
+component declares, pinned, every package it imports (`packages_to_install`, plus kfp itself): on a
+cluster each task starts from the bare `BASE_IMAGE` and installs exactly these. The pins are the versions
+of mlcd's own environment, so the embedded local runner (which runs tasks in that environment) finds them
+installed already and changes nothing; tests/unit/test_pipeline_pins.py keeps the two in step, and
+tests/integration/test_pipeline_venv.py runs the pipeline with a fresh virtualenv per task, as a cluster
+would.
 """
 
 from typing import NamedTuple
@@ -12,8 +16,16 @@ from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
 BASE_IMAGE = "python:3.11-slim"
 
+PANDAS = "pandas==3.1.1"
+SCIKIT_LEARN = "scikit-learn==1.9.1"
+LOAD_PACKAGES = [PANDAS, SCIKIT_LEARN, "minio==7.2.20"]
+TRAIN_PACKAGES = [PANDAS, SCIKIT_LEARN]
+# The MLflow client without the server (its tracking REST client and the sklearn flavour), skops for the
+# model format register_model saves.
+REGISTER_PACKAGES = ["mlflow-skinny==3.17.2", SCIKIT_LEARN, "skops==0.16.0", PANDAS]
 
-@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+
+@dsl.component(base_image=BASE_IMAGE, packages_to_install=LOAD_PACKAGES)
 def load_batch(
     data_uri: str,
     s3_endpoint: str,
@@ -84,7 +96,7 @@ def load_batch(
     return len(frame)
 
 
-@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+@dsl.component(base_image=BASE_IMAGE, packages_to_install=TRAIN_PACKAGES)
 def train_model(
     batch: Input[Dataset],
     n_estimators: int,
@@ -131,7 +143,7 @@ def train_model(
     return json.dumps(figures, sort_keys=True)
 
 
-@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+@dsl.component(base_image=BASE_IMAGE, packages_to_install=REGISTER_PACKAGES)
 def register_model(
     model: Input[Model],
     figures: str,
