@@ -76,7 +76,10 @@ def read_input(text: bytes) -> Delivery | events.Envelope[Any]:
     if "specversion" in document:
         return _cloudevent(document)
     if "body" in document:
-        headers = {str(k).lower(): str(v) for k, v in dict(document.get("headers") or {}).items()}
+        given = document.get("headers") or {}
+        if not isinstance(given, dict):
+            raise InvalidRequest("headers must be an object of header names and values")
+        headers = {str(k).lower(): str(v) for k, v in given.items()}
         body = document["body"]
         raw = body.encode() if isinstance(body, str) else json.dumps(body).encode()
         where = str(document.get("source") or document.get("path") or "")
