@@ -9,6 +9,11 @@ and prints events/s and p50/p99 latency from publish to completion (bare: record
 the handler's transaction committed), plus the ratios.
 
     .venv/bin/python benchmarks/bus.py [--events 5000] [--pg postgresql://postgres@127.0.0.1:5432/test]
+        [--stages] [--log-level INFO]
+
+Logs are configured as a service configures them (JSON, INFO by default) and written to /dev/null, so
+their cost counts. `--stages` times each stage of the runtime (wrapping the functions that do it) and
+prints where the flood's wall time went; the wrapping costs a little, so its run's rate is lower.
 """
 
 from __future__ import annotations
@@ -16,13 +21,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
+import inspect
+import os
 import socket
 import statistics
 import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -182,7 +190,7 @@ async def _until(condition: Any, what: str, timeout_s: float = 120) -> None:
 # --- 1. bare aiokafka ------------------------------------------------------------------------------------
 
 
-async def bare_aiokafka(bootstrap: str, loads: Sequence[Load]) -> list[Figures]:
+async def bare_aiokafka(bootstrap: str, loads: Sequence[Load], fetch_max_wait_ms: int) -> list[Figures]:
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
@@ -194,7 +202,11 @@ async def bare_aiokafka(bootstrap: str, loads: Sequence[Load]) -> list[Figures]:
 
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=1)
     consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, group_id=f"{topic}-group", auto_offset_reset="earliest"
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=f"{topic}-group",
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=fetch_max_wait_ms,
     )
     await producer.start()
     await consumer.start()  # returns once the group assigned the partitions
@@ -227,6 +239,86 @@ async def bare_aiokafka(bootstrap: str, loads: Sequence[Load]) -> list[Figures]:
         await producer.stop()
 
 
+# --- per-stage timing ---------------------------------------------------------------------------------------
+
+
+class Stages:
+    """Wall time spent in each stage of the runtime, by wrapping the functions that do the stage."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
+        self._undo: list[Callable[[], None]] = []
+
+    @property
+    def installed(self) -> bool:
+        return bool(self._undo)
+
+    def add(self, name: str, seconds: float) -> None:
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+        self.calls[name] = self.calls.get(name, 0) + 1
+
+    def wrap(self, owner: Any, attribute: str, name: str) -> None:
+        original = getattr(owner, attribute)
+        stages = self
+        if asyncio.iscoroutinefunction(original):
+
+            @functools.wraps(original)
+            async def timed(*args: Any, **kwargs: Any) -> Any:
+                started = time.perf_counter()
+                try:
+                    return await original(*args, **kwargs)
+                finally:
+                    stages.add(name, time.perf_counter() - started)
+
+        else:
+
+            @functools.wraps(original)
+            def timed(*args: Any, **kwargs: Any) -> Any:
+                started = time.perf_counter()
+                try:
+                    return original(*args, **kwargs)
+                finally:
+                    stages.add(name, time.perf_counter() - started)
+
+        setattr(owner, attribute, timed)
+        self._undo.append(lambda: setattr(owner, attribute, original))
+
+    def install(self) -> None:
+        from mlcd import events
+        from mlcd.bus import kafka, runtime
+        from mlcd.store import inbox, outbox
+
+        self.wrap(kafka._KafkaSubscription, "poll", "poll (fetch, records built)")
+        self.wrap(events, "decode", "decode (pydantic, per event)")
+        self.wrap(runtime.Consumer, "_seen_among", "inbox read (own transaction)")
+        self.wrap(runtime.Consumer, "_handle_one", "handle one (decode + handler + logs/metrics)")
+        self.wrap(runtime.Consumer, "_write", "batch write transaction (begin…commit)")
+        self.wrap(outbox, "add", "  outbox insert")
+        self.wrap(inbox, "record_many", "  inbox insert")
+        self.wrap(kafka._KafkaSubscription, "commit", "offset commit")
+        self.wrap(runtime.OutboxRelay, "publish_pending", "relay round (lock…mark sent, commit)")
+        self.wrap(outbox, "unsent", "  relay: select unsent")
+        self.wrap(outbox, "mark_sent", "  relay: mark sent")
+        self.wrap(kafka.KafkaBus, "publish", "  publish (relay; also the load's own)")
+
+    def uninstall(self) -> None:
+        for undo in reversed(self._undo):
+            undo()
+        self._undo.clear()
+
+    def report(self, wall_s: float, events: int) -> str:
+        lines = [
+            f"stages over the flood ({events} events, {wall_s:.2f} s wall; a stage's time includes waits)"
+        ]
+        for name, seconds in self.seconds.items():
+            lines.append(
+                f"  {name:48} {seconds:8.3f} s  {100 * seconds / wall_s:5.1f} % of wall  "
+                f"{1e6 * seconds / events:8.1f} µs/event  {self.calls[name]:>6} calls"
+            )
+        return "\n".join(lines)
+
+
 # --- 2. the mlcd runtime -----------------------------------------------------------------------------------
 
 
@@ -242,9 +334,20 @@ class _StampingBus:
         done_at = self._done_at
 
         class Stamping:
-            poll = inner.poll
-            lag = inner.lag
-            close = inner.close
+            async def poll(self, max_records: int, timeout_s: float) -> Any:
+                return await inner.poll(max_records, timeout_s)
+
+            def lag(self) -> Any:
+                return inner.lag()
+
+            def pause(self) -> None:
+                inner.pause()
+
+            def resume(self) -> None:
+                inner.resume()
+
+            async def close(self) -> None:
+                await inner.close()
 
             async def commit(self, records: Sequence[Any]) -> None:
                 now = time.perf_counter()
@@ -256,7 +359,12 @@ class _StampingBus:
 
 
 async def mlcd_runtime(
-    bootstrap: str, store_url: str, loads: Sequence[Load], max_batch: int
+    bootstrap: str,
+    store_url: str,
+    loads: Sequence[Load],
+    max_batch: int,
+    fetch_max_wait_ms: int,
+    stages: Stages | None = None,
 ) -> tuple[list[Figures], float]:
     from sqlalchemy import text
 
@@ -267,14 +375,22 @@ async def mlcd_runtime(
     from mlcd.store.unit_of_work import UnitOfWork
 
     async def validate(event: events.Envelope[Any], uow: UnitOfWork) -> None:
+        started = time.perf_counter()
         data = event.data
         uow.emit(
             events.DataValidated(model=data.model, uri=data.uri, rows=1, suite="bench", result_uri=data.uri)
         )
+        if stages is not None and stages.installed:
+            stages.add("  the handler itself (emits one event)", time.perf_counter() - started)
 
     engine = database.create_engine(store_url)
     await migrate.upgrade(engine)
-    bus = KafkaBus(bootstrap, events.TOPICS, partitions=PARTITIONS, namespace=f"bench{uuid.uuid4().hex[:6]}.")
+    tuning = {"fetch_max_wait_ms": fetch_max_wait_ms}
+    if "fetch_max_wait_ms" not in inspect.signature(KafkaBus).parameters:
+        tuning = {}  # a runtime from before the setting (aiokafka's 500 ms): run with --fetch-max-wait-ms 500
+    bus = KafkaBus(
+        bootstrap, events.TOPICS, partitions=PARTITIONS, namespace=f"bench{uuid.uuid4().hex[:6]}.", **tuning
+    )
     await bus.start()
     done_at: dict[str, float] = {}
     sent_at: dict[str, float] = {}
@@ -303,6 +419,9 @@ async def mlcd_runtime(
             await conn.execute(text("ANALYZE outbox"))
 
         flood, *others = loads
+        if stages is not None:
+            stages.install()
+        flood_started = time.perf_counter()
         handled = [await _offer(flood, bus.publish, sent_at, done_at)]
 
         async def outbox_empty() -> bool:
@@ -312,6 +431,9 @@ async def mlcd_runtime(
         while not await outbox_empty():
             await asyncio.sleep(0.01)
         relayed_s = time.perf_counter() - min(sent_at.values())
+        if stages is not None:
+            stages.uninstall()
+            print(stages.report(time.perf_counter() - flood_started, flood.count))
         handled += [await _offer(load, bus.publish, sent_at, done_at) for load in others]
     finally:
         stop.set()
@@ -321,21 +443,26 @@ async def mlcd_runtime(
     return handled, relayed_s
 
 
-async def main(count: int, pg_dsn: str, max_batch: int) -> None:
+async def main(
+    count: int, pg_dsn: str, max_batch: int, log_level: str, stages: bool, fetch_max_wait_ms: int
+) -> None:
     from mlcd import logs
 
-    logs.configure("WARNING")
+    logs.configure(log_level, stream=open(os.devnull, "w"))  # noqa: ASYNC230, SIM115 - open for the whole run
     loads = _loads(count)
     with (
         tempfile.TemporaryDirectory() as folder,
         tansu(Path(folder)) as bootstrap,
         postgres_database(pg_dsn) as url,
     ):
-        bare = await bare_aiokafka(bootstrap, loads)
-        mlcd, relayed_s = await mlcd_runtime(bootstrap, url, loads, max_batch)
+        bare = await bare_aiokafka(bootstrap, loads, fetch_max_wait_ms)
+        mlcd, relayed_s = await mlcd_runtime(
+            bootstrap, url, loads, max_batch, fetch_max_wait_ms, Stages() if stages else None
+        )
     print(
         f"mlcd bus benchmark: {MODELS} models, {PARTITIONS} partitions, runtime batches of up to "
-        f"{max_batch}, Tansu + PostgreSQL\nlatency: publish → handled (bare: consumed; runtime: committed)"
+        f"{max_batch}, Tansu + PostgreSQL, fetch_max_wait_ms {fetch_max_wait_ms} for both\n"
+        "latency: publish → handled (bare: consumed; runtime: committed)"
     )
     for load, bare_figures, mlcd_figures in zip(loads, bare, mlcd, strict=True):
         print(load.describe())
@@ -359,5 +486,26 @@ if __name__ == "__main__":
     parser.add_argument(
         "--pg", default="postgresql://postgres@127.0.0.1:5432/test", help="admin DSN for psql"
     )
+    parser.add_argument("--log-level", default="INFO", help="as MLCD_LOG_LEVEL; lines go to /dev/null")
+    parser.add_argument("--stages", action="store_true", help="time each runtime stage over the flood")
+    parser.add_argument(
+        "--fetch-max-wait-ms",
+        type=int,
+        default=None,
+        help="both consumers' fetch wait (default: MLCD_KAFKA_FETCH_MAX_WAIT_MS's default)",
+    )
     arguments = parser.parse_args()
-    asyncio.run(main(arguments.events, arguments.pg, arguments.batch))
+    if arguments.fetch_max_wait_ms is None:
+        from mlcd.config import Settings
+
+        arguments.fetch_max_wait_ms = Settings.model_fields["kafka_fetch_max_wait_ms"].default
+    asyncio.run(
+        main(
+            arguments.events,
+            arguments.pg,
+            arguments.batch,
+            arguments.log_level,
+            arguments.stages,
+            arguments.fetch_max_wait_ms,
+        )
+    )

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import Iterable, Iterator, MutableMapping
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, MutableMapping
+from contextvars import ContextVar
 from typing import Any
 
 import structlog
@@ -60,6 +60,7 @@ def configure(level: str = "INFO", secrets: Iterable[str] = (), stream: Any = No
     redactor = SecretRedactor(secrets)
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
+        _merge_bound,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.format_exc_info,  # before the redactor: a traceback may quote a secret
@@ -88,14 +89,40 @@ def configure(level: str = "INFO", secrets: Iterable[str] = (), stream: Any = No
     )
 
 
-@contextmanager
-def bound(**context: Any) -> Iterator[None]:
-    """Bind context (event_id, event_type, model) to every log line inside the block."""
-    tokens = structlog.contextvars.bind_contextvars(**context)
-    try:
-        yield
-    finally:
-        structlog.contextvars.reset_contextvars(**tokens)
+_BOUND: ContextVar[Mapping[str, Any] | None] = ContextVar("mlcd_log_context", default=None)
+
+
+class bound:  # used as a function: `with logs.bound(model=...):`
+    """Bind context (event_id, event_type, model) to every log line inside the block.
+
+    One context variable holds the whole mapping (the consumer binds four keys per event, so one set and
+    one reset instead of a variable per key); lines merge it in, inner bindings win.
+    """
+
+    __slots__ = ("_context", "_token")
+
+    def __init__(self, **context: Any) -> None:
+        self._context = context
+
+    def __enter__(self) -> None:
+        outer = _BOUND.get()
+        self._token = _BOUND.set({**outer, **self._context} if outer else self._context)
+
+    def __exit__(self, *_: object) -> None:
+        _BOUND.reset(self._token)
+
+
+def _merge_bound(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    context = _BOUND.get()
+    if context:
+        for key, value in context.items():
+            event_dict.setdefault(key, value)
+    return event_dict
+
+
+def enabled(level: int) -> bool:
+    """Whether lines at `level` (logging.DEBUG, ...) are written: skip building per-event lines when not."""
+    return logging.getLogger().isEnabledFor(level)
 
 
 def get(name: str) -> Any:

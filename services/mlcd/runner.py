@@ -46,6 +46,7 @@ def build_bus(settings: Settings) -> Bus:
             session_timeout_s=settings.kafka_session_timeout_s,
             heartbeat_interval_s=settings.kafka_heartbeat_interval_s,
             max_request_size=settings.kafka_max_request_size,
+            fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
             security=kafka_security.client_options(settings),
         )
     return MemoryBus(

@@ -8,14 +8,37 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    CommitFailedError,
+    KafkaConnectionError,
+    KafkaError,
+    NodeNotReadyError,
+    RequestTimedOutError,
+    TopicAlreadyExistsError,
+)
 from aiokafka.structs import OffsetAndMetadata
 
 from mlcd import logs
-from mlcd.errors import AdapterUnavailable
+from mlcd.errors import AdapterUnavailable, MlcdError, PermanentError, RecordsRefused
 from mlcd.events import Record
 
 log = logs.get(__name__)
+
+
+class BrokerRefused(PermanentError):
+    """The broker answered with an error that retrying cannot fix (aiokafka's `retriable` is False)."""
+
+
+def translate(error: BaseException, what: str) -> MlcdError:
+    """A library error as mlcd's tree: retriable Kafka errors, timeouts and lost sockets are outages."""
+    if isinstance(error, KafkaError) and not error.retriable and not _is_connection_loss(error):
+        return BrokerRefused(f"{what}: {error!r}")
+    return AdapterUnavailable(f"{what}: {error!r}")
+
+
+def _is_connection_loss(error: KafkaError) -> bool:
+    # aiokafka marks a few connection-level errors non-retriable although a reconnect cures them.
+    return isinstance(error, KafkaConnectionError | NodeNotReadyError | RequestTimedOutError)
 
 
 class KafkaBus:
@@ -31,9 +54,15 @@ class KafkaBus:
         namespace: str = "",
         session_timeout_s: float = 10.0,
         heartbeat_interval_s: float = 3.0,
+        max_request_size: int = 1_048_576,
+        fetch_max_wait_ms: int = 500,
         security: Mapping[str, Any] | None = None,
     ) -> None:
-        """`security`: SASL/TLS arguments every client gets alike (`kafka_security.client_options`)."""
+        """`security`: SASL/TLS arguments every client gets alike (`kafka_security.client_options`).
+
+        `fetch_max_wait_ms`: how long the broker may hold a consumer's fetch when it has nothing new; a
+        consumer's record waits up to that long on each hop, so it bounds per-hop latency.
+        """
         self.bootstrap = bootstrap
         self.security = dict(security or {})
         self.namespace = namespace
@@ -44,7 +73,10 @@ class KafkaBus:
         self.request_timeout_s = request_timeout_s
         self.session_timeout_s = session_timeout_s
         self.heartbeat_interval_s = heartbeat_interval_s
+        self.max_request_size = max_request_size
+        self.fetch_max_wait_ms = fetch_max_wait_ms
         self._producer: AIOKafkaProducer | None = None
+        self._starting = asyncio.Lock()
         self._subscriptions: list[_KafkaSubscription] = []
 
     def physical(self, name: str) -> str:
@@ -55,6 +87,12 @@ class KafkaBus:
         return name.removeprefix(self.namespace)
 
     async def start(self) -> None:
+        """Connect once: every worker that needs the broker calls this, the first one connects."""
+        async with self._starting:
+            if self._producer is None:
+                await self._connect()
+
+    async def _connect(self) -> None:
         await self.create_topics(self.topics)
         producer = AIOKafkaProducer(
             bootstrap_servers=self.bootstrap,
@@ -62,13 +100,14 @@ class KafkaBus:
             acks="all",
             enable_idempotence=self.enable_idempotence,
             linger_ms=1,
+            max_request_size=self.max_request_size,
             request_timeout_ms=int(self.request_timeout_s * 1000),
         )
         try:
             await asyncio.wait_for(producer.start(), self.request_timeout_s)
         except (KafkaError, OSError, TimeoutError) as e:
             await producer.stop()
-            raise AdapterUnavailable(f"Kafka at {self.bootstrap} did not answer: {e!r}") from e
+            raise translate(e, f"Kafka at {self.bootstrap} did not answer") from e
         self._producer = producer
 
     async def create_topics(self, topics: Sequence[str]) -> None:
@@ -95,7 +134,7 @@ class KafkaBus:
                 except TopicAlreadyExistsError:
                     pass  # another replica created it between our list and create
         except (KafkaError, OSError, TimeoutError) as e:
-            raise AdapterUnavailable(f"Kafka at {self.bootstrap} did not answer: {e!r}") from e
+            raise translate(e, f"Kafka at {self.bootstrap} did not answer") from e
         finally:
             await admin.close()
 
@@ -112,29 +151,43 @@ class KafkaBus:
         try:
             await asyncio.wait_for(self._producer.client.fetch_all_metadata(), self.request_timeout_s)
         except (KafkaError, OSError, TimeoutError) as e:
-            raise AdapterUnavailable(f"Kafka at {self.bootstrap} did not answer: {e!r}") from e
+            raise translate(e, f"Kafka at {self.bootstrap} did not answer") from e
 
     async def publish(self, records: Sequence[Record]) -> None:
         if self._producer is None:
             raise AdapterUnavailable("Kafka producer not started")
+        refused: dict[int, str] = {}
+        sent: list[tuple[int, asyncio.Future[object]]] = []
         try:
-            futures = [
-                await self._producer.send(
-                    self.physical(r.topic), value=r.value, key=r.key, headers=list(r.headers)
-                )
-                for r in records
-            ]
+            for i, r in enumerate(records):
+                try:
+                    future = await self._producer.send(
+                        self.physical(r.topic), value=r.value, key=r.key, headers=list(r.headers)
+                    )
+                except KafkaError as e:
+                    if isinstance(translate(e, ""), AdapterUnavailable):
+                        raise
+                    refused[i] = repr(e)  # refused before sending (too large): the others go on
+                    continue
+                sent.append((i, future))
             # return_exceptions: every failed send is looked at here, none is left "never retrieved".
             acks = await asyncio.wait_for(
-                asyncio.gather(*futures, return_exceptions=True), self.request_timeout_s
+                asyncio.gather(*(f for _, f in sent), return_exceptions=True), self.request_timeout_s
             )
         except (KafkaError, OSError, TimeoutError) as e:
-            raise AdapterUnavailable(f"Kafka did not acknowledge {len(records)} record(s): {e!r}") from e
-        failed = [ack for ack in acks if isinstance(ack, BaseException)]
-        if failed:
+            raise translate(e, f"Kafka did not acknowledge {len(records)} record(s)") from e
+        in_doubt = []
+        for (i, _), ack in zip(sent, acks, strict=True):
+            if isinstance(ack, KafkaError) and isinstance(translate(ack, ""), BrokerRefused):
+                refused[i] = repr(ack)
+            elif isinstance(ack, BaseException):
+                in_doubt.append(ack)
+        if in_doubt:
             raise AdapterUnavailable(
-                f"Kafka refused {len(failed)} of {len(records)} record(s): {failed[0]!r}"
+                f"Kafka did not acknowledge {len(in_doubt)} of {len(records)} record(s): {in_doubt[0]!r}"
             )
+        if refused:
+            raise RecordsRefused(refused)
 
     async def subscribe(self, group: str, topics: Sequence[str]) -> _KafkaSubscription:
         consumer = AIOKafkaConsumer(
@@ -144,6 +197,7 @@ class KafkaBus:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             metadata_max_age_ms=5000,
+            fetch_max_wait_ms=self.fetch_max_wait_ms,
             session_timeout_ms=int(self.session_timeout_s * 1000),
             heartbeat_interval_ms=int(self.heartbeat_interval_s * 1000),
         )
@@ -151,7 +205,7 @@ class KafkaBus:
             await asyncio.wait_for(consumer.start(), self.request_timeout_s)
         except (KafkaError, OSError, TimeoutError) as e:
             await consumer.stop()
-            raise AdapterUnavailable(f"Kafka consumer for {group} could not start: {e!r}") from e
+            raise translate(e, f"Kafka consumer for {group} could not start") from e
         # Subscribing after start() lets the group join happen in the background of the first polls: a
         # join can outlast any request timeout while the broker waits out a departed member's session.
         consumer.subscribe([self.physical(t) for t in topics])
@@ -165,13 +219,25 @@ class _KafkaSubscription:
         self._consumer = consumer
         self._bus = bus
         self._closed = False
+        self._held = False
         self._lag: dict[tuple[str, int], int] = {}
 
+    def pause(self) -> None:
+        self._held = True
+        self._consumer.pause(*self._consumer.assignment())
+
+    def resume(self) -> None:
+        self._held = False
+        self._consumer.resume(*self._consumer.paused())
+
     async def poll(self, max_records: int, timeout_s: float) -> list[Record]:
+        if self._held:
+            # A rebalance during the hold assigns partitions unpaused: hold them too before fetching.
+            self._consumer.pause(*self._consumer.assignment())
         try:
             batches = await self._consumer.getmany(timeout_ms=int(timeout_s * 1000), max_records=max_records)
         except KafkaError as e:
-            raise AdapterUnavailable(f"Kafka fetch failed: {e!r}") from e
+            raise translate(e, "Kafka fetch failed") from e
         records: list[Record] = []
         for tp, messages in batches.items():
             records.extend(
@@ -204,7 +270,7 @@ class _KafkaSubscription:
             # makes the second handling a no-op.
             log.warning("offset commit lost to a rebalance", error=str(e))
         except KafkaError as e:
-            raise AdapterUnavailable(f"Kafka offset commit failed: {e!r}") from e
+            raise translate(e, "Kafka offset commit failed") from e
 
     def lag(self) -> dict[tuple[str, int], int]:
         return dict(self._lag)

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import logging
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
@@ -31,7 +34,9 @@ from mlcd.store import database, dead_letters, inbox, outbox
 from mlcd.store.unit_of_work import Transaction, UnitOfWork
 
 log = logs.get(__name__)
+_DEBUG = functools.partial(logs.enabled, logging.DEBUG)
 
+T = TypeVar("T")
 Handler = Callable[[events.Envelope[Any], UnitOfWork], Awaitable[None]]
 
 
@@ -95,6 +100,14 @@ class _Failure(Exception):
 
 
 @dataclass
+class _Tally:
+    """What one poll batch did, for its one log line and its metrics."""
+
+    handled: dict[str, int] = field(default_factory=dict)
+    duplicates: int = 0
+
+
+@dataclass
 class _Handled:
     """One record of a batch, handled or skipped; `uow` is set when it has rows left to write."""
 
@@ -138,6 +151,9 @@ class Consumer:
         self._subscription: Subscription | None = None
         self._stop = asyncio.Event()
         self.ready = asyncio.Event()
+        self._tally = _Tally()
+        self._held: AsyncConnection | None = None
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set; the batch in hand is finished and committed first."""
@@ -153,7 +169,7 @@ class Consumer:
                     await _pause(stop, 1.0)
                     continue
                 for (topic, partition), lag in self._subscription.lag().items():
-                    metrics.CONSUMER_LAG.labels(self.group, topic, str(partition)).set(lag)
+                    self._metric(metrics.CONSUMER_LAG, topic, str(partition)).set(lag)
                 if records:
                     await self._handle_until_done(records)
         finally:
@@ -193,21 +209,81 @@ class Consumer:
             self._subscription.resume()
 
     async def handle_batch(self, records: Sequence[Record]) -> None:
-        """Handle records in order; a failing one is retried or parked before the ones after it."""
+        """Handle records in order; a failing one is retried or parked before the ones after it.
+
+        Logs and metrics are per batch: one info line and one counter step per event type; the
+        per-event lines are at debug level.
+        """
         assert self._subscription is not None
-        seen = await self._store(self._seen_among(records))
-        done: list[_Handled] = []
-        for record in records:
+        started = time.perf_counter()
+        # One checkout (and so one pool pre-ping) for the batch's inbox read and its final write; no
+        # transaction is open on it while the handlers run.
+        self._held = await self._store(self.engine.connect().start())
+        try:
+            seen = await self._store(self._seen_among(records))
+            self._tally = _Tally()
+            done: list[_Handled] = []
+            for record in records:
+                try:
+                    done.append(await self._handle_one(record, attempt=1, seen=seen))
+                except _Failure as failure:
+                    await self._complete(done)
+                    done = [await self._retry_then_park(record, failure.error)]
+            await self._complete(done)
+        finally:
+            held, self._held = self._held, None
+            if held is not None:
+                with contextlib.suppress(*database.OUTAGE_ERRORS):
+                    await held.close()
+        self._report(self._tally, len(records), time.perf_counter() - started)
+
+    async def _in_transaction(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        """`work` in one transaction on the batch's connection, or on a fresh one once that one died."""
+        held = self._held
+        if held is not None:
             try:
-                done.append(await self._handle_one(record, attempt=1, seen=seen))
-            except _Failure as failure:
-                await self._complete(done)
-                done = [await self._retry_then_park(record, failure.error)]
-        await self._complete(done)
+                async with held.begin():
+                    return await work(held)
+            except database.OUTAGE_ERRORS:
+                # It died while the handlers ran (a store restart): a pooled connection is pinged first.
+                # Had the commit gone through, the inbox rows now clash and the batch is written event by
+                # event, each one that is already there skipped.
+                self._held = None
+                with contextlib.suppress(*database.OUTAGE_ERRORS):
+                    await held.invalidate()
+        async with self.engine.begin() as conn:
+            return await work(conn)
+
+    def _report(self, tally: _Tally, records: int, seconds: float) -> None:
+        for event_type, count in tally.handled.items():
+            self._metric(metrics.EVENTS_CONSUMED, event_type).inc(count)
+        if tally.duplicates:
+            self._metric(metrics.EVENTS_DUPLICATE).inc(tally.duplicates)
+        if tally.handled or tally.duplicates:
+            log.info(
+                "batch handled",
+                group=self.group,
+                records=records,
+                handled=dict(tally.handled),
+                duplicates=tally.duplicates,
+                seconds=round(seconds, 4),
+            )
+
+    def _metric(self, family: Any, *labels: str) -> Any:
+        """A metric's child for this group and `labels`, looked up once (labels() takes a lock each time)."""
+        key = (family, labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = family.labels(self.group, *labels)
+        return child
 
     async def _seen_among(self, records: Sequence[Record]) -> set[str]:
-        async with self.engine.begin() as conn:
-            return await inbox.seen_among(conn, self.group, _event_ids(records))
+        ids = _event_ids(records)
+
+        async def read(conn: AsyncConnection) -> set[str]:
+            return await inbox.seen_among(conn, self.group, ids)
+
+        return await self._in_transaction(read)
 
     async def _store(self, work: Awaitable[Any]) -> Any:
         """Run store work of the runtime's own; an outage becomes StoreUnavailable."""
@@ -228,8 +304,8 @@ class Consumer:
             return _Handled(record)
         with logs.bound(event_id=decoded.id, event_type=decoded.type, model=decoded.key, group=self.group):
             if decoded.id in seen:
-                metrics.EVENTS_DUPLICATE.labels(self.group).inc()
-                log.info("duplicate skipped")
+                self._tally.duplicates += 1
+                log.info("duplicate skipped")  # rare (a redelivery after a crash or rebalance): kept at info
                 return _Handled(record)
             started = time.perf_counter()
             uow = UnitOfWork(self.engine, self.source, decoded, group=self.group, on_commit=self._wake)
@@ -245,9 +321,10 @@ class Consumer:
                 raise await self._failure(e, attempt, decoded.type) from e
             seen.add(decoded.id)
             seconds = time.perf_counter() - started
-            metrics.HANDLER_SECONDS.labels(self.group, decoded.type).observe(seconds)
-            metrics.EVENTS_CONSUMED.labels(self.group, decoded.type).inc()
-            log.info("handled", seconds=round(seconds, 4))
+            self._metric(metrics.HANDLER_SECONDS, decoded.type).observe(seconds)
+            self._tally.handled[decoded.type] = self._tally.handled.get(decoded.type, 0) + 1
+            if _DEBUG():
+                log.debug("handled", seconds=round(seconds, 4))
             return _Handled(record, decoded, uow)
 
     async def _failure(self, error: Exception, attempt: int, event_type: str) -> Exception:
@@ -277,11 +354,14 @@ class Consumer:
             await self._subscription.commit([h.record for h in done])
 
     async def _write(self, pending: Sequence[_Handled]) -> None:
-        async with self.engine.begin() as conn:
-            emitted = [e for h in pending if h.uow is not None for e in h.uow.emitted]
+        emitted = [e for h in pending if h.uow is not None for e in h.uow.emitted]
+
+        async def write(conn: AsyncConnection) -> None:
             if emitted:
                 await outbox.add(conn, emitted)
             await inbox.record_many(conn, self.group, _inbox_rows(pending))
+
+        await self._in_transaction(write)
 
     async def _write_one_by_one(self, pending: Sequence[_Handled]) -> None:
         # Another member handled one of these events meanwhile (a rebalance): its inbox row is there, and
@@ -368,9 +448,17 @@ RELAY_GROUP = "mlcd-relay"
 
 
 class OutboxRelay:
-    """Publishes outbox rows in order and marks them sent; one relay at a time per database."""
+    """Publishes outbox rows in order and marks them sent.
 
-    _LOCK_ID = 0x6D6C6372  # "mlcr"
+    On PostgreSQL the rows fall in `outbox.SLOTS` slots by (topic, key), and a relay publishes a slot
+    only while it holds that slot's advisory lock (for one transaction: select, publish, mark sent), so
+    the rows of one key are published by one relay at a time, in order, while relays of other services
+    and replicas publish the other slots alongside. A sweep takes the slots that hold unsent rows,
+    `SLOTS // WINDOWS` at a time, starting where this relay's rotation stands.
+    """
+
+    _LOCK_ID = 0x6D6C6372  # "mlcr": the first key of the two-key advisory lock, the slot the second
+    WINDOWS = 4
 
     def __init__(
         self,
@@ -388,12 +476,15 @@ class OutboxRelay:
         self.batch = batch
         self.idle_poll_s = idle_poll_s
         self.retention = retention
+        self._rotation = random.randrange(self.WINDOWS)
+        self._full = False
+        self._published: dict[str, Any] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
         last_purge = 0.0
         while not stop.is_set():
             try:
-                published = await self.publish_pending()
+                await self.publish_pending()
             except AdapterUnavailable as e:
                 log.warning("relay cannot reach the broker; rows stay in the outbox", error=str(e))
                 await self._until_broker_answers(stop)
@@ -401,26 +492,51 @@ class OutboxRelay:
             if time.monotonic() - last_purge > 3600:
                 await self._purge()
                 last_purge = time.monotonic()
-            if published < self.batch:
+            if not self._full:
                 await self.waker.wait(self.idle_poll_s)
         await self.publish_pending_quietly()
 
     async def publish_pending_quietly(self) -> None:
         """Flush the whole outbox (a stopping relay must not leave full batches behind)."""
         try:
-            while await self.publish_pending() >= self.batch:
-                pass
+            await self.publish_pending()
+            while self._full:
+                await self.publish_pending()
         except AdapterUnavailable as e:
             log.warning("relay stopped with rows still in the outbox", error=str(e))
 
     async def publish_pending(self) -> int:
-        """Publish one batch of unsent rows; returns how many were published."""
+        """One sweep: publish a batch of unsent rows from each slot window; returns how many."""
+        self._full = False
+        if self.engine.dialect.name != "postgresql":
+            return await self._publish_round(None)
+        async with self.engine.connect() as conn:
+            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            slots = await outbox.pending_slots(conn)
+        if not slots:
+            metrics.OUTBOX_PENDING.set(0)
+            return 0
+        width = outbox.SLOTS // self.WINDOWS
+        published = 0
+        for step in range(self.WINDOWS):
+            window = (self._rotation + step) % self.WINDOWS
+            wanted = [s for s in range(window * width, (window + 1) * width) if s in slots]
+            if wanted:
+                published += await self._publish_round(wanted)
+        self._rotation = (self._rotation + 1) % self.WINDOWS
+        return published
+
+    async def _publish_round(self, slots: Sequence[int] | None) -> int:
+        """Publish one batch in one transaction: lock the slots (PostgreSQL), select, publish, mark sent."""
         async with self.engine.begin() as conn:
-            if not await self._take_lock(conn):
-                return 0
-            pending = await outbox.unsent(conn, self.batch)
+            if slots is not None:
+                # Its own statement: the select after it must take its snapshot once the locks are held,
+                # or it could still see rows another relay marked sent just before releasing them.
+                slots = await self._take_slots(conn, slots)
+                if not slots:
+                    return 0
+            pending = await outbox.unsent(conn, self.batch, slots)
             if not pending:
-                metrics.OUTBOX_PENDING.set(0)
                 return 0
             refused: dict[int, str] = {}
             try:
@@ -430,9 +546,28 @@ class OutboxRelay:
                 await self._park_refused(conn, [(pending[i], reason) for i, reason in refused.items()])
             published = [p for i, p in enumerate(pending) if i not in refused]
             await outbox.mark_sent(conn, [p.seq for p in published])
+        self._full = self._full or len(pending) >= self.batch
+        by_type: dict[str, int] = {}
         for p in published:
-            metrics.EVENTS_PUBLISHED.labels(p.record.header("ce_type") or "raw").inc()
+            event_type = p.record.header("ce_type") or "raw"
+            by_type[event_type] = by_type.get(event_type, 0) + 1
+        for event_type, count in by_type.items():
+            child = self._published.get(event_type)
+            if child is None:
+                child = self._published[event_type] = metrics.EVENTS_PUBLISHED.labels(event_type)
+            child.inc(count)
         return len(pending)
+
+    async def _take_slots(self, conn: AsyncConnection, slots: Sequence[int]) -> list[int]:
+        """The slots among `slots` whose lock this transaction got; another relay holds the others."""
+        rows = await conn.execute(
+            text(
+                "SELECT slot FROM unnest(CAST(:slots AS integer[])) AS slot "
+                "WHERE pg_try_advisory_xact_lock(:id, slot) ORDER BY slot"
+            ),
+            {"slots": list(slots), "id": self._LOCK_ID},
+        )
+        return [int(r.slot) for r in rows]
 
     async def _park_refused(
         self, conn: AsyncConnection, refused: Sequence[tuple[outbox.Pending, str]]
@@ -475,11 +610,6 @@ class OutboxRelay:
                 return
             except AdapterUnavailable:
                 continue
-
-    async def _take_lock(self, conn: AsyncConnection) -> bool:
-        if conn.dialect.name != "postgresql":
-            return True
-        return bool(await conn.scalar(text("SELECT pg_try_advisory_xact_lock(:id)"), {"id": self._LOCK_ID}))
 
     async def _purge(self) -> None:
         async with self.engine.begin() as conn:

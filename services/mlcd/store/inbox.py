@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from sqlalchemy import insert, select
+from sqlalchemy import String, any_, bindparam, insert, select
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from mlcd.store.tables import inbox
@@ -22,9 +23,13 @@ async def seen_among(conn: AsyncConnection, group: str, event_ids: Sequence[str]
     """Which of these events the group has already handled, in one query."""
     if not event_ids:
         return set()
-    rows = await conn.execute(
-        select(inbox.c.event_id).where(inbox.c.consumer_group == group, inbox.c.event_id.in_(set(event_ids)))
+    wanted = sorted(set(event_ids))
+    among = (
+        inbox.c.event_id == any_(bindparam("ids", wanted, type_=ARRAY(String)))  # one array parameter
+        if conn.dialect.name == "postgresql"
+        else inbox.c.event_id.in_(wanted)
     )
+    rows = await conn.execute(select(inbox.c.event_id).where(inbox.c.consumer_group == group, among))
     return {row.event_id for row in rows}
 
 

@@ -8,7 +8,20 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, func, insert, select, update
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    and_,
+    any_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    literal_column,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from mlcd import events
@@ -77,13 +90,28 @@ async def contains(conn: AsyncConnection, event_id: str) -> bool:
     return found is not None
 
 
-async def unsent(conn: AsyncConnection, limit: int) -> list[Pending]:
-    rows = await conn.execute(
-        select(outbox.c.seq, outbox.c.topic, outbox.c.key, outbox.c.value, outbox.c.headers)
-        .where(outbox.c.sent_at.is_(None))
-        .order_by(outbox.c.seq)
-        .limit(limit)
+SLOTS = 16
+"""Relay slots on PostgreSQL: every (topic, key) falls in one, so one relay at a time publishes a key."""
+
+_SLOT: ColumnElement[Any] = literal_column(
+    f"((hashtextextended(topic || encode(coalesce(key, ''::bytea), 'hex'), 0) % {SLOTS}) + {SLOTS}) % {SLOTS}"
+)
+
+
+async def pending_slots(conn: AsyncConnection) -> set[int]:
+    """PostgreSQL: the slots that hold unsent rows."""
+    rows = await conn.execute(select(_SLOT.label("slot")).where(outbox.c.sent_at.is_(None)).distinct())
+    return {int(r.slot) for r in rows}
+
+
+async def unsent(conn: AsyncConnection, limit: int, slots: Sequence[int] | None = None) -> list[Pending]:
+    """The oldest unsent rows, in order; `slots` (PostgreSQL): only the rows of those slots."""
+    query = select(outbox.c.seq, outbox.c.topic, outbox.c.key, outbox.c.value, outbox.c.headers).where(
+        outbox.c.sent_at.is_(None)
     )
+    if slots is not None:
+        query = query.where(_SLOT.in_(sorted(slots)))
+    rows = await conn.execute(query.order_by(outbox.c.seq).limit(limit))
     return [
         Pending(
             r.seq,
@@ -97,8 +125,15 @@ async def count_unsent(conn: AsyncConnection) -> int:
     return int(await conn.scalar(select(func.count()).where(outbox.c.sent_at.is_(None))) or 0)
 
 
+def _seq_among(conn: AsyncConnection, seqs: Sequence[int]) -> ColumnElement[bool]:
+    if conn.dialect.name == "postgresql":  # one array parameter, not one per row
+        return outbox.c.seq == any_(bindparam("seqs", list(seqs), type_=ARRAY(BigInteger)))
+    return outbox.c.seq.in_(seqs)
+
+
 async def mark_sent(conn: AsyncConnection, seqs: Sequence[int]) -> None:
-    await conn.execute(update(outbox).where(outbox.c.seq.in_(seqs)).values(sent_at=datetime.now(UTC)))
+    if seqs:
+        await conn.execute(update(outbox).where(_seq_among(conn, seqs)).values(sent_at=datetime.now(UTC)))
 
 
 async def remove(conn: AsyncConnection, seqs: Sequence[int]) -> None:
