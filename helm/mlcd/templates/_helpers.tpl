@@ -152,6 +152,7 @@ MLCD_HANDLER_BACKOFF_INITIAL_S: {{ $c.handler.backoffInitialSeconds | quote }}
 MLCD_HANDLER_BACKOFF_MAX_S: {{ $c.handler.backoffMaxSeconds | quote }}
 MLCD_WEBHOOK_MAX_BODY_BYTES: {{ $c.webhook.maxBodyBytes | int64 | quote }}
 MLCD_WEBHOOK_MAX_AGE_S: {{ $c.webhook.maxAgeSeconds | quote }}
+MLCD_ADAPTER_CHECK_INTERVAL_S: {{ $c.adapterCheckIntervalSeconds | quote }}
 MLCD_LOG_LEVEL: {{ $c.logLevel | quote }}
 MLCD_HTTP_HOST: "0.0.0.0"
 MLCD_HOME: "/var/lib/mlcd"
