@@ -43,7 +43,7 @@ from mlcd.trainer import decisions
 from tests.conftest import REPO, unique
 from tests.fakes import kfp_api, kube_api
 from tests.fakes.gitlab_api import FakeGitLab
-from tests.support import prometheus
+from tests.support import mlflow_s3, prometheus
 from tests.support.flows import eventually
 from tests.support.mlcd_service import ServiceProcess
 from tests.support.postgres_server import PostgresServer
@@ -277,6 +277,10 @@ def write_policies(folder: Path, model: str) -> Path:
     policy["serving_name"] = serving_name(model)
     policy["data"]["suite"] = str(REPO / policy["data"]["suite"])
     policy["rollout"]["interval"] = f"{STEP_INTERVAL_S}s"
+    # No traffic flows here (the delivery guarantees are under test, not the analysis): without checks a
+    # step passes on the revision's observed readiness alone. With the shipped checks an empty Prometheus
+    # is inconclusive and the rollout would pause, as it must.
+    policy["rollout"]["analysis"] = []
     (folder / f"{model}.yaml").write_text(yaml.safe_dump(policy))
     return folder
 
@@ -451,11 +455,13 @@ FAILURE_TYPES = {
 
 
 @asynccontextmanager
-async def world(
-    tmp_path: Path, kafka_bootstrap: str, own_postgres: PostgresServer, mlflow_uri: str
-) -> AsyncIterator[World]:
+async def world(tmp_path: Path, kafka_bootstrap: str, own_postgres: PostgresServer) -> AsyncIterator[World]:
     model = unique("wine_kill")
     async with AsyncExitStack() as stack:
+        # Versions' files in S3, as KServe needs them (a proxied mlflow-artifacts:/ store is refused).
+        store = stack.enter_context(mlflow_s3.moto_s3(tmp_path / "s3", "mlflow"))
+        stack.enter_context(mlflow_s3.client_env(store))
+        mlflow_uri = stack.enter_context(mlflow_s3.mlflow_server(tmp_path / "mlflow", "s3://mlflow/"))
         gitlab = stack.enter_context(FakeGitLab())
         gitlab.add_project(PROJECT, files=pipeline_sources())
         gitlab.add_merge_request(PROJECT, MR_IID, source_branch="feature/deeper-trees", sha=MR_SHA)
@@ -466,7 +472,7 @@ async def world(
         )
         from mlflow import MlflowClient
 
-        source = MlflowClient(tracking_uri=mlflow_uri).get_model_version(model, champion).source
+        source = MlflowClient(tracking_uri=mlflow_uri).get_model_version_download_uri(model, champion)
         cluster.add(KUBE_NAMESPACE, serving_name(model), source)
         analysis = stack.enter_context(prometheus.running([], tmp_path / "prometheus"))
 
@@ -536,11 +542,11 @@ async def world(
 
 
 async def test_chain_survives_kill_9_of_every_service_and_acts_once(
-    tmp_path: Path, kafka_bootstrap: str, own_postgres: PostgresServer, mlflow_uri: str
+    tmp_path: Path, kafka_bootstrap: str, own_postgres: PostgresServer
 ) -> None:
     seed = int(os.environ.get("MLCD_CHAIN_KILL_SEED") or random.SystemRandom().randrange(2**32))
     rng = random.Random(seed)
-    async with world(tmp_path, kafka_bootstrap, own_postgres, mlflow_uri) as w:
+    async with world(tmp_path, kafka_bootstrap, own_postgres) as w:
         planned = plan(rng, kill_points(w.model))
         print(f"seed {seed}; replay with MLCD_CHAIN_KILL_SEED={seed}", flush=True)
         print("kill schedule: " + "; ".join(str(p) for p in planned), flush=True)
