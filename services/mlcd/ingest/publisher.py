@@ -103,7 +103,7 @@ class Publisher:
                 self._taking.holding([e.id for e in envelopes]),
                 self.engine.begin() as conn,
             ):
-                await _lock_across_replicas(conn, [e.id for e in envelopes])
+                relaxed = await _lock_across_replicas(conn, [e.id for e in envelopes])
                 keys = [(type(e.data).topic(), e.key.encode()) for e in envelopes]
                 known, behind = await ingest_store.known_and_waiting(conn, [e.id for e in envelopes], keys)
                 fresh = [e for e in envelopes if e.id not in known]
@@ -114,8 +114,8 @@ class Publisher:
                     and self._broker_trusted()
                     and await self._publish([events.encode(e) for e in fresh])
                 )
-                if published:
-                    await _relax_durability(conn)
+                if relaxed and not published:
+                    await _restore_durability(conn)  # the outbox row is the only copy: wait for the WAL
                 await outbox.add(conn, fresh, sent=published)
         except STORE_ERRORS as e:
             if published:
@@ -169,15 +169,26 @@ class Publisher:
             self.waker.wake()
 
 
-async def _lock_across_replicas(conn: AsyncConnection, event_ids: Sequence[str]) -> None:
-    # Another ingest replica taking the same event waits here until this transaction ends, then finds it.
-    if conn.dialect.name == "postgresql":
-        for event_id in sorted(set(event_ids)):
-            lock = text("SELECT pg_advisory_xact_lock(hashtextextended(:id, 0))")
-            await conn.execute(lock, {"id": event_id})
+async def _lock_across_replicas(conn: AsyncConnection, event_ids: Sequence[str]) -> bool:
+    """Take the events' locks, in one order, in one statement; True when durability was relaxed with it.
+
+    Another ingest replica taking the same event waits here until this transaction ends, then finds it.
+    The same round trip relaxes durability for the transaction (`synchronous_commit = off`): a journal
+    row for an event the broker already acknowledged need not wait for the WAL flush. When the broker
+    does not take the events, `_restore_durability` turns it back on before the outbox row is written.
+    """
+    if conn.dialect.name != "postgresql":
+        return False
+    await conn.execute(
+        text(
+            "SELECT set_config('synchronous_commit', 'off', true), "
+            "(SELECT count(pg_advisory_xact_lock(hashtextextended(id, 0))) "
+            " FROM (SELECT DISTINCT id FROM unnest(CAST(:ids AS text[])) AS id ORDER BY id) AS ids)"
+        ),
+        {"ids": list(event_ids)},
+    )
+    return True
 
 
-async def _relax_durability(conn: AsyncConnection) -> None:
-    # A journal row for an event the broker already acknowledged need not wait for the WAL flush.
-    if conn.dialect.name == "postgresql":
-        await conn.execute(text("SET LOCAL synchronous_commit = off"))
+async def _restore_durability(conn: AsyncConnection) -> None:
+    await conn.execute(text("SET LOCAL synchronous_commit = on"))
