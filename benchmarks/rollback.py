@@ -187,6 +187,10 @@ async def _measure(
 
 async def _measure_kserve(runs: int, root: Path) -> list[float]:
     """The chain over KServe: alert → gatekeeper → deployer → KServe adapter → the stand-in's traffic."""
+    home = root / "kserve"
+    home.mkdir(parents=True, exist_ok=True)
+    kubeconfig = home / "kubeconfig"
+    os.environ["KUBECONFIG"] = str(kubeconfig)  # before kubernetes is imported: it reads it then
     from kubernetes import client
     from pydantic import SecretStr
     from tests.fakes import kube_api
@@ -201,7 +205,6 @@ async def _measure_kserve(runs: int, root: Path) -> list[float]:
     from mlcd.config import Settings
     from mlcd.store import inbox
 
-    home = root / "kserve"
     gateway = minio_gateway.start_gateway(root)
     timings: list[float] = []
     try:
@@ -218,14 +221,12 @@ async def _measure_kserve(runs: int, root: Path) -> list[float]:
                 "monitoring: {debounce: 0s, actions: {critical: rollback}}\n"
             )
             async with kube_api.running(reconcile=False) as api:
-                kubeconfig = home / "kubeconfig"
                 kubeconfig.write_text(
                     "apiVersion: v1\nkind: Config\ncurrent-context: bench\n"
                     f"clusters: [{{name: bench, cluster: {{server: '{api.url}'}}}}]\n"
                     "contexts: [{name: bench, context: {cluster: bench, user: bench}}]\n"
                     "users: [{name: bench, user: {}}]\n"
                 )
-                os.environ["KUBECONFIG"] = str(kubeconfig)
                 discovered = home / "discovered.json"
                 with prometheus_support.running(
                     [], home / "prometheus", discovered=discovered

@@ -15,7 +15,8 @@ everything and, once it is the latest created one, becomes the rolled-out revisi
 (RawDeployment) mode keeps one deployment for the main predictor (replaced by a rolling update) and one
 per named `spec.canary` entry, which gets its `trafficPercent` once Ready.
 
-Knobs: `ready_delay_s` (a revision reports Ready that long after its MLServer is), `fail_to_load(uri)`
+Knobs: `ready_delay_s` and `slow(uri, s)` (a revision reports Ready that long after its MLServer is),
+`fail_to_load(uri)`
 (the model files arrive corrupted, so MLServer cannot load them: the revision fails), `traffic` (the
 load generator on or off). A model that errors on every request is a real model version
 (tests/support/kserve_models.BROKEN). `splits` records every traffic split applied, in order.
@@ -109,6 +110,7 @@ class KServeController:
         self.requests: list[Request] = []
         self.services: dict[tuple[str, str], Service] = {}
         self._failing: set[str] = set()
+        self._delays: dict[str, float] = {}
         self._numbers = itertools.count(1)
         self._downloads: dict[str, Path] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -120,6 +122,10 @@ class KServeController:
         self.metrics_port = 0
 
     # --- knobs ------------------------------------------------------------------------------------
+
+    def slow(self, uri: str, ready_delay_s: float) -> None:
+        """Revisions of this URI report Ready `ready_delay_s` after their MLServer is: a slow start."""
+        self._delays[uri] = ready_delay_s
 
     def fail_to_load(self, uri: str) -> None:
         """Revisions of this storage URI get corrupted files: MLServer cannot load the model."""
@@ -310,7 +316,7 @@ class KServeController:
                 if await asyncio.to_thread(_load_failed, revision.server):
                     raise RuntimeError(f"MLServer could not load the model: {_tail(revision.server)}")
                 await asyncio.sleep(0.2)
-            await asyncio.sleep(self.ready_delay_s)
+            await asyncio.sleep(self._delays.get(revision.uri, self.ready_delay_s))
             revision.ready = True
         except mlserver.DownloadFailed as e:
             revision.failed = f"storage-initializer: {e}"
@@ -389,18 +395,29 @@ class KServeController:
                 await task
 
     async def _generate(self, namespace: str, name: str, rows: list[list[float]], rate_per_s: float) -> None:
+        # Requests go out at the rate asked, however slow the answers: up to 32 in flight.
         body = kserve_models.infer_body(rows)
         credit: dict[str, float] = {}
+        in_flight: set[asyncio.Task[None]] = set()
+        limit = asyncio.Semaphore(32)
         async with httpx.AsyncClient(timeout=10) as client:
-            while True:
-                await asyncio.sleep(1 / rate_per_s)
-                service = self.services.get((namespace, name))
-                if not self.traffic or service is None or not service.routes:
-                    continue
-                revision = _pick(service.routes, credit)
-                if revision.server is None:
-                    continue
-                await self._send(client, service, revision, body)
+            try:
+                while True:
+                    await asyncio.sleep(1 / rate_per_s)
+                    service = self.services.get((namespace, name))
+                    if not self.traffic or service is None or not service.routes:
+                        continue
+                    revision = _pick(service.routes, credit)
+                    if revision.server is None or limit.locked():
+                        continue
+                    await limit.acquire()
+                    task = asyncio.create_task(self._send(client, service, revision, body))
+                    in_flight.add(task)
+                    task.add_done_callback(lambda done: (in_flight.discard(done), limit.release()))
+            finally:
+                for task in in_flight:
+                    task.cancel()
+                await asyncio.gather(*in_flight, return_exceptions=True)
 
     async def _send(self, client: httpx.AsyncClient, service: Service, revision: Revision, body: Any) -> None:
         assert revision.server is not None

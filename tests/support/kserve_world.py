@@ -68,7 +68,7 @@ def policy_text(model: str, name: str, mode: str, extra: str = "") -> str:
     return (
         f"model: {model}\nserving_name: {name}\n"
         f"rollout:\n  mode: {mode}\n  steps: [10, 50, 100]\n  interval: 4s\n"
-        "  thresholds: {max_error_rate: 0.05, max_p95_latency_s: 2.0, min_requests: 3}\n"
+        "  thresholds: {max_error_rate: 0.05, max_p95_latency_s: 2.0, min_requests: 2}\n"
         + (extra or "  progress_deadline: 90s\n")
     )
 
