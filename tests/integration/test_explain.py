@@ -148,7 +148,9 @@ def test_explain_offline_checks_expectations_for_a_policy_repository_ci(tmp_path
     garbage = tmp_path / "garbage.json"
     garbage.write_text("[1, 2]")
     refused = runner.invoke(cli.app, ["explain", str(garbage), "--offline"], env=env)
-    assert refused.exit_code == 1 and refused.stderr.startswith(f"error: {garbage}: expected a JSON object")
+    assert refused.exit_code == 1 and refused.stderr.startswith(
+        f"error: {str(garbage)!r}: expected a JSON object"
+    )
 
 
 def test_an_unparseable_delivery_is_explained_as_parked() -> None:

@@ -42,11 +42,11 @@ def explain(
     try:
         text = file.read_bytes()
     except OSError as e:
-        raise _api.fail(f"cannot read {file}: {e.strerror or e}") from None
+        raise _api.fail(f"cannot read {str(file)!r}: {e.strerror or e}") from None
     try:
         given = explaining.read_input(text)
     except MlcdError as e:
-        raise _api.fail(f"{file}: {e}") from None
+        raise _api.fail(f"{str(file)!r}: {' '.join(str(e).split())}") from None
     if offline:
         found = _offline(given)
     else:
