@@ -277,10 +277,10 @@ def write_policies(folder: Path, model: str) -> Path:
     policy["serving_name"] = serving_name(model)
     policy["data"]["suite"] = str(REPO / policy["data"]["suite"])
     policy["rollout"]["interval"] = f"{STEP_INTERVAL_S}s"
-    # No traffic flows here (the delivery guarantees are under test, not the analysis): without checks a
-    # step passes on the revision's observed readiness alone. With the shipped checks an empty Prometheus
-    # is inconclusive and the rollout would pause, as it must.
-    policy["rollout"]["analysis"] = []
+    # No traffic flows here (the delivery guarantees are under test, not the analysis): one check that the
+    # real Prometheus always answers within bounds. With the shipped checks an empty Prometheus is
+    # inconclusive and the rollout would pause, as it must; with no checks at all likewise.
+    policy["rollout"]["analysis"] = [{"name": "prometheus-answers", "query": "vector(1)", "min": 0.5}]
     (folder / f"{model}.yaml").write_text(yaml.safe_dump(policy))
     return folder
 
