@@ -157,6 +157,10 @@ class Orchestrator(Protocol):
 
     async def get_run(self, run_id: str) -> Run: ...
 
+    async def terminate_run(self, run_id: str) -> None:
+        """Stop a run that outlived its policy's `training.timeout` (a finished run is left alone)."""
+        ...
+
     async def ping(self) -> None: ...
 
 

@@ -259,6 +259,10 @@ async def follow(
         if not run.finished and not decisions.timed_out(row.started_at, datetime.now(UTC), limit):
             await _look_again(uow, row)
             return
+        if not run.finished:
+            # Past training.timeout: stop it on the cluster, not only in mlcd's books.
+            await orchestrator.terminate_run(row.run_id)
+            log.warning("run terminated: it outlived training.timeout", timeout=str(limit))
         outcome = await _outcome(row, run, registry, limit)
     except TemporaryError as e:
         log.warning("cannot follow the run now; will look again", error=str(e))
