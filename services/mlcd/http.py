@@ -77,7 +77,9 @@ def install_error_handlers(app: FastAPI) -> None:
         headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
         if status == 401:
             headers = {"WWW-Authenticate": "Bearer"}
-        return JSONResponse({"error": str(error)}, status_code=status, headers=headers)
+        # An adapter's message may name its server's URL, credentials and all (user:password@host).
+        reason = logs.without_url_credentials(str(error))
+        return JSONResponse({"error": reason}, status_code=status, headers=headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:

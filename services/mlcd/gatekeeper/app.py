@@ -88,13 +88,19 @@ def router(
             raise NotFound(f"no gate {gate_id!r}")
         return {**gate.summary(), "rules": gate.rules, "audit": [entry.as_dict() for entry in entries]}
 
-    async def stale_champion(gate_id: str) -> str | None:
-        """Why the rules no longer hold for the gate's candidate, judged against today's champion."""
+    async def stale_champion(gate_id: str, who: http.Caller) -> str | None:
+        """Why the rules no longer hold for the gate's candidate, judged against today's champion.
+
+        Asked only for a caller who may decide the gate: anyone else is refused (403) without the
+        registry being asked, so an MLflow outage cannot turn a refusal into a 503."""
         if registry is None:
             return None
         async with engine.connect() as conn:
             gate = await gates.get(conn, gate_id)
         if gate is None or gate.state != "open":
+            return None
+        policy = policies.get(gate.model)
+        if not who.identity.in_any(list(policy.approval.groups) if policy else gate.approver_groups):
             return None
         champion = await registry.version_by_alias(gate.model, "champion")
         now = champion.version if champion else None
@@ -118,7 +124,7 @@ def router(
         )
 
     async def decide(gate_id: str, decision: Decision, reason: str, who: http.Caller) -> JSONResponse:
-        stale = await stale_champion(gate_id) if decision == "approve" else None
+        stale = await stale_champion(gate_id, who) if decision == "approve" else None
 
         async def authorise(gate: gates.Gate) -> str | None:
             policy = policies.get(gate.model)

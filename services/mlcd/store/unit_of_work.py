@@ -94,8 +94,8 @@ class UnitOfWork:
         """
         needs_inbox_row = not self.completed and self.cause is not None and self.group is not None
         if self.emitted or needs_inbox_row:
-            async with self.transaction(completes=needs_inbox_row):
-                pass
+            async with self.transaction(completes=not self.completed):
+                pass  # a completing block writes the remaining events (and the inbox row, if there is one)
 
     @asynccontextmanager
     async def transaction(self, *, completes: bool = False) -> AsyncIterator[Transaction]:
