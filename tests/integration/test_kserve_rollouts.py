@@ -39,7 +39,7 @@ from tests.support import (
     serving_models,
 )
 
-pytestmark = [pytest.mark.timeout(1200), pytest.mark.xdist_group("kserve")]
+pytestmark = [pytest.mark.timeout(1200), pytest.mark.xdist_group("kserve-rollouts")]
 MODES = ["serverless", "raw"]
 
 

@@ -18,7 +18,7 @@ from mlcd.policy import analysis
 from mlcd.policy.schema import Rollout
 from tests.support import kserve_models, kserve_world, minio_gateway, mlflow_s3, mlserver
 
-pytestmark = [pytest.mark.timeout(900), pytest.mark.xdist_group("kserve")]
+pytestmark = [pytest.mark.timeout(900), pytest.mark.xdist_group("kserve-standin")]
 MODES = ["serverless", "raw"]
 
 
