@@ -247,6 +247,7 @@ def api_routers(settings: Settings, host: ServiceHost, built: Ports, *, ui: bool
             registry=built.registry,
             identify=identify,
             policies=built.policies,
+            serving=built.serving,
         ),
     ]
     if ui:
