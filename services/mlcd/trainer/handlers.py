@@ -133,10 +133,10 @@ async def request_training(
         await launch(
             intent, uow, settings=settings, policies=policies, orchestrator=orchestrator, objects=objects
         )
-    except BaseException:
+    except Exception:  # any failed submit: the intent goes, the error goes on to the runtime
         # A failed submit (KFP down or hung) must not leave the model "busy": the runtime retries or parks
-        # this trigger, and a later trigger must be able to start its own run. Only a crash (kill -9) leaves
-        # the intent behind, and then the redelivered trigger or the follower resumes it.
+        # this trigger, and a later trigger must be able to start its own run. Only a crash (kill -9, or a
+        # cancel while stopping) leaves the intent behind; the redelivered trigger or the follower resumes it.
         async with uow.transaction() as tx:
             await training.drop_intent(tx.connection, intent.run_name)
         raise
