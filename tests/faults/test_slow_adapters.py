@@ -24,7 +24,7 @@ from mlcd.bus.kafka import KafkaBus
 from tests.conftest import REPO, unique
 from tests.fakes import kfp_api
 from tests.fakes.gitlab_api import FakeGitLab
-from tests.support import flows
+from tests.support import flows, processes
 from tests.support.mlcd_service import ServiceProcess
 from tests.support.silent_server import SilentServer
 from tests.support.topic_tail import Seen, TopicTail
@@ -88,7 +88,13 @@ def run_service(tmp_path: Path) -> Iterator[RunService]:
     def run(name: str, env: dict[str, str]) -> ServiceProcess:
         service = ServiceProcess(name, env, tmp_path)
         started.append(service)
-        return service.start()
+        service.start()
+        # The adapter health check's first round (it ends with serving) must not land among the calls
+        # the test counts while a server hangs.
+        processes.wait_until(
+            lambda: 'mlcd_adapter_up{adapter="serving"}' in service.metrics(), 60, "the first adapter check"
+        )
+        return service
 
     yield run
     for service in started:

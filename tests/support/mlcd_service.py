@@ -55,6 +55,13 @@ class ServiceProcess:
         except httpx.HTTPError:
             return False
 
+    def metrics(self) -> str:
+        """Its /metrics text, "" while it does not answer."""
+        try:
+            return httpx.get(f"{self.base_url}/metrics", timeout=5).text
+        except httpx.HTTPError:
+            return ""
+
     def kill(self) -> None:
         """kill -9 the whole process group: no drain, no clean-up, as a node failure would."""
         if self.process is not None and self.process.poll() is None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections import Counter
+import json
 
 import pytest
 
@@ -103,24 +103,27 @@ def test_serving_state_reads_the_canary_from_the_spec_and_readiness_from_the_sta
     assert state.message == "model load failed"
 
 
+def _tensors(inputs: list[dict[str, object]]) -> list[inference_protocol.Tensor]:
+    _, tensors = inference_protocol.read_request(json.dumps({"inputs": inputs}).encode(), None)
+    return tensors
+
+
 def test_one_tensor_becomes_an_array_of_its_shape() -> None:
-    request = inference_protocol.InferenceRequest.model_validate(
-        {"inputs": [{"name": "x", "shape": [2, 2], "datatype": "FP64", "data": [1, 2, 3, 4]}]}
-    )
-    assert inference_protocol.model_input(request).tolist() == [[1, 2], [3, 4]]
+    tensors = _tensors([{"name": "x", "shape": [2, 2], "datatype": "FP64", "data": [1, 2, 3, 4]}])
+    assert inference_protocol.model_input(tensors, inference_protocol.Signature()).tolist() == [
+        [1, 2],
+        [3, 4],
+    ]
 
 
 def test_a_tensor_that_does_not_fit_its_shape_is_a_bad_request() -> None:
-    request = inference_protocol.InferenceRequest.model_validate(
-        {"inputs": [{"name": "x", "shape": [2, 3], "datatype": "FP64", "data": [1, 2, 3, 4]}]}
-    )
-    with pytest.raises(inference_protocol.BadTensor, match="do not fit shape"):
-        inference_protocol.model_input(request)
+    with pytest.raises(inference_protocol.BadRequest, match="do not fit shape"):
+        _tensors([{"name": "x", "shape": [2, 3], "datatype": "FP64", "data": [1, 2, 3, 4]}])
 
 
 def test_predictions_come_back_as_typed_tensors() -> None:
     import numpy as np
 
-    (tensor,) = inference_protocol.outputs(np.array([0, 1, 1]))
-    assert (tensor.datatype, tensor.shape, tensor.data) == ("INT64", [3], [0, 1, 1])
-    assert Counter(tensor.data) == Counter({1: 2, 0: 1})
+    (tensor,) = inference_protocol.output_tensors(np.array([0, 1, 1]), ())
+    assert (tensor.name, inference_protocol.datatype_of(tensor.values.dtype)) == ("predict", "INT64")
+    assert tensor.values.tolist() == [0, 1, 1]
