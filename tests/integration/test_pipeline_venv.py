@@ -27,6 +27,7 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.conftest import REPO, unique
+from tests.support import wine_pipeline
 from tests.support.minio_gateway import Gateway, start_gateway
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3000)]
@@ -43,11 +44,7 @@ print("OUTPUTS " + json.dumps({k: str(v) for k, v in task.outputs.items()}))
 
 
 def _pins() -> list[list[str]]:
-    sys.path.insert(0, str(REPO / "pipelines" / "wine_quality"))
-    try:
-        import components
-    finally:
-        sys.path.pop(0)
+    components = wine_pipeline.components()
     return [
         components.LOAD_PACKAGES,
         components.TRAIN_PACKAGES,

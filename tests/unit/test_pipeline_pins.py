@@ -18,17 +18,12 @@ from types import ModuleType
 import pytest
 from packaging.requirements import Requirement
 
-from tests.conftest import REPO
+from tests.support import wine_pipeline
 
 
 @pytest.fixture(scope="module")
 def components() -> ModuleType:
-    sys.path.insert(0, str(REPO / "pipelines" / "wine_quality"))
-    try:
-        import components as module
-    finally:
-        sys.path.pop(0)
-    return module
+    return wine_pipeline.components()
 
 
 def _declared(component: object) -> list[Requirement]:
