@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from typing import Any
 
+import pytest
 from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mlcd import events
 from mlcd.bus.memory import MemoryBus
 from mlcd.ingest.publisher import Publisher, Status
 from mlcd.store import migrate
+from mlcd.store import outbox as outbox_store
 from mlcd.store.database import create_engine
 from mlcd.store.tables import outbox
 
@@ -71,3 +75,27 @@ async def test_simultaneous_deliveries_to_two_ingest_replicas_publish_once(pg_ur
     finally:
         for engine in engines:
             await engine.dispose()
+
+
+async def test_a_journal_write_that_fails_after_the_broker_took_the_event_is_retried(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a loaded machine the delivery's time limit can run out after the broker answered: the event
+    is journaled all the same, so its redelivery is known and not published twice."""
+    write = outbox_store.add
+    failures = iter([OperationalError("INSERT INTO outbox", None, TimeoutError("time limit"))])
+
+    async def add_failing_once(*args: Any, **kwargs: Any) -> None:
+        if failure := next(failures, None):
+            raise failure
+        await write(*args, **kwargs)
+
+    monkeypatch.setattr(outbox_store, "add", add_failing_once)
+    bus = CountingBus()
+    publisher = Publisher(bus, engine)
+    envelope = _push()
+
+    assert (await publisher.deliver([envelope])).status is Status.PUBLISHED
+    assert await _journal_rows(engine, envelope.id) == 1
+    assert (await publisher.deliver([envelope])).status is Status.DUPLICATE
+    assert bus.ids == [envelope.id]

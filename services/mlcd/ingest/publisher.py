@@ -119,9 +119,8 @@ class Publisher:
                 await outbox.add(conn, fresh, sent=published)
         except STORE_ERRORS as e:
             if published:
-                # The broker holds the events; only the journal line (and redelivery detection) is missing.
-                log.warning("published but not journaled", error=repr(e))
-                return Outcome(Status.PUBLISHED, envelopes)
+                await self._journal_published(fresh, e)
+                return Outcome(Status.PUBLISHED, fresh)
             log.warning("store unavailable; cannot tell redeliveries apart", error=repr(e))
             if self._broker_trusted() and await self._publish([events.encode(e) for e in envelopes]):
                 return Outcome(Status.PUBLISHED, envelopes)
@@ -130,6 +129,19 @@ class Publisher:
             return Outcome(Status.PUBLISHED, fresh)
         self._wake()
         return Outcome(Status.SPOOLED, fresh)
+
+    async def _journal_published(self, published: Sequence[Envelope], failure: Exception) -> None:
+        """The broker holds the events but the transaction that journals them failed (on a loaded machine,
+        the time limit ran out after the broker answered): journal them once more, on their own."""
+        try:
+            async with asyncio.timeout(self.timeout_s), self.engine.begin() as conn:
+                known, _ = await ingest_store.known_and_waiting(conn, [e.id for e in published], [])
+                if unjournaled := [e for e in published if e.id not in known]:
+                    await outbox.add(conn, unjournaled, sent=True)
+        except STORE_ERRORS as e:
+            # Only the journal line (and redelivery detection) is missing: a redelivery publishes again
+            # and the consumers' inboxes drop the copy.
+            log.warning("published but not journaled", error=repr(failure), retry_error=repr(e))
 
     async def park(self, raw: events.Record, reason: str, journal: Envelope) -> Outcome:
         """Keep an unparseable delivery raw on the DLQ with its reason, and journal that it came."""
