@@ -32,6 +32,11 @@ class ModelVersion:
     # `source` may be a registry reference (MLflow 3: models:/m-…) that only MLflow resolves.
     artifact_uri: str = ""
 
+    @property
+    def serving_uri(self) -> str:
+        """Where a serving platform downloads the version from: the artifact store's URI, not `models:/`."""
+        return self.artifact_uri or self.source
+
 
 class Registry(Protocol):
     async def get_version(self, model: str, version: str) -> ModelVersion:
@@ -195,6 +200,10 @@ class ServingState:
 
 
 class Serving(Protocol):
+    def storage_problem(self, uri: str) -> str | None:
+        """Why the platform cannot load a model version from `uri`; None when it can."""
+        ...
+
     async def state(self, model: str) -> ServingState: ...
 
     async def set_canary(self, model: str, version: str, artifact_uri: str, percent: int) -> None: ...

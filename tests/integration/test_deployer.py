@@ -218,6 +218,9 @@ class _DiesAfterSideEffect:
     def __init__(self, serving: Serving) -> None:
         self.serving = serving
 
+    def storage_problem(self, uri: str) -> str | None:
+        return self.serving.storage_problem(uri)
+
     async def state(self, model: str) -> Any:
         return await self.serving.state(model)
 

@@ -20,6 +20,7 @@ from mlcd.bus.memory import MemoryBus
 from mlcd.config import Settings
 from mlcd.gatekeeper import handlers as gatekeeper
 from mlcd.ingest.app import router as ingest_router
+from mlcd.local.serving import LocalServing
 from mlcd.policy.book import PolicyBook
 from mlcd.runner import ServiceHost
 from mlcd.store import outbox
@@ -48,7 +49,13 @@ async def chain(engine: AsyncEngine, tmp_path: Path) -> AsyncIterator[tuple[http
     settings = Settings(home=tmp_path / "home", policies_dir=REPO / "policies", **KEYS.settings())
     policies = PolicyBook(settings.policies_dir)
     bus = MemoryBus(events.TOPICS)
-    ports = {"policies": policies, "registry": _NoRegistry(), "code_host": None, "notifier": None}
+    ports = {
+        "policies": policies,
+        "registry": _NoRegistry(),
+        "serving": LocalServing(settings.home, "http://127.0.0.1:9"),
+        "code_host": None,
+        "notifier": None,
+    }
     host = ServiceHost(settings, [gatekeeper.SERVICE], ports, bus=bus, engine=engine)
     await host.start()
     app = mlcd_http.create_app(

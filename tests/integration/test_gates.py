@@ -35,6 +35,7 @@ from mlcd.config import Settings
 from mlcd.gatekeeper import handlers
 from mlcd.gatekeeper.app import router
 from mlcd.ingest.app import router as ingest_router
+from mlcd.local.serving import LocalServing
 from mlcd.policy.book import PolicyBook
 from mlcd.runner import ServiceHost
 from mlcd.store import gates, outbox
@@ -216,6 +217,7 @@ async def stack(engine: AsyncEngine, mlflow_uri: str, tmp_path: Path) -> AsyncIt
         ports = {
             "policies": policies,
             "registry": MlflowRegistry(mlflow_uri),
+            "serving": LocalServing(tmp_path / "home", mlflow_uri),
             "code_host": code_host,
             "notifier": LogNotifier(),
         }

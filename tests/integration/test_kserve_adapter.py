@@ -11,13 +11,18 @@ from pathlib import Path
 import jsonschema
 import pytest
 from kubernetes import client
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from mlcd import events
 from mlcd.adapters import kserve
 from mlcd.adapters.mlflow import MlflowRegistry
+from mlcd.adapters.notify import LogNotifier
+from mlcd.config import Settings
 from mlcd.errors import ArtifactUnreadable, Conflict, NotFound, PermanentError
+from mlcd.gatekeeper import handlers as gatekeeper
 from mlcd.policy.book import PolicyBook
 from tests.fakes import kube_api
-from tests.support import kserve_models, minio_gateway, mlflow_s3, mlserver, serving_models
+from tests.support import kserve_models, minio_gateway, mlflow_s3, mlserver, service_harness, serving_models
 
 NS = "models"
 V1 = "s3://models/wine/1"
@@ -292,3 +297,36 @@ def test_every_folder_scheme_of_kserve_storage_is_accepted_and_nothing_else() ->
     assert kserve.storage_problem("https://acct.blob.core.windows.net/models/wine") is None
     for refused in ["models:/m-1", "runs:/abc/model", "mlflow-artifacts:/1/m", "file:///tmp/m", "/tmp/m", ""]:
         assert kserve.storage_problem(refused), refused
+
+
+async def test_the_gatekeeper_refuses_a_version_kserve_cannot_download_before_on_call_is_asked(
+    cluster: kube_api.KubeApi, tmp_path: Path, mlflow_uri: str, engine: AsyncEngine
+) -> None:
+    """Refused on the gate, with KServe's reason, not approved by on-call and refused by the deployer."""
+    model = f"wine_{uuid.uuid4().hex[:8]}"
+    serving_models.register_versions(mlflow_uri, model)  # this server proxies artifacts (--serve-artifacts)
+    (tmp_path / f"{model}.yaml").write_text(
+        f"model: {model}\nserving_name: wine-isvc\napproval:\n  required: true\n"
+    )
+    policies = PolicyBook(tmp_path)
+    ports = {
+        "settings": Settings(home=tmp_path / "home", policies_dir=tmp_path),
+        "policies": policies,
+        "registry": MlflowRegistry(mlflow_uri),
+        "serving": kserve.KServeServing(
+            lambda: client.ApiClient(client.Configuration(host=cluster.url)), NS, policies
+        ),
+        "code_host": None,
+        "notifier": LogNotifier(),
+    }
+    trained = events.TrainingSucceeded(
+        model=model, run_id="run-2", model_version="2", metrics={"accuracy": 0.9}, data_uri="s3://d/b.csv"
+    )
+
+    emitted = await service_harness.deliver(engine, gatekeeper.SERVICE, trained, ports)
+
+    (rejected,) = [e for e in emitted if isinstance(e, events.PromotionRejected)]
+    assert not [e for e in emitted if isinstance(e, events.GateOpened)]
+    assert "servable" in rejected.reason
+    (servable,) = [o for o in rejected.rules if o.name == "servable"]
+    assert "proxied artifact scheme" in servable.error and "--default-artifact-root s3://" in servable.error

@@ -273,7 +273,7 @@ async def _servable(registry: Registry, model: str, version: str) -> None:
         found = await registry.get_version(model, version)
     except NotFound:
         raise NotFound(f"the registry holds no version {version!r} of {model}") from None
-    if not (found.artifact_uri or found.source):
+    if not found.serving_uri:
         raise HTTPException(422, f"version {version} of {model} has no model artifact to serve")
 
 

@@ -77,11 +77,6 @@ async def on_promotion_approved(
         )
 
 
-def _uri(version: ModelVersion) -> str:
-    """Where the serving platform downloads the version from: the artifact store's URI, not `models:/`."""
-    return version.artifact_uri or version.source
-
-
 async def start_rollout(
     uow: UnitOfWork,
     model: str,
@@ -108,7 +103,7 @@ async def start_rollout(
                 await rollouts.take_waiting(tx.connection, model)
             tx.emit(events.NoticeRaised(model=model, message=f"version {version} is already the champion"))
         return
-    uri = _uri(candidate)
+    uri = candidate.serving_uri
     try:
         if champion is None:
             await serving.promote(model, version, uri)
@@ -130,7 +125,7 @@ async def start_rollout(
             version=version,
             artifact_uri=uri,
             previous_version=champion.version if champion else None,
-            previous_artifact_uri=_uri(champion) if champion else None,
+            previous_artifact_uri=champion.serving_uri if champion else None,
             steps=plan,
             next_analysis_at=None if first_version_served else _now() + _first_wait(policy, champion),
             cause_event_id=cause_id,
@@ -609,7 +604,7 @@ async def on_rollback_requested(
         )
         return
     wanted = await registry.get_version(request.model, target)
-    await serving.rollback(request.model, target, _uri(wanted))
+    await serving.rollback(request.model, target, wanted.serving_uri)
     # Champion names what serves now; the version taken off is tagged with why.
     await registry.set_alias(request.model, CHAMPION, target)
     pulled = current.version if current is not None else live.stable_version

@@ -33,6 +33,7 @@ async def on_training_succeeded(
     settings: Settings,
     policies: PolicyBook,
     registry: ports.Registry,
+    serving: ports.Serving,
     code_host: ports.CodeHost,
     notifier: ports.Notifier,
 ) -> None:
@@ -47,7 +48,7 @@ async def on_training_succeeded(
         "metrics": dict(trained.metrics),
     }
     candidate = _Candidate(trained.model, trained.model_version, trained.author, trained.commit, training)
-    await _judge(candidate, uow, settings, policies, registry, code_host, notifier)
+    await _judge(candidate, uow, settings, policies, registry, serving, code_host, notifier)
 
 
 async def on_candidate_registered(
@@ -57,13 +58,14 @@ async def on_candidate_registered(
     settings: Settings,
     policies: PolicyBook,
     registry: ports.Registry,
+    serving: ports.Serving,
     code_host: ports.CodeHost,
     notifier: ports.Notifier,
 ) -> None:
     registered = event.data
     training = {"run_id": registered.run_id or "", "model_version": registered.model_version}
     candidate = _Candidate(registered.model, registered.model_version, "", "", training)
-    await _judge(candidate, uow, settings, policies, registry, code_host, notifier)
+    await _judge(candidate, uow, settings, policies, registry, serving, code_host, notifier)
 
 
 async def on_decision_requested(
@@ -204,6 +206,7 @@ async def _judge(
     settings: Settings,
     policies: PolicyBook,
     registry: ports.Registry,
+    serving: ports.Serving,
     code_host: ports.CodeHost,
     notifier: ports.Notifier,
 ) -> None:
@@ -220,7 +223,10 @@ async def _judge(
         data={"uri": candidate.training.get("data_uri", "")},
         training=candidate.training,
     )
-    outcomes = rules.evaluate(compiled.rules_for(champion is not None), context)
+    outcomes = [
+        *rules.evaluate(compiled.rules_for(champion is not None), context),
+        *_servable(serving, version),
+    ]
     needs_approval = policy.approval.required and (
         compiled.approval_when is None or rules.holds(compiled.approval_when, context) is not False
     )
@@ -245,6 +251,23 @@ async def _judge(
         await _announce_gate(
             opened, candidate, settings, code_host, notifier, policy.code.project if policy.code else ""
         )
+
+
+def _servable(serving: ports.Serving, version: ports.ModelVersion) -> list[events.RuleOutcome]:
+    """A failed outcome when the serving platform could not load the version: refused now, on the gate,
+    rather than approved by on-call and refused by the deployer later."""
+    problem = serving.storage_problem(version.serving_uri)
+    if problem is None:
+        return []
+    return [
+        events.RuleOutcome(
+            name="servable",
+            expression="the serving platform can download the version's artifact URI",
+            passed=False,
+            values={"artifact_uri": version.serving_uri},
+            error=problem,
+        )
+    ]
 
 
 async def _open_gate(

@@ -127,6 +127,10 @@ class LocalServing:
 
     # --- the Serving port -------------------------------------------------------------------------
 
+    def storage_problem(self, uri: str) -> str | None:
+        """None: local serving loads through MLflow, which reads any artifact store it wrote."""
+        return None
+
     async def state(self, model: str) -> ServingState:
         routing = self._state.models.get(model, serving_state.Routing())
         problems = [
