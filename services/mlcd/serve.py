@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import socket
 from collections.abc import Callable, Iterator
 
 import uvicorn
@@ -31,6 +32,19 @@ class _Server(uvicorn.Server):
     def capture_signals(self) -> Iterator[None]:
         # mlcd owns SIGTERM/SIGINT: a stop drains the consumers as well as the HTTP server.
         yield
+
+
+def ensure_port_free(host: str, port: int) -> None:
+    """A ConfigError naming the port when something else listens there, before anything starts."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            raise ConfigError(
+                f"cannot listen on {host}:{port}: {e.strerror or e}; choose another port "
+                "(mlcd up --port, or MLCD_HTTP_PORT)"
+            ) from None
 
 
 async def run(
@@ -57,6 +71,7 @@ async def run(
     server = _Server(config)
     http: asyncio.Task[None] | None = None
     try:
+        ensure_port_free(settings.http_host, settings.http_port)
         await system.host.start()
         http = asyncio.create_task(server.serve(), name="http")
         while not server.started:

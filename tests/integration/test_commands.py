@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -296,3 +298,73 @@ def test_mlcd_up_refuses_a_tokens_file_that_does_not_exist(tmp_path: Path) -> No
     assert done.returncode == 1 and done.stderr.count("\n") == 1, done
     assert done.stderr.startswith(f"error: MLCD_API_TOKENS_FILE {missing} does not exist")
     assert not missing.parent.exists()  # no token was written beside a path nobody created
+
+
+@pytest.mark.parametrize("why", ["port-overflow", "port-in-use"])
+def test_mlcd_up_on_a_port_it_cannot_use_fails_with_one_line_before_it_starts_anything(
+    tmp_path: Path, why: str
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = 65530 if why == "port-overflow" else taken.getsockname()[1]
+        env = {**os.environ, "MLCD_HOME": str(tmp_path / "home")}
+        done = subprocess.run([MLCD, "up", "--port", str(port)], env=env, capture_output=True, text=True)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    expected = "leaves no port for the embedded MLflow" if why == "port-overflow" else "cannot listen on"
+    assert expected in done.stderr
+    assert not (tmp_path / "home" / "mlflow").exists(), "no MLflow server was started"
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_while_mlcd_up_starts_stops_its_embedded_mlflow(tmp_path: Path, signal_number: int) -> None:
+    home = tmp_path / "home"
+    server = subprocess.Popen(
+        [MLCD, "up", "--port", str(processes.free_port())],
+        env={**os.environ, "MLCD_HOME": str(home)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        # as a terminal's Ctrl-C reaches it: a shell may have started the test with SIGINT ignored
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        processes.wait_until(
+            lambda: (home / "mlflow" / "server.log").exists(), 60, "the MLflow start", server
+        )
+        mlflow_group = _mlflow_process_group(home)
+        server.send_signal(signal_number)
+        _, stderr = server.communicate(timeout=60)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    assert server.returncode == 128 + signal_number, stderr
+    assert b"Traceback" not in stderr
+    processes.wait_until(lambda: not _group_alive(mlflow_group), 30, "the embedded MLflow server to stop")
+
+
+def _mlflow_process_group(home: Path) -> int:
+    """The process group of the MLflow server that `mlcd up` spawned for `home`."""
+    found: list[int] = []
+
+    def spawned() -> bool:
+        for entry in Path("/proc").iterdir():
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"server" in argv and any(str(home / "mlflow").encode() in a for a in argv):
+                found.append(os.getpgid(int(entry.name)))
+                return True
+        return False
+
+    processes.wait_until(spawned, 30, "the embedded MLflow server process")
+    return found[0]
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True

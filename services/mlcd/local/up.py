@@ -7,8 +7,10 @@ local serving. A second `mlcd up` picks up where the first stopped: all state is
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from mlcd import auth, bootstrap, serve
 from mlcd.adapters.mlflow import EMBEDDED_PORT_OFFSET
@@ -21,9 +23,13 @@ from mlcd.local.progress import ProgressView
 from mlcd.local.secrets import with_webhook_secrets
 from mlcd.supervisor import Worker
 
+MAX_PORT = 65535
+TERMINATED = 143  # the exit code of a process stopped by SIGTERM (128 + 15)
+
 
 def prepare(settings: Settings) -> Settings:
-    """Create MLCD_HOME, the webhook secrets and (if absent) the API tokens file with an admin token."""
+    """Refuse a port mlcd up cannot use; create MLCD_HOME, the webhook secrets and (if absent) the API
+    tokens file with an admin token."""
     configured = settings.api_tokens_file
     if configured is not None and not configured.is_file():
         # a token written beside a path that does not exist would be one nobody configured or expects
@@ -31,6 +37,13 @@ def prepare(settings: Settings) -> Settings:
             f"MLCD_API_TOKENS_FILE {configured} does not exist: create it (a YAML list of "
             "{name, groups, token_sha256}) or unset it and mlcd up writes one with an admin token"
         )
+    if settings.mlflow_tracking_uri is None and settings.http_port + EMBEDDED_PORT_OFFSET > MAX_PORT:
+        raise ConfigError(
+            f"port {settings.http_port} leaves no port for the embedded MLflow server (port + "
+            f"{EMBEDDED_PORT_OFFSET}): use a port up to {MAX_PORT - EMBEDDED_PORT_OFFSET}, or set "
+            "MLCD_MLFLOW_TRACKING_URI"
+        )
+    serve.ensure_port_free(settings.http_host, settings.http_port)
     settings.home.mkdir(parents=True, exist_ok=True)
     settings = with_webhook_secrets(settings)
     if auth.ensure_tokens_file(settings.effective_tokens_file) is not None:
@@ -51,10 +64,13 @@ async def up(
 ) -> int:
     settings = prepare(settings)
     mlflow = None
-    if settings.mlflow_tracking_uri is None:
-        mlflow = EmbeddedMlflow(settings.home, settings.http_port + EMBEDDED_PORT_OFFSET)
-        await mlflow.start()
     try:
+        if settings.mlflow_tracking_uri is None:
+            mlflow = EmbeddedMlflow(settings.home, settings.http_port + EMBEDDED_PORT_OFFSET)
+            with _cancelled_by_sigterm() as terminated:
+                await mlflow.start()
+            if terminated.is_set():
+                return TERMINATED
         system = bootstrap.system(settings, bootstrap.consumer_services(), http=True, ui=True)
         for worker in _companions(settings, system, progress=progress):
             system.host.supervise(worker)
@@ -70,6 +86,29 @@ async def up(
         endpoint.forget(settings.home)
         if mlflow is not None:
             mlflow.stop()
+
+
+@contextlib.contextmanager
+def _cancelled_by_sigterm() -> Iterator[asyncio.Event]:
+    """SIGTERM while mlcd up is still starting cancels the start and is set on the event it yields (once
+    serving, `serve.run` drains instead); a Ctrl-C cancels as asyncio.run does."""
+    loop, task = asyncio.get_running_loop(), asyncio.current_task()
+    assert task is not None
+    terminated = asyncio.Event()
+
+    def terminate() -> None:
+        terminated.set()
+        task.cancel()
+
+    loop.add_signal_handler(signal.SIGTERM, terminate)
+    try:
+        yield terminated
+    except asyncio.CancelledError:
+        if not terminated.is_set():
+            raise
+        task.uncancel()
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
 
 
 def _companions(settings: Settings, system: bootstrap.System, *, progress: bool) -> list[Worker]:
