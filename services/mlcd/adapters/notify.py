@@ -7,7 +7,9 @@ retryable (TemporaryError, with the 429's Retry-After), any other refusal perman
 
 from __future__ import annotations
 
+import email.utils
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import httpx
@@ -130,14 +132,34 @@ async def post(
             response = await client.post(url, json=_PAYLOADS[kind](message), headers=headers)
     except httpx.HTTPError as e:
         raise AdapterUnavailable(f"{kind} webhook at {where} did not answer: {type(e).__name__}") from e
+    _check_answer(response, f"{kind} webhook at {where}")
+
+
+def _check_answer(response: httpx.Response, who: str) -> None:
+    """A 429 is retried no sooner than its Retry-After, a 5xx is retried, any other 4xx is permanent."""
     if response.status_code == 429:
         raise TemporaryError(
-            f"{kind} webhook at {where} asks to slow down (429)",
+            f"{who} asks to slow down (429)", retry_after_s=retry_after_s(response.headers.get("Retry-After"))
         )
     if response.status_code >= 500:
-        raise AdapterUnavailable(f"{kind} webhook at {where} answered {response.status_code}")
+        raise AdapterUnavailable(f"{who} answered {response.status_code}")
     if response.status_code >= 400:
-        raise PermanentError(f"{kind} webhook at {where} refused the message: {response.status_code}")
+        raise PermanentError(f"{who} refused the message: {response.status_code}")
+
+
+def retry_after_s(header: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header: delay-seconds or an HTTP-date (RFC 9110 §10.2.3)."""
+    if not header:
+        return None
+    if header.strip().isdigit():
+        return float(header.strip())
+    try:
+        when = email.utils.parsedate_to_datetime(header)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 def _host(url: str) -> str:
@@ -165,10 +187,7 @@ class WebhookNotifier:
                 response = await client.post(self.url, json=message)
         except httpx.HTTPError as e:
             raise AdapterUnavailable(f"notification webhook did not answer: {type(e).__name__}") from e
-        if response.status_code >= 500 or response.status_code == 429:
-            raise AdapterUnavailable(f"notification webhook answered {response.status_code}")
-        if response.status_code >= 400:
-            raise PermanentError(f"notification webhook refused the message: {response.status_code}")
+        _check_answer(response, "notification webhook")
 
 
 class LogNotifier:
