@@ -229,14 +229,33 @@ class _DiesAfterSideEffect:
         raise _Killed()
 
 
+class _RecordsMoves:
+    """The serving port, recording each canary percent the deployer sets."""
+
+    def __init__(self, serving: Serving) -> None:
+        self.serving = serving
+        self.percents: list[int] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.serving, name)
+
+    async def set_canary(self, model: str, version: str, artifact_uri: str, percent: int) -> None:
+        self.percents.append(percent)
+        await self.serving.set_canary(model, version, artifact_uri, percent)
+
+
 async def test_a_deployer_killed_between_steps_resumes_without_repeating_a_step(local: Deployer) -> None:
     await local.deliver(events.PromotionApproved(model=local.model, model_version="2"))
     await local.traffic(GOOD_ROWS)
-    with pytest.raises(_Killed):
+    with pytest.raises(_Killed):  # dies after moving the canary to 50 %, before recording the move
         await local.tick(ports={**local.ports, "serving": _DiesAfterSideEffect(local.serving)})
     assert await local.kinds() == ["rollout_started"]
 
-    await local.tick()  # the restarted deployer: the recorded step (10 %) is applied again
+    moves = _RecordsMoves(local.serving)
+    await local.tick(ports={**local.ports, "serving": moves})
+    assert moves.percents == [], "the restarted deployer records the move it finds applied, never undoes it"
+    assert (await local.serving.state(local.model)).canary_percent == 50
+    assert [p["traffic_percent"] for p in _payload("rollout_step_completed", await local.emitted())] == [10]
     await local.traffic(GOOD_ROWS)
     await local.tick()
     await local.traffic(GOOD_ROWS)
