@@ -21,6 +21,7 @@ credentials reach the worker through its environment only, never a run parameter
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -46,6 +47,7 @@ T = TypeVar("T")
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 _FINAL = {"SUCCEEDED", "FAILED", "CANCELED", "SKIPPED"}
+REAP_TIMEOUT_S = 5.0  # how long a worker that reported its result may take to exit
 
 
 # --- Kubeflow Pipelines API -----------------------------------------------------------------------
@@ -422,6 +424,10 @@ class LocalOrchestrator:
         state = worker.read_state(path)
         name = state["name"]
         process = self._workers.get(name)
+        if process is not None and state["state"] in _FINAL:
+            # The worker reported its last word and is exiting: reap it, never leave it a zombie.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(REAP_TIMEOUT_S)
         if process is not None and process.poll() is not None:
             self._workers.pop(name, None)  # reaped; the state file now holds its last word
             state = worker.read_state(path)
