@@ -175,6 +175,11 @@ def main() -> None:
             f"  {phase:18} n={f['n']:4}  p50 {f['p50_ms']:7.1f} ms  "
             f"p99 {f['p99_ms']:7.1f} ms  max {f['max_ms']:7.1f} ms"
         )
+    quiet, during = result["quiet"], result["during_validation"]
+    print(
+        f"  during / quiet (the same run's baseline): p99 {during['p99_ms'] / quiet['p99_ms']:.1f}x, "
+        f"max {during['max_ms'] / quiet['max_ms']:.1f}x"
+    )
 
 
 if __name__ == "__main__":
