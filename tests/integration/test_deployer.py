@@ -99,11 +99,11 @@ def _past() -> Any:
     return datetime.now(UTC) - timedelta(seconds=1)
 
 
-def _policies(folder: Path, model: str, mode: str = "serverless") -> PolicyBook:
+def _policies(folder: Path, model: str, mode: str = "serverless", guard: str = "0s") -> PolicyBook:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{model}.yaml").write_text(
         f"model: {model}\nserving_name: {model.replace('_', '-')}\n"
-        f"rollout:\n  mode: {mode}\n  steps: [10, 50, 100]\n  interval: 30s\n"
+        f"rollout:\n  mode: {mode}\n  steps: [10, 50, 100]\n  interval: 30s\n  guard: {guard}\n"
         "  thresholds: {max_error_rate: 0.05, max_p95_latency_s: 2.0, min_requests: 1}\n"
     )
     return PolicyBook(folder)
@@ -183,6 +183,49 @@ async def test_failed_analysis_at_50_percent_rolls_back_and_keeps_champion(local
     state = await local.serving.state(local.model)
     assert (state.stable_version, state.canary_version) == ("1", None)
     assert await local.champion() == "1"
+
+
+async def _promoted_under_guard(local: Deployer, tmp_path: Path, version: str) -> None:
+    local.ports["policies"] = _policies(tmp_path / "guarded", local.model, guard="1h")
+    await local.deliver(events.PromotionApproved(model=local.model, model_version=version))
+    for _ in range(2):
+        await local.traffic(GOOD_ROWS)
+        await local.tick()
+    assert await local.champion() == version
+    async with local.engine.connect() as conn:
+        guarded = await rollouts.running(conn, local.model)
+    assert guarded is not None and guarded.phase == rollouts.GUARDING
+    assert "rollout_succeeded" not in await local.kinds(), "the rollout is not done while its guard runs"
+
+
+async def test_the_post_promotion_guard_rolls_back_a_promoted_version_that_starts_failing(
+    local: Deployer, tmp_path: Path
+) -> None:
+    await _promoted_under_guard(local, tmp_path, "3")
+
+    await local.traffic(SHIFTED_ROWS)  # after promotion, data the new version cannot handle
+    await local.tick()
+
+    (rolled_back,) = _payload("rolled_back", await local.emitted())
+    assert (rolled_back["from_version"], rolled_back["to_version"]) == ("3", "1")
+    assert rolled_back["reason"].startswith("post-promotion guard: success-rate"), rolled_back["reason"]
+    assert (await local.serving.state(local.model)).stable_version == "1"
+    assert await local.champion() == "1"
+
+
+async def test_a_guard_window_that_passes_ends_the_rollout_succeeded(local: Deployer, tmp_path: Path) -> None:
+    await _promoted_under_guard(local, tmp_path, "2")
+    await local.traffic(GOOD_ROWS)
+    await local.tick()
+    assert "rollout_succeeded" not in await local.kinds(), "the window has not ended yet"
+
+    async with local.engine.begin() as conn:
+        await conn.execute(update(rollouts.rollouts).values(guard_until=_past()))
+    await local.traffic(GOOD_ROWS)
+    await local.tick()
+
+    assert [k for k, _ in await local.emitted()].count("rollout_succeeded") == 1
+    assert await local.champion() == "2"
 
 
 async def test_drift_rollback_request_returns_a_finished_rollout_to_the_previous_version(
