@@ -18,6 +18,9 @@ if TYPE_CHECKING:
 # --- model registry (MLflow) ----------------------------------------------------------------------
 
 
+PYFUNC = "python_function"  # the MLflow flavor every generic model server (MLServer, mlflow) loads
+
+
 @dataclass(frozen=True)
 class ModelVersion:
     model: str
@@ -31,6 +34,7 @@ class ModelVersion:
     # Where the version's files are in the artifact store (s3://…), which a model server can download;
     # `source` may be a registry reference (MLflow 3: models:/m-…) that only MLflow resolves.
     artifact_uri: str = ""
+    flavors: tuple[str, ...] = ()  # the MLmodel file's flavors (python_function, sklearn, …); () unknown
 
     @property
     def serving_uri(self) -> str:
@@ -200,8 +204,9 @@ class ServingState:
 
 
 class Serving(Protocol):
-    def storage_problem(self, uri: str) -> str | None:
-        """Why the platform cannot load a model version from `uri`; None when it can."""
+    def servable_problem(self, version: ModelVersion) -> str | None:
+        """Why the platform cannot serve this version (where its files are, what flavor it is); None
+        when it can."""
         ...
 
     async def state(self, model: str) -> ServingState: ...

@@ -24,7 +24,7 @@ from mlcd.bus.memory import MemoryBus
 from mlcd.deployer import app, handlers
 from mlcd.local.serving import LocalServing, PredictionFailed
 from mlcd.policy.book import PolicyBook
-from mlcd.ports import Serving
+from mlcd.ports import ModelVersion, Serving
 from mlcd.store import rollouts
 from mlcd.store.tables import outbox
 from tests.support import service_harness
@@ -261,8 +261,8 @@ class _DiesAfterSideEffect:
     def __init__(self, serving: Serving) -> None:
         self.serving = serving
 
-    def storage_problem(self, uri: str) -> str | None:
-        return self.serving.storage_problem(uri)
+    def servable_problem(self, version: ModelVersion) -> str | None:
+        return self.serving.servable_problem(version)
 
     async def state(self, model: str) -> Any:
         return await self.serving.state(model)

@@ -330,3 +330,44 @@ async def test_the_gatekeeper_refuses_a_version_kserve_cannot_download_before_on
     assert "servable" in rejected.reason
     (servable,) = [o for o in rejected.rules if o.name == "servable"]
     assert "proxied artifact scheme" in servable.error and "--default-artifact-root s3://" in servable.error
+
+
+async def test_the_gatekeeper_refuses_a_predictor_runtime_that_cannot_load_the_versions_flavor(
+    cluster: kube_api.KubeApi,
+    tmp_path: Path,
+    stores: dict[str, mlflow_s3.S3Store],
+    s3_mlflow: str,
+    engine: AsyncEngine,
+) -> None:
+    """The version's flavors come from its MLmodel file in the artifact store; a policy asking KServe's
+    xgboost runtime for an sklearn model is refused on the gate, naming the formats that fit."""
+    store, model = stores["minio"], f"wine_{uuid.uuid4().hex[:8]}"
+    kserve_models.register(s3_mlflow, model, store)
+    (tmp_path / f"{model}.yaml").write_text(
+        f"model: {model}\nserving_name: wine-isvc\nrollout:\n  predictor:\n    model_format: xgboost\n"
+    )
+    policies = PolicyBook(tmp_path)
+    serving = kserve.KServeServing(
+        lambda: client.ApiClient(client.Configuration(host=cluster.url)), NS, policies
+    )
+    ports = {
+        "settings": Settings(home=tmp_path / "home", policies_dir=tmp_path),
+        "policies": policies,
+        "registry": MlflowRegistry(s3_mlflow),
+        "serving": serving,
+        "code_host": None,
+        "notifier": LogNotifier(),
+    }
+    trained = events.TrainingSucceeded(
+        model=model, run_id="run-2", model_version="2", metrics={"accuracy": 0.9}, data_uri="s3://d/b.csv"
+    )
+
+    with mlflow_s3.client_env(store):  # the gatekeeper's S3 credentials, as its pod would have them
+        version = await MlflowRegistry(s3_mlflow).get_version(model, "2")
+        emitted = await service_harness.deliver(engine, gatekeeper.SERVICE, trained, ports)
+
+    assert {"python_function", "sklearn"} <= set(version.flavors), version.flavors
+    (rejected,) = [e for e in emitted if isinstance(e, events.PromotionRejected)]
+    (servable,) = [o for o in rejected.rules if o.name == "servable"]
+    assert "the xgboost runtime needs the xgboost flavor" in servable.error, servable.error
+    assert "mlflow or sklearn" in servable.error

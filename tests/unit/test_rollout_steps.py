@@ -11,6 +11,7 @@ from mlcd.deployer import steps
 from mlcd.local import inference_protocol, serving_state
 from mlcd.local.serving import CanaryRouter
 from mlcd.policy.schema import Predictor, Thresholds
+from mlcd.ports import ModelVersion
 
 LIMITS = Thresholds(max_error_rate=0.05, max_p95_latency_s=0.5, min_requests=10)
 
@@ -127,3 +128,13 @@ def test_predictions_come_back_as_typed_tensors() -> None:
     (tensor,) = inference_protocol.output_tensors(np.array([0, 1, 1]), ())
     assert (tensor.name, inference_protocol.datatype_of(tensor.values.dtype)) == ("predict", "INT64")
     assert tensor.values.tolist() == [0, 1, 1]
+
+
+def test_the_predictors_runtime_must_load_one_of_the_versions_flavors() -> None:
+    keras_only = ModelVersion("m", "4", None, "s3://b/4", artifact_uri="s3://b/4", flavors=("tensorflow",))
+    assert kserve.flavor_problem(Predictor(model_format="tensorflow"), keras_only) is None
+    problem = kserve.flavor_problem(Predictor(), keras_only)  # mlflow: MLServer needs a pyfunc model
+    assert problem is not None and "needs the python_function flavor" in problem
+    assert "model_format to tensorflow" in problem
+    unknown = ModelVersion("m", "5", None, "s3://b/5", artifact_uri="s3://b/5")
+    assert kserve.flavor_problem(Predictor(model_format="onnx"), unknown) is None, "unknown flavors pass"

@@ -36,7 +36,7 @@ from mlcd.errors import (
 )
 from mlcd.policy.book import PolicyBook
 from mlcd.policy.schema import Predictor
-from mlcd.ports import ServingState
+from mlcd.ports import PYFUNC, ModelVersion, ServingState
 
 GROUP = "serving.kserve.io"
 VERSION = "v1beta1"
@@ -120,6 +120,31 @@ def storage_problem(uri: str) -> str | None:
     return (
         f"{uri}: KServe's storage initializer does not read the {scheme!r} scheme "
         "(it reads s3://, gs://, hdfs://, webhdfs://, pvc://, oci:// and Azure Blob URLs)"
+    )
+
+
+# The MLflow flavor each KServe runtime loads; "triton" takes a model repository, not an MLflow flavor.
+_FLAVOR_FOR_FORMAT = {
+    "mlflow": PYFUNC,
+    "sklearn": "sklearn",
+    "xgboost": "xgboost",
+    "tensorflow": "tensorflow",
+    "pytorch": "pytorch",
+    "onnx": "onnx",
+}
+
+
+def flavor_problem(predictor: Predictor, version: ModelVersion) -> str | None:
+    """Why the predictor's runtime cannot load this version's MLflow flavors; None when it can or when
+    the flavors are not known (no MLmodel file was read)."""
+    needed = _FLAVOR_FOR_FORMAT.get(predictor.model_format)
+    if not version.flavors or needed is None or needed in version.flavors:
+        return None
+    fitting = [f for f, flavor in _FLAVOR_FOR_FORMAT.items() if flavor in version.flavors]
+    return (
+        f"version {version.version} is an MLflow model with flavors {', '.join(version.flavors)}; "
+        f"the {predictor.model_format} runtime needs the {needed} flavor: set rollout.predictor.model_format "
+        f"to {' or '.join(fitting) if fitting else 'a format whose runtime loads it'}"
     )
 
 
@@ -347,8 +372,11 @@ class KServeServing:
             return model, "serverless", Predictor()
         return policy.serving_name or model, policy.rollout.mode, policy.rollout.predictor
 
-    def storage_problem(self, uri: str) -> str | None:
-        return storage_problem(uri)
+    def servable_problem(self, version: ModelVersion) -> str | None:
+        """Where the files are (kserve-storage must read them), then the flavor the predictor's runtime
+        needs (MLServer's mlflow runtime a pyfunc model, the sklearn runtime an sklearn one, …)."""
+        _, _, predictor = self._target(version.model)
+        return storage_problem(version.serving_uri) or flavor_problem(predictor, version)
 
     async def state(self, model: str) -> ServingState:
         name, mode, _ = self._target(model)

@@ -8,6 +8,7 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from mlcd import logs
 from mlcd.config import Settings
 from mlcd.errors import AdapterUnavailable, NotFound, PermanentError
 from mlcd.ports import ModelVersion
@@ -18,6 +19,9 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 EMBEDDED_PORT_OFFSET = 10  # the embedded MLflow server listens on MLCD_HTTP_PORT + 10
+
+
+log = logs.get(__name__)
 
 
 def tracking_uri(settings: Settings) -> str:
@@ -153,6 +157,7 @@ def _model_version(client: Any, mv: Any) -> ModelVersion:
         params = dict(run.data.params)
         tags = {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")}
     tags.update(mv.tags or {})
+    artifact_uri = str(client.get_model_version_download_uri(mv.name, mv.version))
     return ModelVersion(
         model=mv.name,
         version=str(mv.version),
@@ -162,8 +167,32 @@ def _model_version(client: Any, mv: Any) -> ModelVersion:
         params=params,
         tags=tags,
         aliases=tuple(mv.aliases or ()),
-        artifact_uri=str(client.get_model_version_download_uri(mv.name, mv.version)),
+        artifact_uri=artifact_uri,
+        flavors=_flavors(client, artifact_uri),
     )
+
+
+def _flavors(client: Any, artifact_uri: str) -> tuple[str, ...]:
+    """The flavors in the version's MLmodel file; () when it cannot be read (they are then unknown)."""
+    import tempfile
+
+    import mlflow.artifacts
+    import yaml
+
+    with tempfile.TemporaryDirectory(prefix="mlcd-mlmodel-") as folder:
+        try:
+            path = mlflow.artifacts.download_artifacts(
+                artifact_uri=f"{artifact_uri.rstrip('/')}/MLmodel",
+                dst_path=folder,
+                tracking_uri=client.tracking_uri,
+            )
+            with open(path) as mlmodel:
+                described = yaml.safe_load(mlmodel) or {}
+        except Exception as e:  # any store or parse failure leaves the flavors unknown, never the version
+            log.info("MLmodel not read; flavors unknown", artifact_uri=artifact_uri, error=repr(e))
+            return ()
+    flavors = described.get("flavors") if isinstance(described, dict) else None
+    return tuple(sorted(flavors)) if isinstance(flavors, dict) else ()
 
 
 def build(settings: Settings) -> MlflowRegistry:

@@ -256,15 +256,15 @@ async def _judge(
 def _servable(serving: ports.Serving, version: ports.ModelVersion) -> list[events.RuleOutcome]:
     """A failed outcome when the serving platform could not load the version: refused now, on the gate,
     rather than approved by on-call and refused by the deployer later."""
-    problem = serving.storage_problem(version.serving_uri)
+    problem = serving.servable_problem(version)
     if problem is None:
         return []
     return [
         events.RuleOutcome(
             name="servable",
-            expression="the serving platform can download the version's artifact URI",
+            expression="the serving platform can download and load the version",
             passed=False,
-            values={"artifact_uri": version.serving_uri},
+            values={"artifact_uri": version.serving_uri, "flavors": list(version.flavors)},
             error=problem,
         )
     ]

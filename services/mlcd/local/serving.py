@@ -30,7 +30,7 @@ from mlcd.errors import AdapterUnavailable, NotFound
 from mlcd.local import inference_protocol as protocol
 from mlcd.local import serving_state
 from mlcd.local.revision_stats import RevisionStats, set_traffic
-from mlcd.ports import ServingState
+from mlcd.ports import PYFUNC, ModelVersion, ServingState
 
 log = logs.get(__name__)
 
@@ -127,8 +127,13 @@ class LocalServing:
 
     # --- the Serving port -------------------------------------------------------------------------
 
-    def storage_problem(self, uri: str) -> str | None:
-        """None: local serving loads through MLflow, which reads any artifact store it wrote."""
+    def servable_problem(self, version: ModelVersion) -> str | None:
+        """Local serving loads a version as an MLflow pyfunc, from any artifact store MLflow wrote."""
+        if version.flavors and PYFUNC not in version.flavors:
+            return (
+                f"version {version.version} has no {PYFUNC} flavor (it has {', '.join(version.flavors)}); "
+                "local serving loads models as MLflow pyfunc"
+            )
         return None
 
     async def state(self, model: str) -> ServingState:
