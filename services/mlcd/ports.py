@@ -34,7 +34,6 @@ class ModelVersion:
     # Where the version's files are in the artifact store (s3://…), which a model server can download;
     # `source` may be a registry reference (MLflow 3: models:/m-…) that only MLflow resolves.
     artifact_uri: str = ""
-    flavors: tuple[str, ...] = ()  # the MLmodel file's flavors (python_function, sklearn, …); () unknown
 
     @property
     def serving_uri(self) -> str:
@@ -48,6 +47,11 @@ class Registry(Protocol):
         ...
 
     async def version_by_alias(self, model: str, alias: str) -> ModelVersion | None: ...
+
+    async def flavors(self, version: ModelVersion) -> tuple[str, ...]:
+        """The flavors in the version's MLmodel file (python_function, sklearn, …); () when it cannot be
+        read, and they are unknown."""
+        ...
 
     async def version_by_tag(self, model: str, key: str, value: str) -> ModelVersion | None:
         """The newest version tagged `key` = `value`, or None."""
@@ -204,9 +208,9 @@ class ServingState:
 
 
 class Serving(Protocol):
-    def servable_problem(self, version: ModelVersion) -> str | None:
-        """Why the platform cannot serve this version (where its files are, what flavor it is); None
-        when it can."""
+    def servable_problem(self, version: ModelVersion, flavors: tuple[str, ...]) -> str | None:
+        """Why the platform cannot serve this version (where its files are; its MLmodel `flavors`, () when
+        unknown); None when it can."""
         ...
 
     async def state(self, model: str) -> ServingState: ...

@@ -71,7 +71,6 @@ async def run(
     server = _Server(config)
     http: asyncio.Task[None] | None = None
     try:
-        ensure_port_free(settings.http_host, settings.http_port)
         await system.host.start()
         http = asyncio.create_task(server.serve(), name="http")
         while not server.started:
@@ -100,6 +99,7 @@ async def run(
 async def serve(settings: Settings, name: str) -> int:
     if name not in bootstrap.SERVICES:
         raise ConfigError(f"unknown service {name!r}; choose one of {', '.join(bootstrap.SERVICES)}")
+    ensure_port_free(settings.http_host, settings.http_port)
     if name == "ingest":
         return await run(bootstrap.system(settings, [], http=True, ui=True))
     return await run(bootstrap.system(settings, [bootstrap.service(name)], http=False))

@@ -207,6 +207,9 @@ class _NoModelsRegistry:
     async def version_by_alias(self, model: str, alias: str) -> ModelVersion | None:
         return None
 
+    async def flavors(self, version: ModelVersion) -> tuple[str, ...]:
+        return ()
+
     async def set_alias(self, model: str, alias: str, version: str) -> None:
         return None
 

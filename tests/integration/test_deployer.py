@@ -261,8 +261,8 @@ class _DiesAfterSideEffect:
     def __init__(self, serving: Serving) -> None:
         self.serving = serving
 
-    def servable_problem(self, version: ModelVersion) -> str | None:
-        return self.serving.servable_problem(version)
+    def servable_problem(self, version: ModelVersion, flavors: tuple[str, ...]) -> str | None:
+        return self.serving.servable_problem(version, flavors)
 
     async def state(self, model: str) -> Any:
         return await self.serving.state(model)

@@ -41,6 +41,9 @@ class _NoRegistry:
     async def version_by_alias(self, model: str, alias: str) -> None:
         return None
 
+    async def flavors(self, version: Any) -> tuple[str, ...]:
+        raise AssertionError("not asked in these tests")
+
 
 @pytest.fixture
 async def chain(engine: AsyncEngine, tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, AsyncEngine]]:

@@ -363,10 +363,11 @@ async def test_the_gatekeeper_refuses_a_predictor_runtime_that_cannot_load_the_v
     )
 
     with mlflow_s3.client_env(store):  # the gatekeeper's S3 credentials, as its pod would have them
-        version = await MlflowRegistry(s3_mlflow).get_version(model, "2")
+        registry = MlflowRegistry(s3_mlflow)
+        flavors = await registry.flavors(await registry.get_version(model, "2"))
         emitted = await service_harness.deliver(engine, gatekeeper.SERVICE, trained, ports)
 
-    assert {"python_function", "sklearn"} <= set(version.flavors), version.flavors
+    assert {"python_function", "sklearn"} <= set(flavors), flavors
     (rejected,) = [e for e in emitted if isinstance(e, events.PromotionRejected)]
     (servable,) = [o for o in rejected.rules if o.name == "servable"]
     assert "the xgboost runtime needs the xgboost flavor" in servable.error, servable.error

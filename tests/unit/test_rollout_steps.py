@@ -11,7 +11,6 @@ from mlcd.deployer import steps
 from mlcd.local import inference_protocol, serving_state
 from mlcd.local.serving import CanaryRouter
 from mlcd.policy.schema import Predictor, Thresholds
-from mlcd.ports import ModelVersion
 
 LIMITS = Thresholds(max_error_rate=0.05, max_p95_latency_s=0.5, min_requests=10)
 
@@ -131,10 +130,9 @@ def test_predictions_come_back_as_typed_tensors() -> None:
 
 
 def test_the_predictors_runtime_must_load_one_of_the_versions_flavors() -> None:
-    keras_only = ModelVersion("m", "4", None, "s3://b/4", artifact_uri="s3://b/4", flavors=("tensorflow",))
-    assert kserve.flavor_problem(Predictor(model_format="tensorflow"), keras_only) is None
-    problem = kserve.flavor_problem(Predictor(), keras_only)  # mlflow: MLServer needs a pyfunc model
+    keras_only = ("tensorflow",)
+    assert kserve.flavor_problem(Predictor(model_format="tensorflow"), "4", keras_only) is None
+    problem = kserve.flavor_problem(Predictor(), "4", keras_only)  # mlflow: MLServer needs a pyfunc model
     assert problem is not None and "needs the python_function flavor" in problem
     assert "model_format to tensorflow" in problem
-    unknown = ModelVersion("m", "5", None, "s3://b/5", artifact_uri="s3://b/5")
-    assert kserve.flavor_problem(Predictor(model_format="onnx"), unknown) is None, "unknown flavors pass"
+    assert kserve.flavor_problem(Predictor(model_format="onnx"), "5", ()) is None, "unknown flavors pass"

@@ -134,15 +134,15 @@ _FLAVOR_FOR_FORMAT = {
 }
 
 
-def flavor_problem(predictor: Predictor, version: ModelVersion) -> str | None:
-    """Why the predictor's runtime cannot load this version's MLflow flavors; None when it can or when
-    the flavors are not known (no MLmodel file was read)."""
+def flavor_problem(predictor: Predictor, version: str, flavors: tuple[str, ...]) -> str | None:
+    """Why the predictor's runtime cannot load a version with these MLflow flavors; None when it can or
+    when the flavors are not known (no MLmodel file was read)."""
     needed = _FLAVOR_FOR_FORMAT.get(predictor.model_format)
-    if not version.flavors or needed is None or needed in version.flavors:
+    if not flavors or needed is None or needed in flavors:
         return None
-    fitting = [f for f, flavor in _FLAVOR_FOR_FORMAT.items() if flavor in version.flavors]
+    fitting = [f for f, flavor in _FLAVOR_FOR_FORMAT.items() if flavor in flavors]
     return (
-        f"version {version.version} is an MLflow model with flavors {', '.join(version.flavors)}; "
+        f"version {version} is an MLflow model with flavors {', '.join(flavors)}; "
         f"the {predictor.model_format} runtime needs the {needed} flavor: set rollout.predictor.model_format "
         f"to {' or '.join(fitting) if fitting else 'a format whose runtime loads it'}"
     )
@@ -372,11 +372,11 @@ class KServeServing:
             return model, "serverless", Predictor()
         return policy.serving_name or model, policy.rollout.mode, policy.rollout.predictor
 
-    def servable_problem(self, version: ModelVersion) -> str | None:
+    def servable_problem(self, version: ModelVersion, flavors: tuple[str, ...]) -> str | None:
         """Where the files are (kserve-storage must read them), then the flavor the predictor's runtime
         needs (MLServer's mlflow runtime a pyfunc model, the sklearn runtime an sklearn one, …)."""
         _, _, predictor = self._target(version.model)
-        return storage_problem(version.serving_uri) or flavor_problem(predictor, version)
+        return storage_problem(version.serving_uri) or flavor_problem(predictor, version.version, flavors)
 
     async def state(self, model: str) -> ServingState:
         name, mode, _ = self._target(model)

@@ -90,6 +90,12 @@ class MlflowRegistry:
         except NotFound:
             return None
 
+    async def flavors(self, version: ModelVersion) -> tuple[str, ...]:
+        return await self._call(
+            f"read the MLmodel of {version.model}/{version.version}",
+            lambda: _flavors(self.tracking_uri, version.serving_uri),
+        )
+
     async def version_by_tag(self, model: str, key: str, value: str) -> ModelVersion | None:
         def search() -> ModelVersion | None:
             client = self._mlflow()
@@ -157,7 +163,6 @@ def _model_version(client: Any, mv: Any) -> ModelVersion:
         params = dict(run.data.params)
         tags = {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")}
     tags.update(mv.tags or {})
-    artifact_uri = str(client.get_model_version_download_uri(mv.name, mv.version))
     return ModelVersion(
         model=mv.name,
         version=str(mv.version),
@@ -167,13 +172,12 @@ def _model_version(client: Any, mv: Any) -> ModelVersion:
         params=params,
         tags=tags,
         aliases=tuple(mv.aliases or ()),
-        artifact_uri=artifact_uri,
-        flavors=_flavors(client, artifact_uri),
+        artifact_uri=str(client.get_model_version_download_uri(mv.name, mv.version)),
     )
 
 
-def _flavors(client: Any, artifact_uri: str) -> tuple[str, ...]:
-    """The flavors in the version's MLmodel file; () when it cannot be read (they are then unknown)."""
+def _flavors(tracking_uri: str, artifact_uri: str) -> tuple[str, ...]:
+    """The flavors in the MLmodel file under `artifact_uri`; () when it cannot be read."""
     import tempfile
 
     import mlflow.artifacts
@@ -182,9 +186,7 @@ def _flavors(client: Any, artifact_uri: str) -> tuple[str, ...]:
     with tempfile.TemporaryDirectory(prefix="mlcd-mlmodel-") as folder:
         try:
             path = mlflow.artifacts.download_artifacts(
-                artifact_uri=f"{artifact_uri.rstrip('/')}/MLmodel",
-                dst_path=folder,
-                tracking_uri=client.tracking_uri,
+                artifact_uri=f"{artifact_uri.rstrip('/')}/MLmodel", dst_path=folder, tracking_uri=tracking_uri
             )
             with open(path) as mlmodel:
                 described = yaml.safe_load(mlmodel) or {}

@@ -310,8 +310,8 @@ async def advance_one(
     if rollout.requested == "promote":
         await _promote(uow, rollout, policy, registry, serving, {}, None, completes_final_step=True)
         return
-    if _next_move_applied(state, rollout):
-        await _record_applied_move(uow, rollout, policy, registry, serving, now)
+    if (applied := _applied_next_step(state, rollout)) is not None:
+        await _record_applied_move(uow, rollout, policy, registry, serving, now, applied)
         return
     if state.canary_version != rollout.version or state.canary_percent != rollout.traffic_percent:
         # The spec is not this step's (a deployer died between a step's change and its commit, or
@@ -373,15 +373,17 @@ async def advance_one(
         tx.emit(step_done)
 
 
-def _next_move_applied(state: ServingState, rollout: rollouts.Rollout) -> bool:
-    """The spec already holds the move after the recorded step: a deployer died after applying it and
-    before recording it. Only a passed analysis makes that move, so it is recorded, never undone."""
+def _applied_next_step(state: ServingState, rollout: rollouts.Rollout) -> int | None:
+    """The next step, when the spec already holds its move: a deployer died after applying it and before
+    recording it. Only a passed analysis makes that move, so it is recorded, never undone."""
     following = steps.next_step(rollout.steps, rollout.step_index)
     if following is None:
-        return False
+        return None
     if steps.is_final(rollout.steps, following):
-        return state.canary_version is None and state.stable_version == rollout.version
-    return state.canary_version == rollout.version and state.canary_percent == rollout.steps[following]
+        applied = state.canary_version is None and state.stable_version == rollout.version
+    else:
+        applied = state.canary_version == rollout.version and state.canary_percent == rollout.steps[following]
+    return following if applied else None
 
 
 async def _record_applied_move(
@@ -391,13 +393,13 @@ async def _record_applied_move(
     registry: Registry,
     serving: Serving,
     now: datetime,
+    following: int,
 ) -> None:
     """Record the step whose move the spec holds (its analysis figures died with the deployer)."""
     step_done = events.RolloutStepCompleted(
         model=rollout.model, model_version=rollout.version, traffic_percent=rollout.traffic_percent
     )
-    following = steps.next_step(rollout.steps, rollout.step_index)
-    if following is not None and steps.is_final(rollout.steps, following):
+    if steps.is_final(rollout.steps, following):
         await _promote(uow, rollout, policy, registry, serving, {}, step_done, completes_final_step=True)
         return
     async with uow.transaction() as tx:

@@ -225,7 +225,7 @@ async def _judge(
     )
     outcomes = [
         *rules.evaluate(compiled.rules_for(champion is not None), context),
-        *_servable(serving, version),
+        *_servable(serving, version, await registry.flavors(version)),
     ]
     needs_approval = policy.approval.required and (
         compiled.approval_when is None or rules.holds(compiled.approval_when, context) is not False
@@ -253,10 +253,12 @@ async def _judge(
         )
 
 
-def _servable(serving: ports.Serving, version: ports.ModelVersion) -> list[events.RuleOutcome]:
+def _servable(
+    serving: ports.Serving, version: ports.ModelVersion, flavors: tuple[str, ...]
+) -> list[events.RuleOutcome]:
     """A failed outcome when the serving platform could not load the version: refused now, on the gate,
     rather than approved by on-call and refused by the deployer later."""
-    problem = serving.servable_problem(version)
+    problem = serving.servable_problem(version, flavors)
     if problem is None:
         return []
     return [
@@ -264,7 +266,7 @@ def _servable(serving: ports.Serving, version: ports.ModelVersion) -> list[event
             name="servable",
             expression="the serving platform can download and load the version",
             passed=False,
-            values={"artifact_uri": version.serving_uri, "flavors": list(version.flavors)},
+            values={"artifact_uri": version.serving_uri, "flavors": list(flavors)},
             error=problem,
         )
     ]

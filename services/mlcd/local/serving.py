@@ -127,11 +127,11 @@ class LocalServing:
 
     # --- the Serving port -------------------------------------------------------------------------
 
-    def servable_problem(self, version: ModelVersion) -> str | None:
+    def servable_problem(self, version: ModelVersion, flavors: tuple[str, ...]) -> str | None:
         """Local serving loads a version as an MLflow pyfunc, from any artifact store MLflow wrote."""
-        if version.flavors and PYFUNC not in version.flavors:
+        if flavors and PYFUNC not in flavors:
             return (
-                f"version {version.version} has no {PYFUNC} flavor (it has {', '.join(version.flavors)}); "
+                f"version {version.version} has no {PYFUNC} flavor (it has {', '.join(flavors)}); "
                 "local serving loads models as MLflow pyfunc"
             )
         return None
