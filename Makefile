@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 PYTEST_WORKERS ?= 2
 
-.PHONY: venv mlserver-venv system-deps demo test lint typecheck layers unit integration bench schemas clean
+.PHONY: venv mlserver-venv mlmd-venv feast-venv system-deps demo test lint typecheck layers unit integration bench schemas clean
 
 $(VENV)/.stamp-install: pyproject.toml
 	test -x $(PY) || python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
@@ -25,6 +25,26 @@ $(MLSERVER_VENV)/.stamp:
 	touch $@
 
 mlserver-venv: $(MLSERVER_VENV)/.stamp
+
+# ml-metadata 1.17.1, the newest with a Python 3.11 wheel, pins protobuf<5 and mlcd needs protobuf 6: the
+# MLMD writer (services/mlcd/adapters/mlmd_writer.py, MLCD_MLMD_PYTHON) runs from a virtualenv of its own.
+MLMD_VENV := .venv-mlmd
+$(MLMD_VENV)/.stamp:
+	test -x $(MLMD_VENV)/bin/python || python3.11 -m venv $(MLMD_VENV) || python3 -m venv $(MLMD_VENV)
+	$(MLMD_VENV)/bin/pip install -q 'ml-metadata==1.17.1'
+	touch $@
+
+mlmd-venv: $(MLMD_VENV)/.stamp
+
+# Feast 0.67 needs pandas<3 and mlcd has pandas 3: the builder runs Feast's CLI (`feast plan`, `feast apply`)
+# from a virtualenv of its own (MLCD_FEAST_BIN, services/mlcd/adapters/feast.py).
+FEAST_VENV := .venv-feast
+$(FEAST_VENV)/.stamp:
+	test -x $(FEAST_VENV)/bin/python || python3.11 -m venv $(FEAST_VENV) || python3 -m venv $(FEAST_VENV)
+	$(FEAST_VENV)/bin/pip install -q 'feast==0.67.*'
+	touch $@
+
+feast-venv: $(FEAST_VENV)/.stamp
 
 # Debian packages the tests talk to for real: Prometheus, Alertmanager, Chromium for the /ui test.
 system-deps:
@@ -50,8 +70,8 @@ typecheck: venv
 layers: venv
 	$(VENV)/bin/lint-imports
 
-test: venv $(MLSERVER_VENV)/.stamp system-deps lint typecheck layers
-	$(VENV)/bin/pytest -q -n $(PYTEST_WORKERS) --dist loadgroup -p no:cacheprovider
+test: venv $(MLSERVER_VENV)/.stamp $(MLMD_VENV)/.stamp $(FEAST_VENV)/.stamp system-deps lint typecheck layers
+	$(VENV)/bin/pytest -q -n $(PYTEST_WORKERS) --dist loadgroup -p no:cacheprovider --durations=30
 
 schemas: venv
 	$(PY) -m mlcd.events > /dev/null
@@ -60,4 +80,4 @@ bench: venv
 	$(PY) benchmarks/bus.py
 
 clean:
-	rm -rf $(VENV) $(MLSERVER_VENV) .mlcd .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(MLSERVER_VENV) $(FEAST_VENV) .mlcd .pytest_cache .mypy_cache .ruff_cache

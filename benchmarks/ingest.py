@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -113,6 +114,8 @@ class Figures:
     latencies: list[float] = field(default_factory=list)
     seconds: float = 0.0
     failures: int = 0
+    cpu_s: float = 0.0  # the endpoint process's CPU over the counted rounds
+    database_cpu_s: float = 0.0  # its PostgreSQL backends' CPU over the counted rounds
 
     @property
     def per_second(self) -> float:
@@ -128,7 +131,33 @@ class Figures:
             "p50_ms": round(self.percentile_ms(0.5), 2),
             "p99_ms": round(self.percentile_ms(0.99), 2),
             "failures": self.failures,
+            "cpu_us_per_request": round(1e6 * self.cpu_s / len(self.latencies)),
+            "database_cpu_us_per_request": round(1e6 * self.database_cpu_s / len(self.latencies)),
         }
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU a process has used (from /proc; the benchmark runs where PostgreSQL does)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _backends_cpu_s(database_url: str) -> dict[int, float]:
+    """CPU of each PostgreSQL backend serving the benchmark's database (none on SQLite)."""
+    if not database_url.startswith("postgresql"):
+        return {}
+    name = database_url.rsplit("/", 1)[1]
+    pids = subprocess.run(
+        ["psql", PG_ADMIN_DSN, "-At", "-c", f"SELECT pid FROM pg_stat_activity WHERE datname = '{name}'"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    found: dict[int, float] = {}
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError):
+            found[int(pid)] = _cpu_s(int(pid))
+    return found
 
 
 async def _load(url: str, clients: int, requests: int, into: Figures) -> None:
@@ -217,7 +246,14 @@ def run(clients: int, requests: int, store: str, rounds: int) -> dict[str, Any]:
             for _ in range(rounds):
                 for kind in ("bare", "mlcd"):
                     url = f"http://127.0.0.1:{ports[kind]}"
+                    pid = started[1 + list(ports).index(kind)].pid
+                    cpu, backends = _cpu_s(pid), _backends_cpu_s(database_url)
                     asyncio.run(_load(url, clients, requests // rounds, results[kind]))
+                    results[kind].cpu_s += _cpu_s(pid) - cpu
+                    results[kind].database_cpu_s += sum(
+                        seconds - backends.get(backend, 0.0)
+                        for backend, seconds in _backends_cpu_s(database_url).items()
+                    )
         finally:
             for process in reversed(started):
                 processes.stop(process)
@@ -261,10 +297,16 @@ def main() -> None:
         return
     print(f"GitLab push webhooks: {args.clients} concurrent clients, {args.requests} requests each endpoint,")
     print(f"store {args.store}, {args.rounds} alternating rounds")
-    print(f"{'endpoint':<34}{'webhooks/s':>12}{'p50 ms':>10}{'p99 ms':>10}{'failed':>8}")
+    print(
+        f"{'endpoint':<34}{'webhooks/s':>12}{'p50 ms':>10}{'p99 ms':>10}{'failed':>8}"
+        f"{'CPU µs/req':>12}{'PG µs/req':>11}"
+    )
     for kind, label in (("bare", "bare uvicorn + aiokafka produce"), ("mlcd", "mlcd ingest")):
         row = figures[kind]
-        print(f"{label:<34}{row['per_s']:>12}{row['p50_ms']:>10}{row['p99_ms']:>10}{row['failures']:>8}")
+        print(
+            f"{label:<34}{row['per_s']:>12}{row['p50_ms']:>10}{row['p99_ms']:>10}{row['failures']:>8}"
+            f"{row['cpu_us_per_request']:>12}{row['database_cpu_us_per_request']:>11}"
+        )
     print(f"mlcd / bare throughput: {figures['ratio_throughput_mlcd_over_bare']}")
     print(f"mlcd / bare p50 latency: {figures['ratio_p50_mlcd_over_bare']}")
 

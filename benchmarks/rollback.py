@@ -31,7 +31,8 @@ import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "services"))
+if not os.environ.get("PYTHONPATH"):  # a PYTHONPATH names another mlcd to measure (an earlier commit's)
+    sys.path.insert(0, str(REPO / "services"))
 
 from tests.support import processes  # noqa: E402
 

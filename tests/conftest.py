@@ -132,6 +132,32 @@ async def bus(bus_bootstrap: str | None) -> AsyncIterator[MemoryBus | KafkaBus]:
 
 # --- MLflow -----------------------------------------------------------------------------------------
 
+_MLFLOW_URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+_MLFLOW_URI_GLOBALS = (  # (module, attribute) where mlflow keeps what set_tracking_uri/set_registry_uri set
+    ("mlflow.tracking._tracking_service.utils", "_tracking_uri"),
+    ("mlflow.tracking._model_registry.utils", "_registry_uri"),
+)
+
+
+@pytest.fixture(autouse=True)
+def mlflow_uris_stay_with_their_test() -> Iterator[None]:
+    """mlflow keeps the tracking and registry URIs process-wide, and in the environment for child processes.
+
+    A test that sets them (to register a model into its own server) would otherwise send a later test's
+    registrations, in the same xdist worker, to a server that has stopped; after each test they are as before.
+    """
+    environment = {name: os.environ.get(name) for name in _MLFLOW_URI_VARIABLES}
+    uris = [getattr(sys.modules.get(module), attribute, None) for module, attribute in _MLFLOW_URI_GLOBALS]
+    yield
+    for name, value in environment.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    for (module, attribute), uri in zip(_MLFLOW_URI_GLOBALS, uris, strict=True):
+        if module in sys.modules:
+            setattr(sys.modules[module], attribute, uri)
+
 
 @pytest.fixture(scope="session")
 def mlflow_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:

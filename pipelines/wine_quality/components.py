@@ -28,15 +28,21 @@ REGISTER_PACKAGES = ["mlflow-skinny==3.17.2", SCIKIT_LEARN, "skops==0.16.0", PAN
 @dsl.component(base_image=BASE_IMAGE, packages_to_install=LOAD_PACKAGES)
 def load_batch(
     data_uri: str,
+    data_etag: str,
+    data_version_id: str,
     s3_endpoint: str,
     min_rows: int,
     batch: Output[Dataset],
 ) -> int:
     """Read the CSV batch at `data_uri` (s3://bucket/key, file:// URI or path), check its shape, keep it.
 
+    Pinned to the bytes mlcd validated: `data_version_id` reads that object version; `data_etag` reads the
+    object only while its ETag is that one (S3 If-Match; a file's MD5), and fails naming both ETags when it
+    was overwritten since. Both empty: the object as it is now.
     S3 credentials come from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), never from a
     parameter: KFP shows parameters in its UI and keeps them in the run record.
     """
+    import hashlib
     import io
     import os
     import urllib.parse
@@ -45,9 +51,19 @@ def load_batch(
     import pandas as pd
     from sklearn.datasets import load_wine
 
+    def changed(now: str) -> ValueError:
+        pinned = f"version {data_version_id}" if data_version_id else f"etag {data_etag}"
+        return ValueError(
+            f"{data_uri} changed since it was validated: {pinned} was validated, the object is now etag "
+            f"{now}; upload it again as a new key to train on it"
+        )
+
     parsed = urllib.parse.urlparse(data_uri)
+    if data_version_id and parsed.scheme != "s3":
+        raise ValueError(f"{data_uri} has no object versions, but version {data_version_id} was asked for")
     if parsed.scheme == "s3":
         from minio import Minio
+        from minio.error import S3Error
 
         if not s3_endpoint:
             raise ValueError(f"{data_uri} is an S3 URI but no s3_endpoint was given")
@@ -60,7 +76,17 @@ def load_batch(
             secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY", ""),
             secure=secure,
         )
-        response = client.get_object(bucket, key)
+        try:
+            response = client.get_object(
+                bucket,
+                key,
+                version_id=data_version_id or None,
+                request_headers={"If-Match": f'"{data_etag}"'} if data_etag else None,
+            )
+        except S3Error as e:
+            if e.code not in ("PreconditionFailed", "NoSuchVersion"):
+                raise
+            raise changed(client.stat_object(bucket, key).etag) from e
         try:
             raw = response.read()
         finally:
@@ -72,6 +98,11 @@ def load_batch(
         raw = Path(data_uri).read_bytes()
     else:
         raise ValueError(f"unsupported data URI scheme {parsed.scheme!r} in {data_uri}")
+    if data_etag and parsed.scheme != "s3":
+        # A file's ETag is what the embedded object watcher reported for it: the MD5 of its bytes.
+        now = hashlib.md5(raw, usedforsecurity=False).hexdigest()
+        if now != data_etag:
+            raise changed(now)
 
     try:
         frame = pd.read_csv(io.BytesIO(raw))

@@ -22,6 +22,8 @@ S3_CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 def wine_quality(
     data_uri: str,
     mlflow_tracking_uri: str,
+    data_etag: str = "",
+    data_version_id: str = "",
     model_name: str = "wine_quality",
     git_commit: str = "",
     pipeline_version: str = "",
@@ -35,7 +37,13 @@ def wine_quality(
     run_alias: str = "",
     run_name: str = "",
 ) -> NamedTuple("Outputs", [("model_version", str), ("metrics", str)]):  # type: ignore[misc]
-    loaded = components.load_batch(data_uri=data_uri, s3_endpoint=s3_endpoint, min_rows=min_rows)
+    loaded = components.load_batch(
+        data_uri=data_uri,
+        data_etag=data_etag,
+        data_version_id=data_version_id,
+        s3_endpoint=s3_endpoint,
+        min_rows=min_rows,
+    )
     # On a cluster the credentials come from a Kubernetes Secret (the local runner ignores this and
     # passes its own environment); optional, so batches read from elsewhere need no Secret.
     kubernetes.use_secret_as_env(

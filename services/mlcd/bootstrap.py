@@ -11,21 +11,25 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, FastAPI
 
-from mlcd import auth, logs, metrics, ports
+from mlcd import auth, domain_metrics, events, logs, ports, status, token_file
 from mlcd.builder import handlers as builder
+from mlcd.bus import kafka_security
+from mlcd.bus.kafka import KafkaBus
+from mlcd.bus.memory import MemoryBus
 from mlcd.bus.port import Bus
 from mlcd.bus.service import ServiceSpec
 from mlcd.config import Settings
 from mlcd.deployer import handlers as deployer
 from mlcd.gatekeeper import handlers as gatekeeper
+from mlcd.lineage_export import handlers as lineage_export
 from mlcd.notifier import handlers as notifier
 from mlcd.policy.book import PolicyBook
 from mlcd.runner import ServiceHost
+from mlcd.store import database
 from mlcd.supervisor import Worker
 from mlcd.trainer import handlers as trainer
 from mlcd.validator import handlers as validator
@@ -41,6 +45,7 @@ CONSUMER_SERVICES: dict[str, ServiceSpec] = {
         gatekeeper.SERVICE,
         deployer.SERVICE,
         notifier.SERVICE,
+        lineage_export.SERVICE,
     )
 }
 SERVICES: tuple[str, ...] = ("ingest", *CONSUMER_SERVICES)
@@ -67,13 +72,16 @@ class Ports:
     serving: ports.Serving
     analysis: ports.Analysis
     notifier: ports.Notifier
+    tuner: ports.Tuner
+    jobs: ports.TrainingJobs
+    lineage: tuple[ports.LineageExport, ...] = ()
 
     def by_name(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
     async def close(self) -> None:
         """Let adapters that own processes or connections release them (the local runner's workers)."""
-        for port in self.by_name().values():
+        for port in [*self.by_name().values(), *self.lineage]:
             close = getattr(port, "close", None)
             if close is not None and asyncio.iscoroutinefunction(close):
                 await close()
@@ -93,7 +101,7 @@ def build_ports(settings: Settings) -> Ports:
     """Every port, filled by the production adapter when configured, else the embedded default."""
     # Imported here, not at the top: kfp, mlflow and the Kubernetes client take seconds to load, and only
     # the processes that build the ports need them.
-    from mlcd.adapters import gitlab, kfp, mlflow, notify, objectstore
+    from mlcd.adapters import gitlab, katib, kfp, mlflow, notify, objectstore, training_jobs
 
     policies = PolicyBook(settings.policies_dir)
     serving, analysis = _serving(settings, policies)
@@ -107,16 +115,36 @@ def build_ports(settings: Settings) -> Ports:
         serving=serving,
         analysis=analysis,
         notifier=notify.build(settings),
+        tuner=katib.build_tuner(settings),
+        jobs=training_jobs.build(settings),
+        lineage=_lineage(settings),
     )
+
+
+def _lineage(settings: Settings) -> tuple[ports.LineageExport, ...]:
+    """The configured lineage stores; none configured, none built (and the exporter is not started)."""
+    if not lineage_export.configured(settings):
+        return ()
+    from mlcd.adapters import mlmd, openlineage
+
+    return tuple(store for store in (openlineage.build(settings), mlmd.build(settings)) if store is not None)
 
 
 def _serving(settings: Settings, policies: PolicyBook) -> tuple[ports.Serving, ports.Analysis]:
     from mlcd.adapters import prometheus
 
-    if settings.kserve_namespace:
-        from mlcd.adapters import kserve
+    if settings.kserve_namespace or settings.seldon_namespace:
+        # Each model's policy picks its platform (rollout.platform); unset means KServe when configured.
+        from mlcd.adapters import kserve, platforms, seldon
 
-        return kserve.build(settings, policies), prometheus.build(settings)
+        served: dict[str, ports.Serving] = {}
+        if settings.kserve_namespace:
+            served["kserve"] = kserve.build(settings, policies)
+        analysis: ports.Analysis = prometheus.build(settings)
+        if settings.seldon_namespace:
+            served["seldon"] = seldon.build(settings, policies)
+            analysis = seldon.SeldonAnalysis(analysis, settings.seldon_inference_url, policies)
+        return platforms.ServingByPlatform(served, "kserve", policies), analysis
     from mlcd.local import serving as local_serving
 
     local = local_serving.build(settings)
@@ -124,66 +152,40 @@ def _serving(settings: Settings, policies: PolicyBook) -> tuple[ports.Serving, p
     return local, analysis
 
 
-class Identifier:
-    """API token check against MLCD_API_TOKENS_FILE, reread when the file changes."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._stamp: float | None = None
-        self._book = auth.TokenBook([])
-
-    def __call__(self, token: str | None) -> auth.Identity | None:
-        try:
-            stamp = self.path.stat().st_mtime_ns
-        except FileNotFoundError:
-            return None
-        if stamp != self._stamp:
-            self._book, self._stamp = auth.TokenBook.load(self.path), stamp
-        return self._book.identify(token)
-
-
-class AdapterHealth:
-    """Pings each outside system now and then: reported on `/status` and as `mlcd_adapter_up`, never
-    as readiness (a process that cannot reach MLflow can still take webhooks and do much of its job)."""
-
-    def __init__(self, systems: dict[str, Any], interval_s: float, timeout_s: float = 10.0) -> None:
-        self.systems = systems
-        self.interval_s = interval_s
-        self.timeout_s = timeout_s
-        self.last: dict[str, str | None] = {}
-
-    async def check(self) -> dict[str, str | None]:
-        for name, system in self.systems.items():
-            try:
-                await asyncio.wait_for(system.ping(), self.timeout_s)
-                self.last[name] = None
-            except TimeoutError:
-                self.last[name] = f"no answer within {self.timeout_s:g}s"
-            except Exception as e:  # a health check reports any failure by name instead of raising it
-                self.last[name] = logs.without_url_credentials(f"{type(e).__name__}: {e}")
-            metrics.ADAPTER_UP.labels(name).set(0 if self.last[name] else 1)
-        return dict(self.last)
-
-    async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            await self.check()
-            try:
-                await asyncio.wait_for(stop.wait(), self.interval_s)
-            except TimeoutError:
-                pass
-
-
 @dataclass
 class System:
-    """What one process runs: its host (store, bus, supervised workers), its ports, its HTTP app."""
+    """What one process runs: its host (store, bus, supervised workers), its HTTP app and its ports."""
 
     settings: Settings
     host: ServiceHost
-    ports: Ports
-    app: FastAPI | None
+    app: FastAPI | None = None
+    ports: Ports | None = None
 
     async def close(self) -> None:
-        await self.ports.close()
+        if self.ports is not None:
+            await self.ports.close()
+
+
+def build_bus(settings: Settings) -> Bus:
+    """The real broker when `MLCD_KAFKA_BOOTSTRAP` is set, else the in-process bus."""
+    if settings.kafka_bootstrap:
+        return KafkaBus(
+            settings.kafka_bootstrap,
+            events.TOPICS,
+            partitions=settings.kafka_partitions,
+            replication_factor=settings.kafka_replication_factor,
+            enable_idempotence=settings.kafka_enable_idempotence,
+            request_timeout_s=settings.kafka_request_timeout_s,
+            namespace=settings.kafka_namespace,
+            session_timeout_s=settings.kafka_session_timeout_s,
+            heartbeat_interval_s=settings.kafka_heartbeat_interval_s,
+            max_request_size=settings.kafka_max_request_size,
+            fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
+            security=kafka_security.client_options(settings),
+        )
+    return MemoryBus(
+        events.TOPICS, partitions=settings.kafka_partitions, max_request_size=settings.kafka_max_request_size
+    )
 
 
 def system(
@@ -194,20 +196,26 @@ def system(
     ui: bool = False,
     ports: Ports | None = None,
     bus: Bus | None = None,
-    extra_workers: Sequence[Worker] = (),
 ) -> System:
     """Compose a process: the consumer services it hosts and, with `http`, ingest's endpoints and the API."""
     from mlcd import http as http_boundary
 
+    if any(spec.name == lineage_export.NAME for spec in services):
+        lineage_export.check_can_start(settings)
     built = ports or build_ports(settings)
-    host = ServiceHost(settings, services, built.by_name(), bus=bus)
-    health = AdapterHealth(built.outside_systems(), settings.adapter_check_interval_s)
+    host = ServiceHost(
+        settings,
+        services,
+        built.by_name(),
+        bus=bus or build_bus(settings),
+        engine=database.create_engine(settings.effective_database_url),
+    )
+    health = status.AdapterHealth(built.outside_systems(), settings.adapter_check_interval_s)
     host.supervise(Worker("adapter-health", health.run))
-    for worker in extra_workers:
-        host.supervise(worker)
+    host.supervise(domain_metrics.worker(host.engine))
     if not http:
-        app = http_boundary.create_app([_status_router(host, health)], host.readiness)
-        return System(settings, host, built, app)
+        app = http_boundary.create_app([status.router(host, health)], host.readiness)
+        return System(settings, host, app, built)
     host.supervise(_raw_delivery_worker(settings, host, built))
     if ui:
         from mlcd.local import serving as local_serving
@@ -215,24 +223,63 @@ def system(
         if isinstance(built.serving, local_serving.LocalServing):
             host.supervise(Worker("local-serving", built.serving.run))
     readiness = host.delivery_readiness if not services else host.readiness
-    routers = [*api_routers(settings, host, built, ui=ui), _status_router(host, health)]
-    return System(settings, host, built, http_boundary.create_app(routers, readiness))
+    routers = [*api_routers(settings, host, built, ui=ui), status.router(host, health)]
+    return System(settings, host, http_boundary.create_app(routers, readiness), built)
+
+
+def embedded(settings: Settings, *, progress: bool) -> System:
+    """`mlcd up`: every service in one process, with the embedded default's own workers beside them: the
+    object folder's watcher (the folder stands in for MinIO and its notifications) and, on a terminal, the
+    progress view."""
+    from mlcd.local.object_watch import ObjectFolderWatcher
+    from mlcd.local.progress import ProgressView
+
+    hosted = [
+        spec
+        for spec in consumer_services()
+        if spec.name != lineage_export.NAME or lineage_export.configured(settings)
+    ]
+    composed = system(settings, hosted, http=True, ui=True)
+    if settings.s3_endpoint is None and settings.minio_webhook_token is not None:
+        watcher = ObjectFolderWatcher(
+            settings.home / "objects",
+            f"http://{settings.http_host}:{settings.http_port}/hooks/minio",
+            settings.minio_webhook_token.get_secret_value(),
+        )
+        composed.host.supervise(Worker("object-folder-watcher", watcher.run))
+    if progress:
+        composed.host.supervise(Worker("progress", ProgressView(composed.host.engine).run))
+    return composed
 
 
 def api_routers(settings: Settings, host: ServiceHost, built: Ports, *, ui: bool) -> list[APIRouter]:
     """The HTTP surface of a process that runs ingest (`mlcd serve ingest`, `mlcd up`)."""
-    from mlcd import explain_api, journal_api
+    from mlcd import explain_api, journal_api, lineage_api, oncall_api
     from mlcd.deployer import app as deployer_app
     from mlcd.gatekeeper import app as gatekeeper_app
     from mlcd.ingest import app as ingest_app
 
-    identify: Callable[[str | None], auth.Identity | None] = Identifier(settings.effective_tokens_file)
+    identify: Callable[[str | None], auth.Identity | None] = token_file.Identifier(
+        settings.effective_tokens_file
+    )
     result = [
         ingest_app.router(
             settings=settings, policies=built.policies, bus=host.bus, engine=host.engine, waker=host.waker
         ),
         journal_api.router(lambda: host.engine, identify),
-        explain_api.router(lambda: host.engine, built.registry, built.policies, identify),
+        explain_api.router(lambda: host.engine, built.registry, built.policies, identify, built.serving),
+        lineage_api.router(lambda: host.engine, identify),
+        oncall_api.router(
+            lambda: host.engine,
+            identify,
+            built.policies,
+            oncall_api.Links.of(
+                getattr(built.registry, "tracking_uri", None),
+                settings.kfp_host,
+                settings.gitlab_url,
+                settings.s3_url if settings.s3_endpoint else None,
+            ),
+        ),
         gatekeeper_app.router(
             engine=host.engine,
             waker=host.waker,
@@ -272,17 +319,3 @@ def _raw_delivery_worker(settings: Settings, host: ServiceHost, built: Ports) ->
         waker=host.waker,
     )
     return Worker("ingest-raw", raw.run)
-
-
-def _status_router(host: ServiceHost, health: AdapterHealth) -> APIRouter:
-    router = APIRouter(tags=["ops"])
-
-    @router.get("/status", summary="Workers and outside systems: what runs, what answers (not readiness)")
-    async def status() -> dict[str, Any]:
-        return {
-            **await host.connections(),
-            "workers": host.supervisor.health(),
-            "adapters": await health.check(),
-        }
-
-    return router

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from mlcd import logs
-from mlcd.commands import db, dlq, events, explain, gates, pipelines, policy, rollout, serving
+from mlcd.commands import db, dlq, events, explain, gates, lineage, pipelines, policy, rollout, serving
 from mlcd.config import Settings
 from mlcd.errors import MlcdError
 
@@ -55,6 +55,7 @@ app.add_typer(db.app, name="db", help="State store migrations.")
 app.add_typer(serving.app)  # rollback MODEL, retrain MODEL, status [MODEL]
 app.add_typer(rollout.app, name="rollout", help="Rollout control: promote, abort, pause, resume, retry.")
 app.add_typer(explain.app)  # explain FILE
+app.add_typer(lineage.app)  # lineage MODEL VERSION
 
 
 def _settings(**overrides: object) -> Settings:
@@ -94,7 +95,10 @@ def demo() -> None:
 @app.command()
 def serve(
     service: Annotated[
-        str, typer.Argument(help="ingest, builder, validator, trainer, gatekeeper or deployer")
+        str,
+        typer.Argument(
+            help="ingest, builder, validator, trainer, gatekeeper, deployer, notifier or lineage-export"
+        ),
     ],
 ) -> None:
     """Run one microservice against the configured Kafka and PostgreSQL (what the Helm chart runs)."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from pathlib import Path
-from typing import Literal, Self
+from typing import Any, Literal, Self
 from urllib.parse import SplitResult, unquote, urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
@@ -94,6 +94,28 @@ def s3_endpoint_parts(value: str) -> tuple[str, bool | None]:
         return parts.netloc, parts.scheme == "https"
     host_port(value, example, default_port=0)
     return value, None
+
+
+def mlmd_connection(store: str, home: Path, password: str = "") -> dict[str, Any]:
+    """The MLMD writer's `connect` request for MLCD_MLMD_STORE: `sqlite` (MLCD_HOME/mlmd.sqlite),
+    `sqlite:///PATH`, `mysql://USER@HOST[:PORT]/DATABASE` or `grpc://HOST:PORT`."""
+    if store == "sqlite":
+        return {"sqlite": {"path": str((home / "mlmd.sqlite").resolve())}}
+    parts = urlsplit(store)
+    if parts.password:
+        raise ValueError("the password does not belong in MLCD_MLMD_STORE: use MLCD_MLMD_PASSWORD")
+    if parts.scheme == "sqlite" and parts.path:
+        return {"sqlite": {"path": parts.path}}
+    if parts.scheme == "mysql" and parts.hostname and parts.username and parts.path.strip("/"):
+        database = parts.path.strip("/")
+        mysql = {"host": parts.hostname, "port": parts.port or 3306, "database": database}
+        return {"mysql": {**mysql, "user": parts.username, "password": password}}
+    if parts.scheme == "grpc" and parts.hostname and parts.port:
+        return {"grpc": {"host": parts.hostname, "port": parts.port}}
+    raise ValueError(
+        f"{store!r} is not an MLMD store: use sqlite, sqlite:///PATH, mysql://USER@HOST[:PORT]/DATABASE "
+        "or grpc://HOST:PORT"
+    )
 
 
 RECORD_HEADROOM_BYTES = 65_536
@@ -216,6 +238,24 @@ class Settings(BaseSettings):
         "read from KF_PIPELINES_SA_TOKEN_PATH); multi-user Kubeflow mounts it at "
         "/var/run/secrets/kubeflow/pipelines/token.",
     )
+    katib_namespace: str | None = Field(
+        None,
+        description="Namespace of Katib Experiments for policies with training.tuning; unset: Optuna trials "
+        "on the orchestrator, the studies in MLCD_HOME/tuning.",
+    )
+    training_namespace: str | None = Field(
+        None,
+        description="Namespace of Training Operator jobs for policies with training.backend: job; unset: "
+        "such policies' runs fail, saying so.",
+    )
+    trial_image: str = Field(
+        "registry.example.com/ml/mlcd:latest",
+        description="Image of Katib trial pods (mlcd's own: each trial runs `python -m mlcd.trainer.trial`, "
+        "a run of the model's pipeline on MLCD_KFP_HOST).",
+    )
+    kube_timeout_s: float = Field(
+        10.0, gt=0, description="Timeout of every Kubernetes API call on Katib and Training Operator objects."
+    )
     pipelines_dir: Path = Field(
         Path("pipelines"),
         description="The repository's pipelines/ folder; its parent is the root that relative policy paths "
@@ -223,6 +263,14 @@ class Settings(BaseSettings):
     )
     build_timeout_s: float = Field(
         120.0, gt=0, description="Longest a pipeline compile may take before it fails."
+    )
+    feast_bin: Path = Field(
+        Path(".venv-feast/bin/feast"),
+        description="The `feast` command the builder plans and applies feature repositories with: Feast "
+        "0.67 needs pandas<3, so it has a virtualenv of its own (`make feast-venv`).",
+    )
+    feast_timeout_s: float = Field(
+        300.0, gt=0, description="Longest a `feast plan` or `feast apply` may take before it fails."
     )
     validation_timeout_s: float = Field(
         300.0, gt=0, description="Longest a data batch validation may take (then retried as an outage)."
@@ -246,6 +294,16 @@ class Settings(BaseSettings):
     prometheus_url: str | None = Field(
         None, description="Prometheus for rollout analysis queries, http(s)://host[:port][/path]."
     )
+    seldon_namespace: str | None = Field(
+        None,
+        description="Namespace of Seldon Core 2 Models and Experiments, for policies with rollout.platform: "
+        "seldon; needs MLCD_PROMETHEUS_URL.",
+    )
+    seldon_inference_url: str | None = Field(
+        None,
+        description="Seldon's inference endpoint (the seldon-mesh Service, http(s)://host[:port]), where "
+        "the prediction-agreement check sends its probe to both models; unset: that check is inconclusive.",
+    )
 
     gitlab_url: str | None = Field(None, description="GitLab base URL; unset: notices go to the log.")
     gitlab_token: SecretStr | None = Field(None, description="GitLab API token (api scope).")
@@ -260,6 +318,31 @@ class Settings(BaseSettings):
     mlflow_webhook_secret: SecretStr | None = Field(None, description="HMAC secret of MLflow webhooks.")
     api_tokens_file: Path | None = Field(None, description="YAML list of {name, groups, token_sha256}.")
     slack_webhook_url: SecretStr | None = Field(None, description="Slack-compatible webhook for notices.")
+
+    openlineage_url: str | None = Field(
+        None,
+        description="OpenLineage endpoint (Marquez), http(s)://host[:port][/path]; run events go to POST "
+        "…/api/v1/lineage; unset: no OpenLineage export.",
+    )
+    openlineage_api_key: SecretStr | None = Field(
+        None, description="Bearer token sent to MLCD_OPENLINEAGE_URL (secret)."
+    )
+    openlineage_namespace: str = Field(
+        "mlcd", min_length=1, description="OpenLineage namespace of mlcd's jobs (MODEL.validation, …)."
+    )
+    openlineage_timeout_s: float = Field(10.0, gt=0, description="Timeout of every OpenLineage call.")
+    mlmd_store: str | None = Field(
+        None,
+        description="ML Metadata store: sqlite (MLCD_HOME/mlmd.sqlite), sqlite:///PATH, "
+        "mysql://USER@HOST[:PORT]/DATABASE or grpc://HOST:PORT (an MLMD gRPC server); unset: no MLMD export.",
+    )
+    mlmd_password: SecretStr | None = Field(None, description="Password of a mysql:// MLCD_MLMD_STORE.")
+    mlmd_python: Path = Field(
+        Path(".venv-mlmd/bin/python"),
+        description="Python of the virtualenv holding ml-metadata 1.17.1 (it needs protobuf<5), where the "
+        "MLMD writer runs as a child process; `make mlmd-venv` creates it.",
+    )
+    mlmd_timeout_s: float = Field(30.0, gt=0, description="Timeout of every MLMD write.")
 
     api_url: str | None = Field(None, description="mlcd API the CLI talks to; default: http://HOST:PORT.")
     api_token: SecretStr | None = Field(None, description="CLI's API token; default: MLCD_HOME/admin-token.")
@@ -347,6 +430,13 @@ class Settings(BaseSettings):
             http_url(url, "http://prometheus-operated.monitoring:9090")
         return url
 
+    @field_validator("seldon_inference_url")
+    @classmethod
+    def _a_seldon_inference_url(cls, url: str | None) -> str | None:
+        if url is not None:
+            http_url(url, "http://seldon-mesh.seldon-models")
+        return url
+
     @field_validator("gitlab_url")
     @classmethod
     def _a_gitlab_url(cls, url: str | None) -> str | None:
@@ -372,6 +462,22 @@ class Settings(BaseSettings):
                 raise ValueError("not an http:// or https:// URL") from None
         return url
 
+    @field_validator("openlineage_url")
+    @classmethod
+    def _an_openlineage_url(cls, url: str | None) -> str | None:
+        if url is not None:
+            parts = http_url(url, "http://marquez.lineage:5000")
+            if parts.username or parts.password:
+                raise ValueError("credentials do not belong in the URL: use MLCD_OPENLINEAGE_API_KEY")
+        return url
+
+    @field_validator("mlmd_store")
+    @classmethod
+    def _an_mlmd_store(cls, store: str | None) -> str | None:
+        if store is not None:
+            mlmd_connection(store, Path("."))
+        return store
+
     @field_validator("s3_endpoint")
     @classmethod
     def _an_s3_endpoint(cls, endpoint: str | None) -> str | None:
@@ -379,7 +485,9 @@ class Settings(BaseSettings):
             s3_endpoint_parts(endpoint)
         return endpoint
 
-    @field_validator("kserve_namespace", "kfp_namespace")
+    @field_validator(
+        "kserve_namespace", "kfp_namespace", "seldon_namespace", "katib_namespace", "training_namespace"
+    )
     @classmethod
     def _a_namespace(cls, namespace: str | None) -> str | None:
         if namespace is not None and not _DNS_LABEL.match(namespace):
@@ -428,6 +536,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 "kserve_namespace: MLCD_KSERVE_NAMESPACE needs MLCD_PROMETHEUS_URL (rollouts on KServe are "
                 "analysed from Prometheus); set it, or unset MLCD_KSERVE_NAMESPACE for local serving"
+            )
+        if self.seldon_namespace and not self.prometheus_url:
+            raise ValueError(
+                "seldon_namespace: MLCD_SELDON_NAMESPACE needs MLCD_PROMETHEUS_URL (rollouts on Seldon are "
+                "analysed from Prometheus); set it, or unset MLCD_SELDON_NAMESPACE"
             )
         if self.kafka_heartbeat_interval_s >= self.kafka_session_timeout_s:
             raise ValueError(
@@ -517,6 +630,8 @@ class Settings(BaseSettings):
             self.mlflow_webhook_secret,
             self.slack_webhook_url,
             self.api_token,
+            self.openlineage_api_key,
+            self.mlmd_password,
         ]
         values = [s.get_secret_value() for s in secrets if s is not None and s.get_secret_value()]
         password = urlsplit(self.database_url).password if self.database_url else None

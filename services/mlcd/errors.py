@@ -57,6 +57,11 @@ class NotFound(PermanentError):
     """The thing named does not exist."""
 
 
+class ObjectChanged(PermanentError):
+    """A stored object is no longer the bytes that were pinned: overwritten since, or its version deleted;
+    the message says what was pinned and what is there now ("etag X, now etag Y")."""
+
+
 class Unauthorized(MlcdError):
     """Missing or wrong credentials."""
 

@@ -1,8 +1,9 @@
-"""`mlcd explain`: what mlcd would do with one webhook delivery or CloudEvent under today's policies.
+"""`mlcd explain`: what mlcd will do with one webhook delivery or CloudEvent under today's policies.
 
 Nothing is written, published or called that changes anything: deliveries are parsed as ingest parses
 them (without their credentials), decisions are the services' own pure functions, and the only reads
-are the registry's champion, open gates and the debounce window.
+are the registry's champion, the version's flavors, open gates, the debounce window and the validator's
+verdict on a batch. Given the serving port, the gatekeeper's `servable` check is run as it runs it.
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from mlcd import events, ports
 from mlcd.builder import triggers
 from mlcd.errors import InvalidRequest, MlcdError
+from mlcd.gatekeeper import handlers as gatekeeper
 from mlcd.ingest import intake
 from mlcd.ingest.delivery import Source, Unparseable
 from mlcd.policy import decisions, rules
 from mlcd.policy.book import PolicyBook
 from mlcd.policy.schema import Policy
-from mlcd.store import gates
+from mlcd.store import gates, validations
 
 SOURCES: tuple[Source, ...] = ("gitlab", "minio", "alertmanager", "mlflow")
 CHAMPION = "champion"
@@ -32,15 +34,20 @@ CHAMPION = "champion"
 
 @dataclass
 class Explanation:
-    """The events mlcd would publish in order (`emits`), what each service would do (`steps`), and the
-    outcomes that depend on work explain does not do (a validation, a compile, a training run)."""
+    """The events mlcd would publish in order (`emits`), what each service will do (`steps`), the
+    outcomes that depend on work explain does not do (a validation, a compile, a training run), and for
+    each candidate the gatekeeper would judge, its judgement as data (`candidates`: model, model_version,
+    champion_version, rules as the events carry them, verdict `approve|reject|gate`, and for a gate the
+    approval asked: count, groups, timeout, author)."""
 
     emits: list[str] = field(default_factory=list)
     steps: list[str] = field(default_factory=list)
     possible: list[str] = field(default_factory=list)
+    candidates: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"emits": self.emits, "steps": self.steps, "possible": self.possible}
+        return {"emits": self.emits, "steps": self.steps, "possible": self.possible,
+                "candidates": self.candidates}  # fmt: skip
 
     def mismatch(self, types: list[str]) -> str | None:
         """Why `types` (the event types a caller expects) is not what mlcd would emit, or None."""
@@ -92,8 +99,10 @@ async def explain(
     policies: PolicyBook,
     registry: ports.Registry | None,
     engine: AsyncEngine | None,
+    serving: ports.Serving | None = None,
 ) -> Explanation:
-    """What mlcd would do with `given`; reads only (registry, gates, debounce), never writes."""
+    """What mlcd will do with `given`; reads only (registry, gates, debounce), never writes. Without
+    `serving` the gatekeeper's `servable` check is not run, and the explanation says so."""
     found = Explanation()
     if isinstance(given, Delivery):
         try:
@@ -106,7 +115,7 @@ async def explain(
         envelopes = [given]
     for envelope in envelopes:
         found.emits.append(envelope.type)
-        await _follow(envelope.data, found, policies, registry, engine)
+        await _follow(envelope.data, found, policies, registry, engine, serving)
     return found
 
 
@@ -116,6 +125,7 @@ async def _follow(
     policies: PolicyBook,
     registry: ports.Registry | None,
     engine: AsyncEngine | None,
+    serving: ports.Serving | None,
 ) -> None:
     model = getattr(data, "model", None)
     policy = policies.get(model) if model else None
@@ -133,9 +143,15 @@ async def _follow(
     elif isinstance(data, events.MergeRequestChanged):
         chosen = triggers.models_to_check(data, policies.all())
         names = ", ".join(p.model for p in chosen) or "no model"
-        say(
-            f"builder: compiles (without publishing) {names} at {data.commit[:12]}; commit status and MR note"
-        )
+        at = data.commit[:12]
+        if data.changed_paths or data.paths_complete:
+            say(f"builder: compiles (without publishing) {names} at {at}; commit status and MR note")
+        else:  # a merge-request hook lists no paths: the builder reads the MR's diff from GitLab first
+            say(
+                f"builder: asks GitLab for merge request !{data.iid}'s diff, then compiles (without "
+                f"publishing) those of {names} whose watched paths it changes, at {at}; commit status and "
+                "MR note for each"
+            )
     elif isinstance(data, events.DataArrived):
         if policy is None or policy.data is None:
             say(f"validator: {data.uri} belongs to no model's landing prefix; nothing happens")
@@ -147,7 +163,7 @@ async def _follow(
     elif isinstance(data, events.AlertFired):
         await _alert(data, policy, found, engine)
     elif isinstance(data, events.TrainingSucceeded | events.CandidateRegistered):
-        await _judge(data, policy, policies, found, registry, engine)
+        await _judge(data, policy, policies, found, registry, engine, serving)
     elif isinstance(data, events.GateDecisionRequested):
         await _decision(data, found, engine)
     elif isinstance(data, events.PromotionApproved):
@@ -199,7 +215,10 @@ async def _judge(
     found: Explanation,
     registry: ports.Registry | None,
     engine: AsyncEngine | None,
+    serving: ports.Serving | None,
 ) -> None:
+    """The gatekeeper's judgement (gatekeeper.handlers._judge), read-only: the same context, rules, the
+    same `servable` check when the serving port is given, and the gates a newly opened one supersedes."""
     if policy is None:
         found.steps.append(f"gatekeeper: {data.model} has no policy; the candidate is dead-lettered")
         return
@@ -209,6 +228,7 @@ async def _judge(
     try:
         version = await registry.get_version(data.model, data.model_version)
         champion = await registry.version_by_alias(data.model, CHAMPION)
+        flavors = await registry.flavors(version) if serving is not None else ()
     except MlcdError as e:
         found.steps.append(f"gatekeeper: cannot read the registry ({e}); the event would be retried")
         return
@@ -217,17 +237,27 @@ async def _judge(
     except MlcdError as e:
         found.steps.append(f"gatekeeper: the policy of {policy.model} does not compile ({e})")
         return
-    training: dict[str, Any] = {"model_version": data.model_version, "run_id": data.run_id or ""}
     if isinstance(data, events.TrainingSucceeded):
-        training |= {"data_uri": data.data_uri, "commit": data.commit, "author": data.author,
-                     "metrics": dict(data.metrics)}  # fmt: skip
+        training, author = rules.training_view(data), data.author
+    else:  # a version registered outside mlcd: no training run of mlcd's, no author
+        training, author = {"run_id": data.run_id or "", "model_version": data.model_version}, ""
+    data_uri = str(training.get("data_uri") or "")
+    validation = None
+    if engine is not None and data_uri:
+        async with engine.connect() as conn:
+            validation = await validations.batch_verdict(conn, data.model, data_uri)
     context = rules.Context(
         candidate=rules.version_view(version),
         champion=rules.version_view(champion) if champion else None,
-        data={"uri": str(training.get("data_uri", ""))},
+        data=rules.data_view(data_uri, validation),
         training=training,
     )
     outcomes = rules.evaluate(compiled.rules_for(champion is not None), context)
+    if serving is not None:
+        outcomes += gatekeeper.servable(serving, version, flavors)
+    if data_uri:
+        batch = _batch_line(validation, engine is not None)
+        found.steps.append(f"gatekeeper: trained on {data_uri}: {batch}")
     against = f"champion version {champion.version}" if champion else "no champion"
     found.steps.append(f"gatekeeper: version {data.model_version} against {against}:")
     for outcome in outcomes:
@@ -238,6 +268,21 @@ async def _judge(
         compiled.approval_when is None or rules.holds(compiled.approval_when, context) is not False
     )
     verdict = decisions.verdict(outcomes, needs)
+    judged: dict[str, Any] = {
+        "model": data.model,
+        "model_version": data.model_version,
+        "champion_version": champion.version if champion else None,
+        "rules": [o.model_dump(mode="json") for o in outcomes],
+        "verdict": "gate" if verdict == "open_gate" else verdict,
+        "approval": None,
+    }
+    found.candidates.append(judged)
+    if serving is None and verdict != "reject":
+        found.steps.append(
+            "gatekeeper: also rejects the version (rule `servable`) if the model's serving platform cannot "
+            "download or load it; this explanation was made without the serving platform, so that is not "
+            "checked here (the API's explain checks it)"
+        )
     if verdict == "reject":
         found.steps.append(f"gatekeeper: rejects it: {decisions.rejection_reason(outcomes)}")
         found.emits.append(events.PromotionRejected.type)
@@ -246,13 +291,19 @@ async def _judge(
         found.emits.append(events.PromotionApproved.type)
         found.steps.append(f"deployer: {_rollout_plan(policy, data.model_version)}")
     else:
-        found.steps.append(f"gatekeeper: opens a gate: {_approval_line(policy)}")
+        approval = policy.approval
+        judged["approval"] = {"count": approval.count, "groups": list(approval.groups),
+                              "timeout_s": approval.timeout.total_seconds(), "author": author}  # fmt: skip
+        found.steps.append(f"gatekeeper: opens a gate: {_approval_line(policy, author)}")
         found.emits.append(events.GateOpened.type)
         if engine is not None:
             async with engine.connect() as conn:
                 older = await gates.listing(conn, state="open", model=data.model)
             for gate in older:
-                found.steps.append(f"  an older gate is still open: {gate.id} (version {gate.model_version})")
+                found.steps.append(
+                    f"  and closes the older open gate {gate.id} (version {gate.model_version}) as superseded"
+                )
+                found.emits.append(events.PromotionRejected.type)
         found.steps.append(f"deployer, once approved: {_rollout_plan(policy, data.model_version)}")
 
 
@@ -271,6 +322,19 @@ async def _decision(
     found.possible += [events.PromotionApproved.type, events.PromotionRejected.type]
 
 
+def _batch_line(validation: events.DataValidated | events.DataRejected | None, looked: bool) -> str:
+    """What the rules' `data` holds besides the URI: the validator's verdict on the batch."""
+    if isinstance(validation, events.DataValidated):
+        failed = sum(1 for e in validation.expectations if not e.success)
+        return (f"validated by suite {validation.suite} ({validation.rows} rows, "
+                f"{len(validation.expectations)} expectations, {failed} failed)")  # fmt: skip
+    if isinstance(validation, events.DataRejected):
+        return f"rejected by the validator ({validation.reason})"
+    if not looked:
+        return "its validation result is not read without the state store"
+    return "no validation result in the journal (rules reading more of data than data.uri fail)"
+
+
 def _pipeline(policy: Policy | None) -> str:
     if policy is None or policy.training is None:
         return "no pipeline (the policy has no training section)"
@@ -278,13 +342,14 @@ def _pipeline(policy: Policy | None) -> str:
     return f"pipeline {policy.training.pipeline}" + (f" ({params})" if params else "")
 
 
-def _approval_line(policy: Policy) -> str:
+def _approval_line(policy: Policy, author: str = "") -> str:
     approval = policy.approval
     if not approval.required:
         return "promotion needs no approval once the rules pass"
     when = f" when {approval.when}" if approval.when else ""
+    who = f"{author} (the change's author)" if author else "the change's author"
     return (f"promotion needs {approval.count} approval(s){when} from {', '.join(approval.groups)} "
-            f"within {approval.timeout}; the change's author cannot approve")  # fmt: skip
+            f"within {approval.timeout}; {who} cannot approve")  # fmt: skip
 
 
 def _rollout_plan(policy: Policy, version: str) -> str:

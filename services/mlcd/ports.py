@@ -8,12 +8,13 @@ Each adapter module under `mlcd.adapters` implements one port for one system; th
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
     from mlcd.policy import analysis
-    from mlcd.policy.schema import Check
+    from mlcd.policy.schema import Check, Tuning
 
 # --- model registry (MLflow) ----------------------------------------------------------------------
 
@@ -81,8 +82,14 @@ class StoredObject:
 class ObjectStore(Protocol):
     async def stat(self, bucket: str, key: str) -> StoredObject: ...
 
-    async def get(self, bucket: str, key: str, max_bytes: int) -> bytes:
-        """The object's bytes; PermanentError if it is larger than `max_bytes`."""
+    async def get(
+        self, bucket: str, key: str, max_bytes: int, *, etag: str = "", version_id: str = ""
+    ) -> bytes:
+        """The object's bytes; PermanentError if it is larger than `max_bytes`.
+
+        Pinned: with `version_id`, that version's bytes; with `etag`, the bytes only while the object still
+        has that ETag. ObjectChanged when they are no longer there (overwritten, version deleted).
+        """
         ...
 
     async def put(
@@ -97,6 +104,17 @@ class ObjectStore(Protocol):
 
 
 # --- code host (GitLab) ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MergeRequestRef:
+    """A merge request as the code host names it: `iid` within its project, its page, who opened it."""
+
+    iid: int
+    url: str
+    author: str
+    state: str  # opened, merged, closed
+    target_branch: str = ""
 
 
 class CodeHost(Protocol):
@@ -124,6 +142,19 @@ class CodeHost(Protocol):
 
     async def access_level(self, project: str, username: str) -> int:
         """The user's access level on the project (GitLab: 40 = Maintainer); 0 if not a member."""
+        ...
+
+    async def merge_requests_of_commit(self, project: str, sha: str) -> list[MergeRequestRef]:
+        """The merge requests that brought `sha` into the project (merged first); [] when none did."""
+        ...
+
+    async def merge_request_paths(self, project: str, iid: int) -> list[str] | None:
+        """Every path the merge request changes (old and new path of a rename); None when the code host
+        cannot tell (no GitLab configured)."""
+        ...
+
+    async def merge_request_approvers(self, project: str, iid: int) -> list[str]:
+        """Usernames of the people who approve the merge request now."""
         ...
 
     async def ping(self) -> None: ...
@@ -177,6 +208,65 @@ class Orchestrator(Protocol):
     async def ping(self) -> None: ...
 
 
+# --- training jobs (Training Operator) and tuning (Katib, or Optuna) -------------------------------
+
+
+class TrainingJobs(Protocol):
+    """Training Operator jobs (TrainJob, PyTorchJob, TFJob, XGBoostJob) as runs: `Run.run_id` is
+    `<plural>/<name>`; outputs stay empty (the job registers its version in MLflow with the run-name tag)."""
+
+    async def submit_job(self, name: str, template: dict[str, Any], parameters: dict[str, Any]) -> Run:
+        """Create the job named `name` from the policy's `template` with `parameters` filled in; an
+        existing job of that name is returned as it is."""
+        ...
+
+    async def get_run(self, run_id: str) -> Run: ...
+
+    async def terminate_run(self, run_id: str) -> None:
+        """Delete the job (its pods go with it)."""
+        ...
+
+
+@dataclass(frozen=True)
+class TuningRequest:
+    """One experiment: the search (the policy's `training.tuning`) and how each trial trains."""
+
+    name: str
+    model: str
+    pipeline: PipelineRef
+    parameters: dict[str, Any]  # every trial's parameters before the searched ones are set
+    tuning: Tuning
+
+
+@dataclass(frozen=True)
+class TuningResult:
+    name: str
+    state: str  # RUNNING, SUCCEEDED, FAILED
+    best_trial: str = ""
+    parameters: dict[str, Any] = field(default_factory=dict)  # the best trial's assignments, typed
+    objective_value: float | None = None
+    trials: int = 0
+    message: str = ""
+
+    @property
+    def finished(self) -> bool:
+        return self.state in {"SUCCEEDED", "FAILED"}
+
+
+class Tuner(Protocol):
+    async def start(self, request: TuningRequest) -> TuningResult:
+        """Start the experiment named `request.name`; an existing one of that name is returned as it is."""
+        ...
+
+    async def result(self, name: str) -> TuningResult | None:
+        """Where the experiment stands; None when there is none of that name."""
+        ...
+
+    async def cancel(self, name: str) -> None:
+        """Stop and delete the experiment and its trials (nothing happens when it is gone)."""
+        ...
+
+
 # --- serving (KServe, or local serving) -----------------------------------------------------------
 
 
@@ -197,7 +287,7 @@ class ServingState:
     traffic: dict[str, int] = field(default_factory=dict)
     canary_revision: str = ""  # the platform's name of the canary's revision, for analysis queries
     stable_revision: str = ""
-    platform: str = "local"  # which analysis templates apply: local, serverless or raw (KServe)
+    platform: str = "local"  # which analysis templates apply: local, serverless or raw (KServe), seldon
     namespace: str = ""
     service: str = ""
 
@@ -245,3 +335,52 @@ class Analysis(Protocol):
 
 class Notifier(Protocol):
     async def notify(self, model: str, title: str, body: str) -> None: ...
+
+
+# --- lineage export (OpenLineage, ML Metadata) ----------------------------------------------------
+
+LineageState = Literal["START", "RUNNING", "COMPLETE", "FAIL"]
+LineageJob = Literal["validation", "training", "gate", "rollout", "rollback"]
+
+
+@dataclass(frozen=True)
+class LineageDataset:
+    """A data batch, a validation result or a model version as a lineage store names it."""
+
+    kind: Literal["data batch", "validation result", "model version"]
+    namespace: str  # s3://bucket for objects (OpenLineage's naming), mlflow for model versions
+    name: str  # the object key, or models:/MODEL/VERSION
+    version: str = ""  # the object's version id or etag, the model version
+    uri: str = ""
+    facts: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LineageStep:
+    """One state change of one run of a step of the chain (validation, training, gate, rollout,
+    rollback). `run_key` is the id of the event that began the run: every state of one run shares it,
+    and a redelivered event yields the same step."""
+
+    job: LineageJob
+    model: str
+    run_key: str
+    state: LineageState
+    event_id: str
+    event_type: str
+    time: datetime
+    inputs: tuple[LineageDataset, ...] = ()
+    outputs: tuple[LineageDataset, ...] = ()
+    facts: dict[str, Any] = field(default_factory=dict)
+    error: str = ""
+
+
+class LineageExport(Protocol):
+    """A lineage store the chain's steps are written to; writing the same step twice changes nothing."""
+
+    name: str
+
+    async def export(self, steps: list[LineageStep]) -> None: ...
+
+    async def close(self) -> None:
+        """Release the connection or child process the store keeps between exports."""
+        ...

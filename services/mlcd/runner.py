@@ -10,17 +10,14 @@ retries under the supervisor and readiness names it.
 from __future__ import annotations
 
 import asyncio
-import signal
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from mlcd import events, logs
-from mlcd.bus import kafka_security, runtime
-from mlcd.bus.kafka import KafkaBus
-from mlcd.bus.memory import MemoryBus
+from mlcd import logs
+from mlcd.bus import runtime
 from mlcd.bus.port import Bus
 from mlcd.bus.service import ServiceSpec, Timer, bind
 from mlcd.config import Settings
@@ -30,28 +27,6 @@ from mlcd.store.unit_of_work import UnitOfWork
 from mlcd.supervisor import Supervisor, Worker
 
 log = logs.get(__name__)
-
-
-def build_bus(settings: Settings) -> Bus:
-    """The real broker when `MLCD_KAFKA_BOOTSTRAP` is set, else the in-process bus."""
-    if settings.kafka_bootstrap:
-        return KafkaBus(
-            settings.kafka_bootstrap,
-            events.TOPICS,
-            partitions=settings.kafka_partitions,
-            replication_factor=settings.kafka_replication_factor,
-            enable_idempotence=settings.kafka_enable_idempotence,
-            request_timeout_s=settings.kafka_request_timeout_s,
-            namespace=settings.kafka_namespace,
-            session_timeout_s=settings.kafka_session_timeout_s,
-            heartbeat_interval_s=settings.kafka_heartbeat_interval_s,
-            max_request_size=settings.kafka_max_request_size,
-            fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
-            security=kafka_security.client_options(settings),
-        )
-    return MemoryBus(
-        events.TOPICS, partitions=settings.kafka_partitions, max_request_size=settings.kafka_max_request_size
-    )
 
 
 def retry_policy(settings: Settings) -> runtime.RetryPolicy:
@@ -65,7 +40,8 @@ def retry_policy(settings: Settings) -> runtime.RetryPolicy:
 class ServiceHost:
     """Runs the consumers, timers, relay and companions of some services, all supervised.
 
-    `engine`, `bus` and `waker` are public so the HTTP app of the same process shares them.
+    The composition root hands it the store's engine and the bus; `engine`, `bus` and `waker` are public so
+    the HTTP app of the same process shares them. It owns them from then on: `stop` closes both.
     """
 
     def __init__(
@@ -74,16 +50,16 @@ class ServiceHost:
         services: Sequence[ServiceSpec],
         ports: Mapping[str, Any],
         *,
-        bus: Bus | None = None,
-        engine: AsyncEngine | None = None,
+        bus: Bus,
+        engine: AsyncEngine,
         drain_timeout_s: float = 25.0,
-        max_batch: int = 100,
+        max_batch: int = runtime.MAX_BATCH,
     ) -> None:
         self.settings = settings
         self.services = list(services)
         self.ports: dict[str, Any] = {"settings": settings, **ports}
-        self.engine = engine or database.create_engine(settings.effective_database_url)
-        self.bus = bus or build_bus(settings)
+        self.engine = engine
+        self.bus = bus
         self.waker = runtime.RelayWaker()
         self.max_batch = max_batch
         self.relay = runtime.OutboxRelay(
@@ -101,7 +77,6 @@ class ServiceHost:
         ]
         workers.append(Worker("outbox-relay", self._relaying, drains_last=True))
         self.supervisor = Supervisor(workers, drain_timeout_s=drain_timeout_s)
-        self._signalled = asyncio.Event()
         self._started = False
 
     def supervise(self, worker: Worker) -> None:
@@ -133,25 +108,6 @@ class ServiceHost:
         await self.bus.stop()
         await self.engine.dispose()
         log.info("services stopped", services=[s.name for s in self.services])
-
-    async def run_until_signalled(self) -> int:
-        """Start, run until SIGTERM or SIGINT, drain and stop; returns the process exit code."""
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._signalled.set)
-        try:
-            await self.start()
-            await self._signalled.wait()
-            log.info("stop signal received; draining")
-        finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
-            await self.stop()
-        return 0
-
-    def request_stop(self) -> None:
-        """Ask `run_until_signalled` to drain and return, as a signal would."""
-        self._signalled.set()
 
     async def readiness(self) -> dict[str, str | None]:
         """Ready means it can do its job: the store answers and every consumer is subscribed."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 from collections import Counter
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from mlcd import lineage
 from mlcd.store import database, outbox
 from tests.support import processes
 
@@ -77,3 +79,72 @@ def test_demo_plays_the_whole_story(tmp_path: Path) -> None:
     succeeded = [e for e in journal if e["type"] == "mlcd.serving.rollout_succeeded.v1"]
     assert rolled_back["data"]["from_version"] == succeeded[-1]["data"]["model_version"]  # type: ignore[index]
     assert rolled_back["data"]["to_version"] == succeeded[0]["data"]["model_version"]  # type: ignore[index]
+    _assert_lineage_is_complete(journal, [str(e["data"]["model_version"]) for e in succeeded])  # type: ignore[index]
+
+
+def _assert_lineage_is_complete(journal: list[dict[str, object]], versions: list[str]) -> None:
+    """Each rolled-out version's lineage holds every link of its chain, each link a journaled event."""
+    by_id = {str(e["id"]): e for e in journal}
+    for version in versions:
+        found = lineage.of_version(journal, "wine_quality", version)
+        assert found is not None and found.missing == [], found
+        steps = [s.step for s in found.steps]
+        for link in ("data batch", "validation", "training run", "model version", "gate", "promotion"):
+            assert link in steps, f"version {version}: no {link} in {steps}"
+        assert (
+            steps.index("data batch")
+            < steps.index("training run")
+            < steps.index("gate")
+            < steps.index("rollout")
+        )
+        assert all(by_id[s.id]["data"] == s.data for s in found.steps), "each step is its journaled event"
+        # One chain from the batch's arrival to the rollout, across validator, trainer, gatekeeper (its
+        # API approval) and the deployer's timer steps: the arrival's id is the correlation id of them all.
+        arrival = next(s for s in found.steps if s.step == "data batch")
+        in_chain = {
+            "data batch",
+            "validation",
+            "training run",
+            "model version",
+            "gate",
+            "promotion",
+            "rollout",
+        }
+        chained = [s for s in found.steps if s.step in in_chain or s.step == "rollout step"]
+        assert {s.correlation for s in chained} == {arrival.id} == {found.correlation}, [
+            (s.step, s.correlation) for s in chained
+        ]
+    rolled_back_from = lineage.of_version(journal, "wine_quality", versions[-1])
+    assert rolled_back_from is not None and rolled_back_from.steps[-1].step == "rollback"
+    assert "away from this version" in rolled_back_from.steps[-1].summary
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_the_demo_ends_it_with_one_line_and_no_traceback(tmp_path: Path) -> None:
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "MLCD_"))}
+    env = {**inherited, "MLCD_HOME": str(tmp_path), "MLCD_HTTP_PORT": str(processes.free_port())}
+    output = tmp_path / "demo.out"
+    with open(output, "wb") as out:
+        demo = subprocess.Popen(
+            [MLCD, "demo"],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            # as a terminal's Ctrl-C reaches it: a shell may have started the test with SIGINT ignored
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+    try:
+        # the story has begun: the services serve and the first webhook went in
+        processes.wait_until(lambda: b"a GitLab push" in output.read_bytes(), 180, "the story to start")
+        demo.send_signal(signal.SIGINT)
+        demo.wait(timeout=120)
+    finally:
+        if demo.poll() is None:
+            os.killpg(demo.pid, signal.SIGKILL)
+            demo.wait()
+    said = output.read_text()
+    assert demo.returncode == 130, said[-3000:]
+    assert "Traceback" not in said, said[-3000:]
+    assert "demo INTERRUPTED: stopped by a signal before the story ended" in said

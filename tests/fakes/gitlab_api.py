@@ -3,7 +3,8 @@
 It follows GitLab's paths and payload shapes for what mlcd uses: projects by id or URL-encoded path,
 commit statuses (with GitLab's refusal of a repeated pending/running transition), merge-request notes,
 commit comments, repository tree and raw files at a ref, project members including inherited ones,
-users by name, `/version` and `/user`. It records every call and can be told to fail the next requests.
+users by name, `/version` and `/user`; merge requests of a commit, a merge request's diffs (paginated) and
+its approvals. It records every call and can be told to fail the next requests.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ class _Project:
     notes: dict[int, list[dict[str, Json]]] = field(default_factory=dict)  # MR iid → notes
     comments: dict[str, list[dict[str, Json]]] = field(default_factory=dict)  # sha → commit comments
     issues: list[dict[str, Json]] = field(default_factory=list)
+    diffs: dict[int, list[dict[str, Json]]] = field(default_factory=dict)  # MR iid → its diff, file by file
+    approvals: dict[int, list[int]] = field(default_factory=dict)  # MR iid → ids of users who approve it
 
 
 class _Reply(Exception):
@@ -102,28 +105,63 @@ class FakeGitLab:
         with self._lock:
             self._project(project).trees[ref] = _encoded(files)
 
-    def add_member(self, project: str, username: str, access_level: int) -> None:
+    def _user_id(self, username: str) -> int:
         user_id = next((i for i, name in self._users.items() if name == username), None)
-        if user_id is None:
-            user_id = self.add_user(username)
+        return self.add_user(username) if user_id is None else user_id
+
+    def add_member(self, project: str, username: str, access_level: int) -> None:
+        user_id = self._user_id(username)
         with self._lock:
             self._project(project).members[user_id] = access_level
 
     def add_merge_request(
-        self, project: str, iid: int, *, source_branch: str = "feature", sha: str = ""
+        self,
+        project: str,
+        iid: int,
+        *,
+        source_branch: str = "feature",
+        sha: str = "",
+        author: str = "mr-author",
+        state: str = "opened",
+        merge_commit_sha: str | None = None,
+        changed_paths: list[str] | None = None,
     ) -> None:
+        """A merge request whose head is `sha`; its diff names `changed_paths` (default: the files whose
+        content at `sha` differs from the default branch's, or every file when `sha` has no files of its
+        own, so a test that says nothing about the diff sees a merge request that may touch anything)."""
+        author_id = self._user_id(author)
         with self._lock:
             found = self._project(project)
             found.merge_requests[iid] = {
                 "id": next(self._ids),
                 "iid": iid,
                 "project_id": found.id,
-                "state": "opened",
+                "title": f"Change {iid}",
+                "state": state,
                 "source_branch": source_branch,
                 "target_branch": found.default_branch,
                 "sha": sha,
+                "merge_commit_sha": merge_commit_sha,
+                "squash_commit_sha": None,
+                "author": self._user(author_id),
                 "web_url": f"{self.url}/{found.path}/-/merge_requests/{iid}",
             }
+            base = found.trees.get(found.default_branch, found.trees[None])
+            if changed_paths is not None:
+                found.diffs[iid] = [_diff(path) for path in changed_paths]
+            elif sha in found.trees:
+                found.diffs[iid] = _tree_diff(found.trees[sha], base)
+            else:
+                found.diffs[iid] = [_diff(path) for path in sorted(base)]
+            found.approvals[iid] = []
+
+    def approve_merge_request(self, project: str, iid: int, username: str) -> None:
+        user_id = self._user_id(username)
+        with self._lock:
+            found = self._project(project)
+            self._merge_request(found, str(iid))
+            if user_id not in found.approvals[iid]:
+                found.approvals[iid].append(user_id)
 
     def statuses(self, project: str, sha: str) -> list[dict[str, Json]]:
         with self._lock:
@@ -260,8 +298,39 @@ class FakeGitLab:
                 }
                 self._project(ref).comments.setdefault(sha, []).append(comment)
                 return _Reply(201, comment)
+            case ("GET", ["projects", ref, "repository", "commits", sha, "merge_requests"]):
+                # GitLab lists the merge requests whose commits, merge commit or squash commit it is
+                project = self._project(ref)
+                found = [
+                    mr
+                    for mr in project.merge_requests.values()
+                    if sha in (mr["sha"], mr["merge_commit_sha"], mr["squash_commit_sha"])
+                ]
+                return self._page(found, query, raw_path)
             case ("GET", ["projects", ref, "merge_requests", iid]):
                 return _Reply(200, self._merge_request(self._project(ref), iid))
+            case ("GET", ["projects", ref, "merge_requests", iid, "diffs"]):
+                project = self._project(ref)
+                self._merge_request(project, iid)
+                return self._page(list(project.diffs.get(int(iid), [])), query, raw_path)
+            case ("GET", ["projects", ref, "merge_requests", iid, "approvals"]):
+                project = self._project(ref)
+                mr = self._merge_request(project, iid)
+                approvers = project.approvals.get(int(iid), [])
+                return _Reply(
+                    200,
+                    {
+                        "id": mr["id"],
+                        "iid": mr["iid"],
+                        "project_id": project.id,
+                        "title": mr["title"],
+                        "state": mr["state"],
+                        "approved": bool(approvers),
+                        "approvals_required": 0,
+                        "approvals_left": 0,
+                        "approved_by": [{"user": self._user(user_id)} for user_id in approvers],
+                    },
+                )
             case ("GET", ["projects", ref, "merge_requests", iid, "notes"]):
                 project = self._project(ref)
                 self._merge_request(project, iid)
@@ -295,10 +364,10 @@ class FakeGitLab:
                 return self._page(found, query, raw_path)
             case ("POST", ["projects", ref, "issues"]):
                 project = self._project(ref)
-                iid = len(project.issues) + 1
+                number = len(project.issues) + 1
                 issue = {
                     "id": next(self._ids),
-                    "iid": iid,
+                    "iid": number,
                     "project_id": project.id,
                     "title": body.get("title", ""),
                     "description": body.get("description", ""),
@@ -306,7 +375,7 @@ class FakeGitLab:
                     "state": "opened",
                     "author": self._user(self.bot_id),
                     "created_at": _now(),
-                    "web_url": f"{self.url}/{project.path}/-/issues/{iid}",
+                    "web_url": f"{self.url}/{project.path}/-/issues/{number}",
                 }
                 project.issues.append(issue)
                 return _Reply(201, issue)
@@ -446,6 +515,26 @@ class FakeGitLab:
             params = "&".join(f"{k}={v}" for k, v in {**query, "page": str(page + 1)}.items())
             headers["Link"] = f'<{self.url}{raw_path}?{params}>; rel="next"'
         return _Reply(200, items[(page - 1) * per_page : page * per_page], headers)
+
+
+def _diff(path: str, *, new_file: bool = False, deleted_file: bool = False) -> dict[str, Json]:
+    """One file of a merge request's diff, as GET /projects/:id/merge_requests/:iid/diffs lists it."""
+    return {
+        "old_path": path,
+        "new_path": path,
+        "a_mode": "0" if new_file else "100644",
+        "b_mode": "0" if deleted_file else "100644",
+        "new_file": new_file,
+        "renamed_file": False,
+        "deleted_file": deleted_file,
+        "generated_file": False,
+        "diff": "",
+    }
+
+
+def _tree_diff(head: dict[str, bytes], base: dict[str, bytes]) -> list[dict[str, Json]]:
+    changed = [_diff(p, new_file=p not in base) for p in sorted(head) if base.get(p) != head[p]]
+    return changed + [_diff(p, deleted_file=True) for p in sorted(base) if p not in head]
 
 
 def _encoded(files: dict[str, bytes | str]) -> dict[str, bytes]:

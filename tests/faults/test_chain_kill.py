@@ -370,6 +370,7 @@ def minio_hook(key: str, size: int, etag: str) -> dict[str, Any]:
     hook["Key"] = f"landing/{key}"
     obj = hook["Records"][0]["s3"]["object"]
     obj.update(key=key.replace("/", "%2F"), size=size, eTag=etag, sequencer="18A0C0FFEE000001")
+    del obj["versionId"]  # the batch lies in the folder store, a bucket without versioning
     return hook
 
 

@@ -259,7 +259,13 @@ async def test_store_lost_inside_a_handler_pauses_the_event_instead_of_parking_i
             "handler_backoff_initial_s": 0.05,
         }
     )
-    host = ServiceHost(settings, [spec], {}, bus=MemoryBus(events.TOPICS))
+    host = ServiceHost(
+        settings,
+        [spec],
+        {},
+        bus=MemoryBus(events.TOPICS),
+        engine=create_engine(settings.effective_database_url),
+    )
     await host.start()
     await effects.create(host.engine)
     event = flows.arrived()

@@ -90,6 +90,8 @@ ENDPOINTS: dict[tuple[str, str], Access] = {
     ("GET", "/docs/oauth2-redirect"): Access("public", why="FastAPI's page over /openapi.json"),
     ("GET", "/redoc"): Access("public", why="FastAPI's page over /openapi.json"),
     ("GET", "/ui"): Access("public", why="static page; it asks for a token and sends it with each API call"),
+    ("GET", "/ui/page.js"): Access("public", why="the /ui page's own script; it holds no data"),
+    ("GET", "/ui/page.css"): Access("public", why="the /ui page's own style; it holds no data"),
     ("GET", "/v2"): Access("public", why=INFERENCE),
     ("GET", "/v2/health/live"): Access("public", why=INFERENCE),
     ("GET", "/v2/health/ready"): Access("public", why=INFERENCE),
@@ -115,12 +117,17 @@ ENDPOINTS: dict[tuple[str, str], Access] = {
     ("GET", "/api/v1/gates/{gate_id}"): Access("token"),
     ("GET", "/api/v1/models"): Access("token"),
     ("GET", "/api/v1/models/{model}"): Access("token"),
+    ("GET", "/api/v1/models/{model}/rollouts"): Access("token"),
+    ("GET", "/api/v1/models/{model}/rollouts/{rollout_id}/chart"): Access("token", 404),
+    ("GET", "/api/v1/models/{model}/chain"): Access("token"),
+    ("GET", "/api/v1/audit"): Access("token"),
     ("POST", "/api/v1/gates/{gate_id}/approve"): Access("group", groups=(APPROVERS,)),
     ("POST", "/api/v1/gates/{gate_id}/reject"): Access("group", groups=(APPROVERS,)),
     ("POST", "/api/v1/models/{model}/rollback"): Access("group", 202, groups=("oncall",)),
     ("POST", "/api/v1/models/{model}/retrain"): Access("group", 202, groups=("oncall",)),
     ("POST", "/api/v1/models/{model}/rollout/{action}"): Access("group", (202, 404, 409), groups=("oncall",)),
     ("POST", "/api/v1/explain"): Access("token"),
+    ("GET", "/api/v1/models/{model}/versions/{version}/lineage"): Access("token", 404),
 }
 GUARDED = [(endpoint, access) for endpoint, access in ENDPOINTS.items() if access.kind in ("token", "group")]
 PUBLIC = [(endpoint, access) for endpoint, access in ENDPOINTS.items() if access.kind == "public"]
@@ -272,7 +279,7 @@ class Api:
     ) -> httpx.Response:
         """Call `path` (a route template), its parameters filled with a gate and the policy's model."""
         url = path.replace("{path:path}", "nothing/here").format(
-            gate_id=gate_id or self.shared_gate, model=MODEL, version="1", action="pause"
+            gate_id=gate_id or self.shared_gate, model=MODEL, version="1", action="pause", rollout_id="1"
         )
         body: dict[str, Any] | None = None
         if method == "POST" and "/v2/" in path:
@@ -579,6 +586,7 @@ API_COMMANDS: dict[tuple[str, ...], Access] = {
     ("dlq", "list"): Access("token"),
     ("dlq", "replay"): Access("group", groups=("admin",)),
     ("explain",): Access("token"),
+    ("lineage",): Access("token"),
     **{("rollout", action): Access("group", groups=("oncall",)) for action in ROLLOUT_ACTIONS},
 }
 STORE = "reads or writes the state store directly: MLCD_DATABASE_URL is its credential, not an API token"
@@ -640,6 +648,8 @@ def cli_arguments(api: Api, words: tuple[str, ...]) -> list[list[str]]:
         return [[*words], [*words, MODEL]]
     if words[0] == "rollout":
         return [[*words, MODEL]]
+    if words == ("lineage",):
+        return [[*words, MODEL, "1"]]
     return [list(words)]
 
 
@@ -673,6 +683,10 @@ def test_api_command_answers_each_credential_in_one_line(
                 continue
             if not refused and words[0] == "rollout":  # allowed, but the model has no rollout to steer
                 assert result.exit_code == 1 and result.stderr.startswith("error: 409: "), said
+                assert len(result.stderr.strip().splitlines()) == 1, said
+                continue
+            if not refused and words == ("lineage",):  # allowed, but the journal names no version 1
+                assert result.exit_code == 1 and result.stderr.startswith("error: 404: "), said
                 assert len(result.stderr.strip().splitlines()) == 1, said
                 continue
             if not refused:

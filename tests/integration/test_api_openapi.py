@@ -19,6 +19,7 @@ from typing import Any, cast, get_args
 
 import httpx
 import pytest
+import requests
 import schemathesis
 import yaml
 from fastapi import FastAPI
@@ -109,7 +110,13 @@ def _check_api_call(case: Any) -> None:
     for who, headers in API_AUTHORIZATIONS.items():
         # An event stream does not end: schemathesis reads it up to the timeout, and its status is the answer.
         streamed = case.path.endswith("/stream")
-        response = case.call(headers=headers, timeout=1 if streamed else 15)
+        try:
+            response = case.call(headers=headers, timeout=1 if streamed else 15)
+        except requests.exceptions.ReadTimeout:
+            if not streamed:
+                raise
+            # The timeout also bounds the wait for the status line: on a loaded machine that can pass 1 s.
+            response = case.call(headers=headers, timeout=10)
         if response.stream_cut_short:
             assert response.status_code == 200, f"{case.method} {case.formatted_path} ({who})"
             continue

@@ -164,6 +164,7 @@ async def test_push_changing_the_pipeline_publishes_it_with_a_green_status(
             package_uri=f"recorded://wine_quality/{GOOD[:8]}",
             pipeline_id="pid-wine_quality",
             version_id=f"vid-{GOOD[:8]}",
+            author="alice",  # the pusher: the gate of what this pipeline trains keeps them from approving
         )
     ]
     statuses = fake.statuses(PROJECT, GOOD)
@@ -256,6 +257,31 @@ async def test_merge_request_keeps_one_note_updated_in_place(
     assert [s["status"] for s in fake.statuses(PROJECT, BROKEN)] == ["pending", "failed"]
     assert [s["status"] for s in fake.statuses(PROJECT, FIXED)] == ["pending", "success"]
     assert ports["orchestrator"].published == {}
+
+
+async def test_merge_request_checks_only_the_models_whose_paths_its_diff_changes(
+    engine: AsyncEngine, ports: dict[str, Any], fake: FakeGitLab, policies: PolicyBook
+) -> None:
+    (policies.folder / "iris.yaml").write_text(
+        POLICY.replace("wine_quality", "iris").replace("model: wine_quality", "model: iris")
+    )
+    fake.add_merge_request(PROJECT, 13, sha=FIXED, changed_paths=["pipelines/iris/pipeline.py"])
+    fake.add_merge_request(PROJECT, 14, sha=FIXED, changed_paths=["README.md"])
+    iris_change = merge_request("open", FIXED).model_copy(update={"iid": 13})
+    docs_change = merge_request("open", FIXED).model_copy(update={"iid": 14})
+
+    await deliver(engine, iris_change, ports)
+    await deliver(engine, docs_change, ports)
+
+    # every model of the project used to be compiled for any merge request: now only iris, whose
+    # pipeline the diff changes (its folder is absent at this commit, so its check fails), is checked
+    [note] = fake.notes(PROJECT, 13)
+    assert "`iris`" in note["body"] and "wine_quality" not in note["body"]
+    assert fake.notes(PROJECT, 14) == []
+    assert [s["name"] for s in fake.statuses(PROJECT, FIXED)] == ["mlcd/pipeline: iris"] * 2
+    assert fake.calls_to("GET", "/merge_requests/13/diffs") and fake.calls_to(
+        "GET", "/merge_requests/14/diffs"
+    )
 
 
 async def test_closed_merge_request_is_not_checked(

@@ -279,6 +279,12 @@ def test_commands_find_the_running_mlcd_up_by_its_home(tmp_path: Path) -> None:
             text=True,
         )
         assert (listed.returncode, listed.stdout.strip()) == (0, "no gates"), listed.stderr
+        # at every start it says where to look, where the token is and where data batches land
+        processes.wait_until(lambda: "data batches" in (tmp_path / "up.log").read_text(), 30, "the banner")
+        banner = (tmp_path / "up.log").read_text()
+        assert f"http://127.0.0.1:{port}/ui" in banner and str(home / "admin-token") in banner
+        landing = home / "objects" / "landing" / "wine_quality"
+        assert f"data batches   {landing}/" in banner and landing.is_dir()
     finally:
         processes.stop(server, timeout_s=60)
     assert server.returncode == 0

@@ -421,5 +421,13 @@ async def test_on_call_pauses_resumes_aborts_and_retries_a_rollout_through_the_a
     assert after_abort["last_rollout"]["reason"] == "aborted by on-call"
     assert after_abort["serving"]["canary_version"] is None and after_abort["champion"] == "1"
     assert retried.json()["version"] == "2" and retried.json()["event_id"]
-    kinds = await local.kinds()
+    emitted = await local.emitted()
+    kinds = [kind for kind, _ in emitted]
     assert kinds.count("approved") == 1  # the retry's approval, for the deployer to roll out
+    # pause and resume take effect at once, and are told at once (the page shows each one's event)
+    [told_paused] = [data for kind, data in emitted if kind == "rollout_paused"]
+    [told_resumed] = [data for kind, data in emitted if kind == "rollout_resumed"]
+    where = {"model": local.model, "model_version": "2", "traffic_percent": 10}
+    assert told_paused == {**where, "reason": "paused by olga", "figures": {}}
+    assert told_resumed == {**where, "resumed_by": "olga"}
+    assert paused.json()["event_id"] and resumed.json()["event_id"] and aborted.json()["event_id"] is None

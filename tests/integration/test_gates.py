@@ -158,6 +158,10 @@ class Stack:
 
     async def open_gate(self, version: str, author: str = "alice") -> dict[str, Any]:
         await self.publish(trained(self.model, version, author))
+        return await self.gate_for(version)
+
+    async def gate_for(self, version: str) -> dict[str, Any]:
+        """The open gate of `version`, once the gatekeeper opened it."""
 
         async def opened() -> list[dict[str, Any]]:
             answer = await self.http.get(
@@ -360,6 +364,7 @@ async def test_gate_lifecycle_through_the_cli(stack: Stack, monkeypatch: pytest.
 
     assert listed.exit_code == 0 and f"{gate['id']}  open" in listed.output
     assert shown.exit_code == 0 and "pass  accuracy_floor" in shown.output
+    assert f"caused by alice (may not approve it); merge request {stack.gitlab.url}/{PROJECT}" in shown.output
     assert forbidden.exit_code == 1 and "403" in forbidden.output
     assert no_reason.exit_code == 2 and "--reason" in no_reason.output
     assert blank_reason.exit_code == 2 and "a rejection needs a reason" in blank_reason.output
@@ -398,12 +403,96 @@ async def test_gate_decided_by_a_merge_request_comment(stack: Stack) -> None:
 
     async def replies() -> list[str]:
         notes = [n["body"] for n in stack.gitlab.notes(PROJECT, 7)]
-        return notes if len(notes) == 2 else []
+        return notes if len(notes) == 3 else []
 
-    notes = await eventually(replies, "two merge-request replies")
+    announced, *notes = await eventually(replies, "the gate's announcement and two replies")
+    assert f"promotion gate {gate['id']}" in announced  # the merge request of the gate's commit
     assert any("by @dan refused" in n for n in notes) and any("by @mia accepted" in n for n in notes)
     (approval,) = await stack.published(events.PromotionApproved)
     assert approval["data"]["approved_by"] == ["mia"]
+
+
+async def test_gate_links_the_merge_request_of_its_commit_and_is_announced_there_once(stack: Stack) -> None:
+    gate = await stack.open_gate(register(stack.mlflow_uri, stack.model, 0.85))
+    other = await stack.open_gate(register(stack.mlflow_uri, stack.model, 0.86))
+
+    merge_request = f"{stack.gitlab.url}/{PROJECT}/-/merge_requests/7"
+    assert gate["merge_request_url"] == other["merge_request_url"] == merge_request
+
+    async def announced() -> list[str]:
+        # the notes are posted right after the gate's transaction commits, so a gate the API lists may
+        # not be announced yet
+        found = [n["body"] for n in stack.gitlab.notes(PROJECT, 7)]
+        return (
+            found if all(any(f"promotion gate {g['id']}:" in b for b in found) for g in (gate, other)) else []
+        )
+
+    bodies = await eventually(announced, "both gates announced on the merge request")
+    assert [sum(f"promotion gate {g['id']}:" in b for b in bodies) for g in (gate, other)] == [1, 1]
+    assert (
+        f"comment `/mlcd approve {other['id']}`" in bodies[-1]
+        and f"on its merge request {merge_request}" in bodies[-1]
+    )
+    assert "caused by alice, who may not approve it" in bodies[-1]
+    [opened] = [e for e in await stack.published(events.GateOpened) if e["data"]["gate_id"] == gate["id"]]
+    assert (opened["data"]["author"], opened["data"]["merge_request_url"]) == ("alice", merge_request)
+
+
+async def test_merge_request_approvals_count_only_where_the_policy_says_so_and_never_the_authors(
+    stack: Stack,
+) -> None:
+    stack.gitlab.add_member(PROJECT, "alice", 40)  # a Maintainer, so only authorship stands in her way
+    stack.gitlab.approve_merge_request(PROJECT, 7, "alice")  # the author approved before the gate opened
+    gate = await stack.open_gate(register(stack.mlflow_uri, stack.model, 0.85))
+    ignored = await _approved_hook(stack, "mia", "approval-1")
+
+    async def handled() -> bool:
+        async with stack.engine.connect() as conn:
+            count = await conn.scalar(
+                select(func.count())
+                .select_from(inbox)
+                .where(inbox.c.event_type == events.MergeRequestChanged.type)
+            )
+        return count == 1
+
+    await eventually(handled, "the approval handled under the policy that does not count it")
+    write_policy(stack.folder, stack.model, approval={"merge_request_approval": True})
+    counted = await _approved_hook(stack, "mia", "approval-2")
+    assert ignored.status_code == counted.status_code == 202
+
+    async def approved() -> dict[str, Any] | None:
+        shown = (await stack.http.get(f"/api/v1/gates/{gate['id']}", headers=_bearer("dev"))).json()
+        return shown if shown["state"] == "approved" else None
+
+    shown = await eventually(approved, "the gate approved by the merge request's approval")
+    assert shown["approvals"] == ["mia"]
+    assert [(e["actor"], e["via"], e["outcome"], e["reason"]) for e in shown["audit"]][1:] == [
+        ("mia", "gitlab", "accepted", "approved merge request !7")
+    ]
+
+    late_gate = await stack.open_gate(register(stack.mlflow_uri, stack.model, 0.86))
+    audit = [(e.actor, e.via, e.outcome, e.reason) for e in await stack.audit(late_gate["id"])]
+    assert audit[1] == ("alice", "gitlab", "refused", "the author of the change may not approve it")
+    assert late_gate["state"] == "open"
+
+    async def replies() -> list[str]:
+        notes = [n["body"] for n in stack.gitlab.notes(PROJECT, 7) if "mlcd: approval of gate" in n["body"]]
+        return notes or []
+
+    assert any("by @mia accepted" in n for n in await eventually(replies, "the reply to the approval"))
+
+
+async def _approved_hook(stack: Stack, username: str, key: str) -> httpx.Response:
+    body = json.loads((REPO / "tests" / "fixtures" / "ingest" / "gitlab_merge_request.json").read_text())
+    body["user"]["username"] = username
+    body["project"]["path_with_namespace"] = PROJECT
+    body["object_attributes"].update(action="approved", iid=7, last_commit={"id": COMMIT})
+    headers = {
+        "X-Gitlab-Token": GITLAB_SECRET,
+        "X-Gitlab-Event": "Merge Request Hook",
+        "Idempotency-Key": key,
+    }
+    return await stack.http.post("/hooks/gitlab", json=body, headers=headers)
 
 
 async def test_policy_listed_gitlab_user_may_decide_without_a_role(stack: Stack) -> None:
@@ -527,3 +616,27 @@ async def test_approving_rechecks_the_rules_when_the_champion_changed_since_the_
     shown = (await stack.http.get(f"/api/v1/gates/{gate['id']}", headers=_bearer("dev"))).json()
     assert shown["state"] == "open" and shown["approvals"] == []
     assert [(e["actor"], e["outcome"]) for e in shown["audit"]][-1] == ("olivia", "refused")
+
+
+async def test_the_recheck_judges_rules_over_the_batch_with_the_batch_the_gate_was_opened_on(
+    stack: Stack,
+) -> None:
+    """A rule that reads the batch's validation and the champion together is re-judged on approval with
+    the same batch verdict as at opening; with no data view it errored and was waved through."""
+    combined = "candidate.metrics.accuracy >= champion.metrics.accuracy - 0.005 || data.rows >= 10000"
+    rules = [{"name": "no_regression_unless_big_batch", "expr": combined}]
+    write_policy(stack.folder, stack.model, promotion={"rules": rules, "first_model_rules": rules})
+    validated = events.DataValidated(
+        model=stack.model, uri="s3://landing/churn/batch-1.csv", rows=500, suite="churn", result_uri=""
+    )
+    crown(stack.mlflow_uri, stack.model, register(stack.mlflow_uri, stack.model, 0.84))
+    candidate = trained(stack.model, register(stack.mlflow_uri, stack.model, 0.86))
+    async with stack.engine.begin() as conn:  # journaled as the validator and the trainer would have
+        await outbox.add(conn, [events.new_event(validated, source="mlcd/test"), candidate], sent=True)
+    await stack.publish(candidate)
+    gate = await stack.gate_for(candidate.data.model_version)
+    crown(stack.mlflow_uri, stack.model, register(stack.mlflow_uri, stack.model, 0.95))
+
+    refused = await stack.decide(gate["id"], "approve", "olivia")
+    assert refused.status_code == 409, refused.text
+    assert "no_regression_unless_big_batch" in refused.json()["error"]

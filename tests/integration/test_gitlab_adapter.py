@@ -166,6 +166,48 @@ async def test_access_level_reads_inherited_membership(host: gitlab.GitLabCodeHo
     assert any("/members/all/" in c.path for c in fake.calls)
 
 
+async def test_merge_requests_of_a_commit_name_the_merged_one_first(
+    host: gitlab.GitLabCodeHost, fake: FakeGitLab
+) -> None:
+    merge_commit = "9" * 40
+    fake.add_merge_request(
+        PROJECT, 8, sha="8" * 40, author="mara", state="merged", merge_commit_sha=merge_commit
+    )
+    fake.add_merge_request(PROJECT, 9, sha=merge_commit, author="tom")
+
+    found = await host.merge_requests_of_commit(PROJECT, merge_commit)
+    none = await host.merge_requests_of_commit(PROJECT, "1" * 40)
+
+    assert [(m.iid, m.author, m.state) for m in found] == [(8, "mara", "merged"), (9, "tom", "opened")]
+    assert found[0].url == f"{fake.url}/{PROJECT}/-/merge_requests/8"
+    assert none == []
+    assert fake.calls_to("GET", f"/projects/{PROJECT}/repository/commits/{merge_commit}/merge_requests")
+
+
+async def test_merge_request_paths_follow_the_paginated_diffs(
+    host: gitlab.GitLabCodeHost, fake: FakeGitLab
+) -> None:
+    many = [f"data/file_{n:03}.csv" for n in range(130)] + ["pipelines/wine_quality/pipeline.py"]
+    fake.add_merge_request(PROJECT, 10, sha="a" * 40, changed_paths=many)
+
+    paths = await host.merge_request_paths(PROJECT, 10)
+
+    assert paths == many
+    assert len(fake.calls_to("GET", "/merge_requests/10/diffs")) == 2  # 100 a page
+
+
+async def test_merge_request_approvers_are_read_from_its_approvals(
+    host: gitlab.GitLabCodeHost, fake: FakeGitLab
+) -> None:
+    assert await host.merge_request_approvers(PROJECT, 7) == []
+    fake.approve_merge_request(PROJECT, 7, "rita")
+    fake.approve_merge_request(PROJECT, 7, "sam")
+
+    assert await host.merge_request_approvers(PROJECT, 7) == ["rita", "sam"]
+    with pytest.raises(NotFound):
+        await host.merge_request_approvers(PROJECT, 404)
+
+
 async def test_ping_checks_the_token(fake: FakeGitLab) -> None:
     await gitlab.GitLabCodeHost(fake.url, fake.token).ping()
 

@@ -24,6 +24,7 @@ KUBERNETES_VERSION = "1.35"
 RELEASE, NAMESPACE = "prod", "mlcd"
 SERVICES = ("ingest", "builder", "validator", "trainer", "gatekeeper", "deployer", "notifier")
 CONSUMERS = SERVICES[1:]
+LINEAGE = "lineage-export"  # off by default; on in EVERYTHING, with somewhere to write
 TOKEN_SHA256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 
 EVERYTHING = {
@@ -43,9 +44,18 @@ EVERYTHING = {
         "kfpExperiment": "mlcd",
         "kfpServiceAccountToken": True,
         "prometheusUrl": "http://prometheus.monitoring:9090",
+        "seldonNamespace": "seldon-models",
+        "seldonInferenceUrl": "http://seldon-mesh.seldon-models",
+        "katibNamespace": "team-ml",
+        "trainingNamespace": "team-ml",
         "gitlabUrl": "https://gitlab.example.com",
         "minioKafkaTopic": "minio-events",
+        "lineage": {
+            "openlineageUrl": "http://marquez.lineage:5000",
+            "mlmdStore": "grpc://metadata-grpc-service.kubeflow:8080",
+        },
     },
+    "services": {LINEAGE: {"enabled": True}},
     "secrets": {"gitlabToken": "glpat-x", "gitlabWebhookSecret": "s3cret", "alertmanagerToken": "am"},
     "apiTokens": {"tokens": [{"name": "alice", "groups": ["oncall"], "token_sha256": TOKEN_SHA256}]},
     "topologySpreadConstraints": [
@@ -142,7 +152,7 @@ def test_custom_resources_are_checked_against_their_crd_schema() -> None:
 def test_one_deployment_per_service_runs_mlcd_serve(value_set: str) -> None:
     deployments = of_kind(rendered(value_set), "Deployment")
 
-    assert sorted(deployments) == sorted(SERVICES)
+    assert sorted(deployments) == sorted(SERVICES + ((LINEAGE,) if value_set == "everything" else ()))
     for service, deployment in deployments.items():
         assert deployment["metadata"]["name"] == f"prod-mlcd-{service}"
         assert container(deployment)["args"] == ["serve", service]
@@ -261,11 +271,12 @@ def test_keda_scales_each_consumer_on_its_own_group_lag() -> None:
     ] == [
         ("kafka", "prod.mlcd-trainer", "prod.mlcd.data"),
         ("kafka", "prod.mlcd-trainer", "prod.mlcd.training"),
+        ("kafka", "prod.mlcd-trainer", "prod.mlcd.features"),
     ]
     assert trainer["triggers"][0]["authenticationRef"] == {"name": "kafka-credentials"}
 
 
-@pytest.mark.parametrize("service", CONSUMERS)
+@pytest.mark.parametrize("service", (*CONSUMERS, LINEAGE))
 def test_keda_watches_exactly_the_topics_the_service_consumes(service: str) -> None:
     consumed = {payload.topic() for payload in bootstrap.service(service).handlers}
     with helm_python.Chart.load(CHART) as chart:
@@ -281,7 +292,8 @@ def test_autoscaled_deployments_leave_the_replica_count_to_the_autoscaler() -> N
     assert of_kind(manifests, "HorizontalPodAutoscaler")["ingest"]["spec"]["scaleTargetRef"]["name"] == (
         "prod-mlcd-ingest"
     )
-    assert all("replicas" not in d["spec"] for d in deployments.values())
+    assert all("replicas" not in d["spec"] for name, d in deployments.items() if name != LINEAGE)
+    assert deployments[LINEAGE]["spec"]["replicas"] == 1  # in neither autoscaler's list
     assert all("replicas" in d["spec"] for d in of_kind(rendered("defaults"), "Deployment").values())
 
 
@@ -308,12 +320,12 @@ def test_every_service_is_scraped_and_no_pod_disruption_takes_a_whole_service() 
     assert monitor["spec"]["endpoints"][0]["port"] == "http"
     assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
     services = of_kind(manifests, "Service")
-    assert sorted(services) == sorted(SERVICES)
+    assert sorted(services) == sorted((*SERVICES, LINEAGE))
     for service in services.values():
         assert selector.items() <= service["metadata"]["labels"].items()
         assert [p["name"] for p in service["spec"]["ports"]] == ["http"]
     budgets = of_kind(manifests, "PodDisruptionBudget")
-    assert sorted(budgets) == sorted(SERVICES)
+    assert sorted(budgets) == sorted((*SERVICES, LINEAGE))
     assert all(b["spec"]["maxUnavailable"] == 1 for b in budgets.values())
 
 
@@ -452,6 +464,11 @@ def test_install_notes_give_the_webhook_urls_and_warn_when_the_api_is_closed() -
             {"config": {"kafka": {"security": {"saslMechanism": "GSSAPI"}}}},
             "/config/kafka/security/saslMechanism",
         ),
+        (
+            {"services": {LINEAGE: {"enabled": True}}},
+            "has nowhere to write: set config.lineage.openlineageUrl",
+        ),
+        ({"config": {"lineage": {"mlmdStore": "mysql://mlmd:pw@mysql/mlmd"}}}, "/config/lineage/mlmdStore"),
     ],
 )
 def test_values_that_cannot_work_are_refused_at_render_time_with_the_reason(
@@ -528,3 +545,20 @@ def test_multi_user_kubeflow_gets_a_projected_token_for_the_pipelines_audience()
         assert mounts["kfp-token"] == token_dir
     with pytest.raises(helm_python.HelmError, match="need an experiment there"):
         _render({"config": {"kfpNamespace": "team-ml"}})
+
+
+def test_the_lineage_exporter_runs_only_when_enabled_and_gets_its_stores() -> None:
+    assert LINEAGE not in of_kind(rendered("defaults"), "Deployment")
+    settings = of_kind(rendered("defaults"), "ConfigMap")["prod-mlcd-config"]["data"]
+    assert not any(k.startswith(("MLCD_OPENLINEAGE", "MLCD_MLMD")) for k in settings)
+
+    values = {**EVERYTHING, "secrets": {"openlineageApiKey": "ol-key", "mlmdPassword": "pw"}}
+    manifests = tuple(_render(values))
+    exporter = of_kind(manifests, "Deployment")[LINEAGE]
+    settings = of_kind(manifests, "ConfigMap")["prod-mlcd-config"]["data"]
+    secrets = of_kind(manifests, "Secret")["prod-mlcd"]["stringData"]
+    assert container(exporter)["args"] == ["serve", LINEAGE]
+    assert settings["MLCD_OPENLINEAGE_URL"] == "http://marquez.lineage:5000"
+    assert settings["MLCD_MLMD_STORE"] == "grpc://metadata-grpc-service.kubeflow:8080"
+    assert settings["MLCD_MLMD_PYTHON"] == "/opt/mlmd/bin/python"
+    assert secrets["MLCD_OPENLINEAGE_API_KEY"] == "ol-key" and secrets["MLCD_MLMD_PASSWORD"] == "pw"

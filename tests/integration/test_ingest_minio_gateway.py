@@ -11,7 +11,9 @@ from typing import Any
 import pytest
 
 from mlcd import events
+from mlcd.adapters.objectstore import MinioObjectStore
 from mlcd.bus.memory import MemoryBus
+from mlcd.errors import ObjectChanged
 from mlcd.store import migrate, outbox
 from mlcd.store.database import create_engine
 from tests.support import flows, ingest_app, minio_gateway
@@ -69,3 +71,15 @@ async def test_upload_through_the_gateway_arrives_as_data_for_the_model(
     assert event["data"]["key"] == "wine_quality/batch 01.csv"
     assert event["data"]["uri"] == "s3://landing/wine_quality/batch 01.csv"
     assert event["data"]["size"] == len(data)
+    assert event["data"]["author"] == gateway.access_key  # MinIO's userIdentity.principalId: the uploader
+
+    # The notification's eTag pins the batch: the validator's read with it gets these bytes, and once the
+    # key is overwritten, the same pinned read is refused instead of handing back other bytes.
+    objects = MinioObjectStore(gateway.endpoint, gateway.access_key, gateway.secret_key, timeout_s=10)
+    key, etag = event["data"]["key"], event["data"]["etag"]
+    assert etag and await objects.get("landing", key, 1_000_000, etag=etag) == data
+    await asyncio.to_thread(
+        gateway.client().put_object, "landing", key, io.BytesIO(b"other bytes\n"), 12, content_type="text/csv"
+    )
+    with pytest.raises(ObjectChanged, match=f"etag {etag}, now etag "):
+        await objects.get("landing", key, 1_000_000, etag=etag)

@@ -9,6 +9,7 @@ queue-proxy metrics of the real answers and MLServer's own. The timer ticks in r
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -19,6 +20,7 @@ from typing import Any
 
 import pytest
 from kubernetes import client
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mlcd import events
@@ -28,6 +30,7 @@ from mlcd.deployer import handlers
 from mlcd.policy.book import PolicyBook
 from mlcd.store import migrate, rollouts
 from mlcd.store.database import create_engine
+from mlcd.store.tables import outbox as outbox_table
 from tests.fakes import kube_api
 from tests.support import (
     kserve_models,
@@ -214,6 +217,14 @@ async def test_no_traffic_is_inconclusive_and_pauses_then_abort_and_a_retry_with
         assert paused.state == rollouts.PAUSED, f"{paused.state}: {paused.reason}"
         assert paused.step_index == 0 and "inconclusive" in paused.reason and "no data" in paused.reason
         assert await run.champion() == kserve_models.GOOD
+        async with run.engine.connect() as conn:  # what the notifier tells as a rollout_paused notice
+            query = select(outbox_table.c.value).where(outbox_table.c.event_type == events.RolloutPaused.type)
+            [told] = [json.loads(value) for value in (await conn.scalars(query)).all()]
+        assert (told["model_version"], told["traffic_percent"]) == (
+            kserve_models.ALSO_GOOD,
+            paused.traffic_percent,
+        )
+        assert told["reason"].startswith("analysis inconclusive") and "no data" in told["reason"]
 
         async with run.engine.begin() as conn:  # what `mlcd rollout abort` asks through the API
             await rollouts.request(conn, paused, "abort", handlers._now())

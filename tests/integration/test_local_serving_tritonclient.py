@@ -43,9 +43,13 @@ def expected(mlflow_uri: str, model: str) -> dict[str, np.ndarray[Any, Any]]:
     import mlflow.pyfunc
 
     frame = pd.DataFrame(GOOD_ROWS, columns=FEATURES)
-    mlflow.set_registry_uri(mlflow_uri)
+    # The registry is asked through a client of its own: mlflow.set_registry_uri would pin it process-wide
+    # (and in MLFLOW_REGISTRY_URI for child processes), sending later tests' registrations to this server.
+    client = mlflow.MlflowClient(tracking_uri=mlflow_uri, registry_uri=mlflow_uri)
     return {
-        version: np.asarray(mlflow.pyfunc.load_model(f"models:/{model}/{version}").predict(frame))
+        version: np.asarray(
+            mlflow.pyfunc.load_model(client.get_model_version_download_uri(model, version)).predict(frame)
+        )
         for version in ("1", "2")
     }
 

@@ -21,6 +21,7 @@ from mlcd.adapters.gitlab import GitLabCodeHost
 from mlcd.bus.memory import MemoryBus
 from mlcd.config import Settings
 from mlcd.notifier import handlers, messages
+from mlcd.policy import schema
 from mlcd.policy.book import PolicyBook
 from mlcd.runner import ServiceHost
 from mlcd.store import gates, notices
@@ -79,6 +80,13 @@ def outcome_events(model: str, gate_id: str) -> list[events.Envelope[Any]]:
             model=model, model_version="5", gate_id="zz" + gate_id[2:], reason="expired"
         ),
         events.RolloutSucceeded(model=model, model_version="4", previous_version="3"),
+        events.RolloutPaused(
+            model=model,
+            model_version="5",
+            traffic_percent=10,
+            reason="analysis inconclusive at 10% for 0:10:00: only 3 requests",
+            figures={"requests": 3.0},
+        ),
         events.RolledBack(
             model=model,
             from_version="5",
@@ -172,7 +180,7 @@ async def notified(engine: AsyncEngine, tmp_path: Path) -> AsyncIterator[Notifie
 
 
 KINDS = ["notice", "data_rejected", "training_failed", "pipeline_build_failed", "gate_opened",
-         "gate_decided", "gate_expired", "rollout_succeeded", "rolled_back"]  # fmt: skip
+         "gate_decided", "gate_expired", "rollout_paused", "rollout_succeeded", "rolled_back"]  # fmt: skip
 
 
 async def test_each_outcome_is_told_once_on_every_channel_also_when_redelivered(notified: Notified) -> None:
@@ -216,6 +224,8 @@ async def test_each_outcome_is_told_once_on_every_channel_also_when_redelivered(
     assert "expired" in by_kind["gate_expired"]
     assert "error_rate = 0.31" in by_kind["rolled_back"]
     assert "champion now" in by_kind["rollout_succeeded"]
+    assert "only 3 requests" in by_kind["rollout_paused"] and "requests = 3" in by_kind["rollout_paused"]
+    assert f"mlcd rollout promote {notified.model}" in by_kind["rollout_paused"]
     for kind, text in by_kind.items():
         print(f"--- {kind} (as the Slack-compatible receiver got it)\n{text}")
 
@@ -299,6 +309,24 @@ async def test_a_failing_channel_is_retried_without_repeating_what_was_sent(
     assert "XXXXSECRET" not in found["teams"].error + found["webhook"].error
 
 
+def test_every_kind_a_policy_can_name_is_told() -> None:
+    """A channel's `events` filter names kinds from the policy schema: each is one the notifier sends."""
+    assert sorted(KINDS) == sorted(schema.NOTICE_KINDS)
+
+
+def test_a_superseded_gate_is_told_as_superseded_with_where_to_decide_now() -> None:
+    # as the gatekeeper closes an older open gate when a newer candidate's gate opens
+    closed = events.PromotionRejected(
+        model="m", model_version="4", gate_id="g1", reason="superseded by version 5 (gate g2)",
+        rejected_by="mlcd",
+    )  # fmt: skip
+    message = messages.render(events.new_event(closed, source="mlcd/gatekeeper"), API)
+    assert message is not None and message.kind == "gate_decided"
+    assert message.title == "promotion gate g1 superseded"
+    assert "superseded by version 5 (gate g2)" in message.what and "rejected by" not in message.what
+    assert "mlcd gates list --model m --state open" in message.act
+
+
 def test_only_state_changes_are_told() -> None:
     kinds = {type(e.data).__name__: messages.render(e, API) for e in outcome_events("m", "g1")}
     assert kinds["RolloutStepCompleted"] is None and kinds["TrainingStarted"] is None
@@ -315,3 +343,27 @@ async def test_an_issue_is_opened_once_per_marker(tmp_path: Path) -> None:
         other = await host.open_issue(PROJECT, "mlcd data_rejected e2", "mlcd: batch rejected", "why")
         assert first == again != other
         assert len(gitlab.issues(PROJECT)) == 2
+
+
+async def test_a_data_triggered_gate_is_announced_in_an_issue_naming_its_uploader(notified: Notified) -> None:
+    cause = f"data-{uuid.uuid4().hex}"
+    now = datetime.now(UTC)
+    seeded = gates.Gate(
+        id=gates.gate_id_for(cause), model=notified.model, model_version="6", champion_version="4",
+        state="open", rules=[], approvals_required=1, approver_groups=["oncall"], author="dana",
+        project=PROJECT, commit="", created_at=now, expires_at=now + timedelta(hours=1), cause_event_id=cause,
+    )  # fmt: skip
+    async with notified.engine.begin() as conn:
+        gate_id = (await gates.open_gate(conn, seeded)).id
+    opened = events.GateOpened(
+        model=notified.model, gate_id=gate_id, model_version="6", champion_version="4", rules=RULES,
+        approvals_required=1, approver_groups=["oncall"], expires_at=seeded.expires_at, author="dana",
+    )  # fmt: skip
+    await notified.publish([events.new_event(opened, source="mlcd/gatekeeper")] * 2)
+    await notified.settled(1)
+
+    [issue] = notified.gitlab.issues(PROJECT)  # no commit to note on, and one issue for the redelivery too
+    assert issue["title"] == f"mlcd: [{notified.model}] promotion gate {gate_id} waits for approval"
+    assert f"mlcd gates approve {gate_id}" in issue["description"]
+    assert "caused by dana, who may not approve it" in issue["description"]
+    assert notified.gitlab.commit_comments(PROJECT, COMMIT) == []

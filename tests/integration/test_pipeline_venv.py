@@ -4,18 +4,14 @@ gateway over S3 and registering the model in a real MLflow server.
 
 Slow (pip installs pandas, scikit-learn and the MLflow client into each task's venv), so one run only; the
 time it took is printed (wall and CPU: on a shared machine the wall time mostly says how busy it is;
-1294 s wall at a load average of 22 on 2 cores, 705 s on a quieter run). pip on these machines keeps no
-HTTP cache, so every task would download its packages again: the declared packages and their
-dependencies are downloaded once into a wheelhouse (kept between runs under ~/.cache/mlcd, keyed by the
-pins), and the tasks install from it alone (PIP_NO_INDEX), as pods would from an in-cluster mirror.
+1294 s wall at a load average of 22 on 2 cores, 705 s on a quieter run, 130 s at load 6). The tasks
+install from a wheelhouse downloaded once (tests/support/wheelhouse.py), as pods would from an in-cluster
+mirror.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib.metadata
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -27,7 +23,7 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.conftest import REPO, unique
-from tests.support import wine_pipeline
+from tests.support import wheelhouse, wine_pipeline
 from tests.support.minio_gateway import Gateway, start_gateway
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3000)]
@@ -43,43 +39,12 @@ print("OUTPUTS " + json.dumps({k: str(v) for k, v in task.outputs.items()}))
 """
 
 
-def _pins() -> list[list[str]]:
-    components = wine_pipeline.components()
-    return [
-        components.LOAD_PACKAGES,
-        components.TRAIN_PACKAGES,
-        components.REGISTER_PACKAGES,
-        ["pip", "setuptools", "wheel"],  # the local runner upgrades these in each fresh venv first
-        # Each task installs kfp itself, without its dependencies (KFP's own install line).
-        ["--no-deps", f"kfp=={importlib.metadata.version('kfp')}", "typing-extensions"],
-    ]
-
-
 @pytest.fixture(scope="module")
-def wheelhouse() -> Path:
-    pins = _pins()
-    key = hashlib.sha256(json.dumps(pins).encode()).hexdigest()[:12]
-    folder = Path.home() / ".cache" / "mlcd" / f"pipeline-wheels-{key}"
-    if not (folder / ".complete").exists():
-        for group in pins:
-            subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "pip",
-                    "download",
-                    "--quiet",
-                    "--only-binary=:all:",
-                    "-d",
-                    str(folder),
-                    *group,
-                ],
-                check=True,
-                capture_output=True,
-                timeout=600,
-            )
-        (folder / ".complete").touch()
-    return folder
+def wheels() -> Path:
+    components = wine_pipeline.components()
+    return wheelhouse.wheelhouse(
+        [components.LOAD_PACKAGES, components.TRAIN_PACKAGES, components.REGISTER_PACKAGES]
+    )
 
 
 @pytest.fixture
@@ -90,7 +55,7 @@ def minio(tmp_path: Path) -> Iterator[Gateway]:
 
 
 def test_each_task_runs_in_a_venv_of_only_its_declared_packages(
-    tmp_path: Path, minio: Gateway, mlflow_uri: str, wheelhouse: Path
+    tmp_path: Path, minio: Gateway, mlflow_uri: str, wheels: Path
 ) -> None:
     batches = tmp_path / "batches"
     subprocess.run(
@@ -119,15 +84,9 @@ def test_each_task_runs_in_a_venv_of_only_its_declared_packages(
         "run_alias": "mlcd-run-alias",
         "run_name": run_name,
     }
-    # Only what a task's pod would have besides its own declared packages: the S3 credentials (from the
-    # Secret on a cluster), PATH and pip's configuration on this machine.
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if name in {"PATH", "HOME", "LANG", "TMPDIR"} or name.startswith("PIP_")
-    }
+    # Besides the task's own packages, only the S3 credentials (from the Secret on a cluster).
+    env = wheelhouse.task_environment(wheels)
     env |= {"AWS_ACCESS_KEY_ID": minio.access_key, "AWS_SECRET_ACCESS_KEY": minio.secret_key}
-    env |= {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(wheelhouse), "PIP_CONFIG_FILE": os.devnull}
 
     started = time.monotonic()
     done = subprocess.run(

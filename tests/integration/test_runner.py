@@ -8,8 +8,9 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from mlcd import events
+from mlcd import bootstrap, events, process
 from mlcd.bus.memory import MemoryBus
+from mlcd.bus.port import Bus
 from mlcd.bus.service import ServiceSpec, Timer
 from mlcd.config import Settings
 from mlcd.runner import ServiceHost
@@ -56,7 +57,7 @@ async def test_host_runs_declared_handlers_and_timers_and_publishes_what_they_em
     store_url: str, tmp_path: Path
 ) -> None:
     probe = _Probe()
-    host = ServiceHost(_settings(store_url, tmp_path), [probe.spec()], {"notifier": "log"})
+    host = _host(_settings(store_url, tmp_path), [probe.spec()], {"notifier": "log"})
     await host.start()
     await effects.create(host.engine)
     try:
@@ -84,7 +85,7 @@ async def test_stop_finishes_the_in_flight_handler_and_publishes_its_events(
 ) -> None:
     probe = _Probe(seconds=0.5)
     bus = MemoryBus(events.TOPICS)
-    host = ServiceHost(_settings(store_url, tmp_path), [probe.spec()], {"notifier": "log"}, bus=bus)
+    host = _host(_settings(store_url, tmp_path), [probe.spec()], {"notifier": "log"}, bus=bus)
     await host.start()
     await effects.create(host.engine)
     await flows.publish(bus, flows.arrived())
@@ -103,12 +104,22 @@ async def test_stop_finishes_the_in_flight_handler_and_publishes_its_events(
     assert len(reader.of_type(events.RetrainRequested.type)) == 1
 
 
-async def test_run_until_signalled_drains_and_returns_zero(store_url: str, tmp_path: Path) -> None:
-    host = ServiceHost(_settings(store_url, tmp_path), [_Probe().spec()], {"notifier": "log"})
-    running = asyncio.create_task(host.run_until_signalled())
+async def test_a_stop_drains_the_host_and_returns_zero(store_url: str, tmp_path: Path) -> None:
+    settings = _settings(store_url, tmp_path)
+    host = _host(settings, [_Probe().spec()], {"notifier": "log"})
+    stop = asyncio.Event()
+    running = asyncio.create_task(process.run(lambda: bootstrap.System(settings, host), stop=stop))
     await flows.eventually(lambda: _ready(host), "the host to answer readiness")
-    host.request_stop()
+    stop.set()
     assert await asyncio.wait_for(running, 30) == 0
+
+
+def _host(
+    settings: Settings, services: list[ServiceSpec], ports: dict[str, Any], bus: Bus | None = None
+) -> ServiceHost:
+    """A host composed as the composition root composes it: the bus and the store's engine from settings."""
+    engine = database.create_engine(settings.effective_database_url)
+    return ServiceHost(settings, services, ports, bus=bus or bootstrap.build_bus(settings), engine=engine)
 
 
 async def _ready(host: ServiceHost) -> bool:
@@ -129,7 +140,7 @@ async def test_readiness_names_the_store_that_does_not_answer(tmp_path: Path) ->
 
 async def test_embedded_defaults_create_the_sqlite_store_under_home(tmp_path: Path) -> None:
     home = tmp_path / "fresh" / ".mlcd"
-    host = ServiceHost(Settings(home=home, database_url=None, kafka_bootstrap=None), [], {})
+    host = _host(Settings(home=home, database_url=None, kafka_bootstrap=None), [], {})
     await host.start()
     try:
         assert await host.readiness() == {"store": None}
@@ -153,7 +164,7 @@ async def test_host_started_while_the_broker_is_down_consumes_once_it_answers(
         kafka_session_timeout_s=6,
         kafka_heartbeat_interval_s=1,
     )
-    host = ServiceHost(settings, [_Probe().spec()], {"notifier": "log"})
+    host = _host(settings, [_Probe().spec()], {"notifier": "log"})
     await host.start()
     await effects.create(host.engine)
     broker = None

@@ -259,6 +259,31 @@ async def test_poison_records_go_to_the_dlq_and_the_consumer_goes_on(bus: Any, e
     assert [r.note for r in await effects.rows(engine)] == ["after-the-poison.csv"]
 
 
+async def test_a_record_of_a_type_another_group_takes_is_left_to_that_group(
+    bus: Any, engine: AsyncEngine
+) -> None:
+    # Not decoded here (each group decodes only its own types), so not parked here even when invalid:
+    # the group that takes the type parks it once.
+    validated = events.encode(
+        events.new_event(
+            events.DataValidated(model="wine_quality", uri="u", rows=1, suite="s", result_uri="r"),
+            source="mlcd/test",
+        )
+    )
+    invalid = events.Record(
+        topic=validated.topic, key=validated.key, value=b'{"model": 1}', headers=validated.headers
+    )
+    await bus.publish([invalid])
+    await flows.publish(bus, flows.arrived(key="after.csv"))
+    async with flows.running(flows.consumer(bus, engine, [write_effect])):
+
+        async def next_handled() -> bool:
+            return await effect_count(engine) == 1
+
+        await flows.eventually(next_handled, "the record after it to be handled")
+    assert await _parked(engine) == []
+
+
 async def test_failure_in_the_middle_of_a_batch_keeps_the_events_around_it(
     bus: Any, engine: AsyncEngine
 ) -> None:
@@ -281,6 +306,50 @@ async def test_failure_in_the_middle_of_a_batch_keeps_the_events_around_it(
     assert calls.count("2.csv") == 1, "the failing handler runs once per attempt"
     [letter] = await _parked(engine)
     assert letter.error == "PermanentError: batch 2 is unreadable"
+
+
+async def test_a_slow_handler_does_not_hold_back_what_its_batch_handled_before_it(
+    bus: Any, engine: AsyncEngine
+) -> None:
+    first, second = flows.arrived(key="1.csv"), flows.arrived(key="2.csv")
+
+    async def second_waits_for_the_first(event: events.Envelope[Any], uow: UnitOfWork) -> None:
+        if event.id == second.id:
+
+            async def first_written() -> bool:
+                async with engine.connect() as conn:
+                    return await inbox_rows.seen(conn, "mlcd-probe", first.id)
+
+            await flows.eventually(first_written, "the first event written while the second is handled", 10)
+        uow.emit(
+            events.DataValidated(
+                model=event.data.model, uri=event.data.uri, rows=1, suite="s", result_uri="r"
+            )
+        )
+
+    await flows.publish(bus, first, second)  # one model, one partition: one poll batch
+    handling = runtime.Consumer(
+        bus=bus,
+        engine=engine,
+        group="mlcd-probe",
+        handlers={events.DataArrived.type: [second_waits_for_the_first]},
+        source="mlcd/probe",
+        retry=flows.FAST_RETRY,
+        write_within_s=0,
+    )
+    async with flows.running(handling):
+
+        async def both_written() -> bool:
+            async with engine.connect() as conn:
+                return await inbox_rows.seen_among(conn, "mlcd-probe", [first.id, second.id]) == {
+                    first.id,
+                    second.id,
+                }
+
+        await flows.eventually(both_written, "both events handled")
+    assert await _parked(engine) == []
+    async with engine.connect() as conn:
+        assert await outbox.count_unsent(conn) == 2
 
 
 # PostgreSQL only: SQLite serialises writers, so no other member can commit in the middle of a batch.

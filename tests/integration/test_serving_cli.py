@@ -48,6 +48,7 @@ def api(tmp_path: Path, mlflow_uri: str) -> Iterator[tuple[str, str, Path]]:
                 steps=[10, 50, 100],
                 next_analysis_at=None,
                 cause_event_id="seed",
+                correlation_id="seed",
             )
         policies = tmp_path / "policies"
         policies.mkdir()
@@ -141,3 +142,4 @@ def test_retrain_is_requested_or_refused_with_the_reason(api: tuple[str, str, Pa
     requested = events.RetrainRequested.model_validate_json(row[0])
     assert (requested.model, requested.data_uri) == (trained, "s3://l/b.csv")
     assert requested.reason == "new labels (requested by olga)"
+    assert requested.requested_by == "olga"  # the candidate's author: olga may not approve what she asked for

@@ -21,6 +21,8 @@ from mlcd import events
 from mlcd.adapters import kfp, objectstore
 from mlcd.adapters.kfp import KfpClientOrchestrator, LocalOrchestrator
 from mlcd.adapters.mlflow import MlflowRegistry
+from mlcd.adapters.optuna_tuner import OptunaTuner
+from mlcd.adapters.training_jobs import NoTrainingJobs
 from mlcd.bus import runtime
 from mlcd.bus.port import Bus
 from mlcd.bus.service import bind
@@ -77,6 +79,8 @@ async def kfp_ports(tmp_path: Path, fake: kfp_api.FakeKfp, mlflow_uri: str) -> d
         "orchestrator": orchestrator,
         "registry": MlflowRegistry(mlflow_uri),
         "objects": objectstore.build(settings),
+        "tuner": OptunaTuner(tmp_path, {}),
+        "jobs": NoTrainingJobs(),
     }
 
 
@@ -105,9 +109,9 @@ async def follow_until(
     await flows.eventually(followed, "the trainer reporting the run", timeout_s)
 
 
-def validated(uri: str) -> events.DataValidated:
+def validated(uri: str, author: str = "") -> events.DataValidated:
     return events.DataValidated(
-        model=MODEL, uri=uri, rows=178, suite="wine_quality", result_uri=uri + ".json"
+        model=MODEL, uri=uri, rows=178, suite="wine_quality", result_uri=uri + ".json", author=author
     )
 
 
@@ -213,9 +217,10 @@ async def test_triggers_during_a_run_coalesce_into_one_follow_up_on_the_newest_d
     engine: AsyncEngine, fake: kfp_api.FakeKfp, kfp_ports: dict[str, Any], mlflow_uri: str
 ) -> None:
     first, second, third = unique("evt"), unique("evt"), unique("evt")
-    await deliver(engine, kfp_ports, validated("s3://landing/wine_quality/1.csv"), first)
-    await deliver(engine, kfp_ports, validated("s3://landing/wine_quality/2.csv"), second)
-    await deliver(engine, kfp_ports, events.RetrainRequested(model=MODEL, reason="drift"), third)
+    await deliver(engine, kfp_ports, validated("s3://landing/wine_quality/1.csv", "ana-uploader"), first)
+    await deliver(engine, kfp_ports, validated("s3://landing/wine_quality/2.csv", "ben-uploader"), second)
+    retrain = events.RetrainRequested(model=MODEL, reason="drift", requested_by="olivia")
+    await deliver(engine, kfp_ports, retrain, third)
     assert len(fake.created_runs()) == 1
 
     first_run = fake.run_named(decisions.run_name(MODEL, first))
@@ -232,7 +237,13 @@ async def test_triggers_during_a_run_coalesce_into_one_follow_up_on_the_newest_d
     [result] = await emitted(engine, events.TrainingSucceeded)
     assert result["model_version"] == registered and result["metrics"] == METRICS
     assert result["data_uri"] == "s3://landing/wine_quality/1.csv"
-    assert [s["trigger_event_id"] for s in await emitted(engine, events.TrainingStarted)] == [first, third]
+    # each run keeps the author of the trigger that started it, the follow-up's too
+    assert result["author"] == "ana-uploader"
+    started = await emitted(engine, events.TrainingStarted)
+    assert [(s["trigger_event_id"], s["author"]) for s in started] == [
+        (first, "ana-uploader"),
+        (third, "olivia"),
+    ]
     async with engine.connect() as conn:
         runs = await training.runs(conn, MODEL)
     assert [(r.data_uri, r.state) for r in runs] == [
@@ -346,6 +357,8 @@ def local_ports(
         "orchestrator": orchestrator,
         "registry": MlflowRegistry(settings.mlflow_tracking_uri),
         "objects": objectstore.build(settings),
+        "tuner": OptunaTuner(settings.home, {}),
+        "jobs": NoTrainingJobs(),
     }
 
 
@@ -406,3 +419,42 @@ async def test_a_real_failing_pipeline_task_reports_training_failed(
     assert report["failed_task"] == "train-model"
     assert report["reason"] == "task train-model failed"
     assert "fail_on_purpose is set" in report["log_tail"]
+
+
+async def test_each_run_reads_its_batch_as_validated_and_a_retrain_of_another_batch_as_it_is(
+    engine: AsyncEngine, fake: kfp_api.FakeKfp, kfp_ports: dict[str, Any], mlflow_uri: str
+) -> None:
+    first, second = "s3://landing/wine_quality/1.csv", "s3://landing/wine_quality/2.csv"
+    pinned = {first: {"etag": "e1" * 16}, second: {"etag": "e2" * 16, "version_id": "v2"}}
+    triggers = [unique("evt") for _ in range(4)]
+    await deliver(engine, kfp_ports, validated(first).model_copy(update=pinned[first]), triggers[0])
+    await deliver(engine, kfp_ports, validated(second).model_copy(update=pinned[second]), triggers[1])
+    # each ends the run before it, so the next starts: the queued follow-up, then the two retrains
+    later = [
+        events.RetrainRequested(model=MODEL, reason="drift"),
+        events.RetrainRequested(model=MODEL, reason="on-call", data_uri=first),
+    ]
+    for ending, trigger, retrain in zip(triggers[:-1], triggers[1:], [None, *later], strict=True):
+        if retrain is not None:
+            await deliver(engine, kfp_ports, retrain, trigger)
+        run = fake.run_named(decisions.run_name(MODEL, ending))
+        register_for_run(mlflow_uri, MODEL, run["display_name"], METRICS)
+        fake.finish(run["run_id"], "SUCCEEDED")
+
+        async def next_started(name: str = decisions.run_name(MODEL, trigger)) -> bool:
+            return any(s["run_name"] == name for s in await emitted(engine, events.TrainingStarted))
+
+        await follow_until(engine, kfp_ports, next_started)
+
+    parameters = [
+        fake.run_named(decisions.run_name(MODEL, t))["runtime_config"]["parameters"] for t in triggers
+    ]
+    read = [(p["data_uri"], p["data_etag"], p["data_version_id"]) for p in parameters]
+    assert read == [
+        (first, "e1" * 16, ""),
+        (second, "e2" * 16, "v2"),  # the follow-up queued while the first run ran
+        (second, "e2" * 16, "v2"),  # a retrain of the newest batch: as it was validated
+        (first, "", ""),  # a retrain naming an older batch: the object as it is now, not pinned
+    ]
+    started = await emitted(engine, events.TrainingStarted)
+    assert [(s["data_etag"], s["data_version_id"]) for s in started] == [r[1:] for r in read]

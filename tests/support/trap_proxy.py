@@ -52,6 +52,7 @@ class TrapProxy:
         self.upstream_host = split.hostname or "127.0.0.1"
         self.upstream_port = split.port or 80
         self.requests: list[tuple[str, str]] = []
+        self.headers: list[dict[str, str]] = []  # each request's headers, as the caller sent them
         self._traps: list[Trap] = []
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -113,6 +114,7 @@ class TrapProxy:
         body = _read_body(request)
         with self._lock:
             self.requests.append((method, request.path))
+            self.headers.append({k.lower(): v for k, v in request.headers.items()})
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
         headers["Host"] = f"{self.upstream_host}:{self.upstream_port}"
         upstream = http.client.HTTPConnection(self.upstream_host, self.upstream_port, timeout=60)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 from types import ModuleType
 
 from tests.conftest import REPO
@@ -12,8 +13,13 @@ COMPONENTS = REPO / "pipelines" / "wine_quality" / "components.py"
 
 
 def components() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("wine_quality_components", COMPONENTS)
+    return module(COMPONENTS, "wine_quality_components")
+
+
+def module(path: Path, name: str = "") -> ModuleType:
+    """The module at `path`, loaded without entering sys.modules."""
+    spec = importlib.util.spec_from_file_location(name or path.stem, path)
     assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    loaded = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loaded)
+    return loaded

@@ -1,7 +1,8 @@
 """A real service process for crash and shutdown tests: `python -m tests.support.worker`.
 
-It runs `mlcd.runner.ServiceHost` from the MLCD_* environment with one service, "probe", whose handler
-writes a row to `test_effects` for each DataArrived and emits a DataValidated. Faults, by environment:
+It runs `mlcd.runner.ServiceHost` through `mlcd.process.run`, as `mlcd serve` does, from the MLCD_*
+environment with one service, "probe", whose handler writes a row to `test_effects` for each DataArrived
+and emits a DataValidated. Faults, by environment:
 WORKER_FAULT=kill_before_offset_commit  SIGKILL itself after the batch's transaction, before the offsets;
 WORKER_FAULT=kill_before_publish        SIGKILL itself when the relay is about to publish an event;
 WORKER_HANDLER_SECONDS=N                the handler logs "probe handler started", then takes N seconds.
@@ -16,12 +17,13 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from mlcd import events, logs
+from mlcd import bootstrap, events, logs, process
 from mlcd.bus.port import Bus, Subscription
 from mlcd.bus.service import ServiceSpec
 from mlcd.config import Settings
 from mlcd.events import Record
-from mlcd.runner import ServiceHost, build_bus
+from mlcd.runner import ServiceHost
+from mlcd.store import database
 from mlcd.store.unit_of_work import UnitOfWork
 from tests.support import effects
 
@@ -97,10 +99,12 @@ class _FaultyBus:
 async def main() -> int:
     settings = Settings()
     logs.configure("INFO")
-    bus = _FaultyBus(build_bus(settings), os.environ.get("WORKER_FAULT", ""))
-    host = ServiceHost(settings, [PROBE], {}, bus=bus)
+    bus = _FaultyBus(bootstrap.build_bus(settings), os.environ.get("WORKER_FAULT", ""))
+    host = ServiceHost(
+        settings, [PROBE], {}, bus=bus, engine=database.create_engine(settings.effective_database_url)
+    )
     await effects.create(host.engine)
-    return await host.run_until_signalled()
+    return await process.run(lambda: bootstrap.System(settings, host))
 
 
 if __name__ == "__main__":

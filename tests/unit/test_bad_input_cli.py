@@ -77,6 +77,7 @@ def _commands(home: Path) -> dict[tuple[str, ...], tuple[dict[str, st.SearchStra
         ("rollback",): ({"--to-version": TEXT, "--reason": TEXT}, [TEXT]),
         ("retrain",): ({"--reason": TEXT, "--data": TEXT}, [TEXT]),
         ("explain",): ({"--expect": TEXT, "--offline": FLAG, "--json": FLAG}, [path]),
+        ("lineage",): ({"--json": FLAG}, [TEXT, TEXT]),
         **{("rollout", action): ({}, [TEXT]) for action in ("promote", "abort", "pause", "resume", "retry")},
         ("events", "tail"): (
             {"--model": TEXT, "--type": TEXT, "--json": FLAG, "--count": NUMBER, "--timeout": NUMBER},

@@ -87,6 +87,16 @@ def test_merge_request_without_paths_checks_every_model_and_closing_checks_none(
     assert triggers.models_to_check(merge_request("merge"), [WINE, IRIS]) == []
 
 
+def test_merge_request_whose_whole_diff_is_known_checks_only_the_models_it_changes() -> None:
+    iris_only = merge_request("open", ["pipelines/iris/pipeline.py", "README.md"])
+    docs_only = merge_request("update").model_copy(update={"changed_paths": ["README.md"]})
+    empty_diff = merge_request("update").model_copy(update={"paths_complete": True})
+
+    assert [p.model for p in triggers.models_to_check(iris_only, [WINE, IRIS])] == ["iris"]
+    assert triggers.models_to_check(docs_only, [WINE, IRIS]) == []
+    assert triggers.models_to_check(empty_diff, [WINE, IRIS]) == []
+
+
 def test_version_is_the_short_commit_and_folder_is_under_pipelines() -> None:
     assert triggers.short_commit(SHA) == "01234567"
     assert triggers.pipeline_folder(WINE) == "pipelines/wine_quality"

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import typer
+from typer.testing import CliRunner
+
+from mlcd import bootstrap, cli
 
 MLCD = str(Path(sys.executable).parent / "mlcd")
 DESIGNED = [
@@ -13,7 +20,10 @@ DESIGNED = [
     "serve",
     "gates",
     "rollback",
+    "retrain",
     "status",
+    "rollout",
+    "explain",
     "events",
     "dlq",
     "policy",
@@ -70,3 +80,29 @@ def test_a_bad_setting_fails_every_kind_of_command_with_one_line_naming_it(tmp_p
             (line,) = result.stderr.strip().splitlines()
             assert f"invalid MLCD_* settings: {named}:" in line
             assert "hunter2-db-pass" not in line
+
+
+def _command_paths(command: Any, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    found = [path]
+    if hasattr(command, "commands"):  # a group (typer may bring its own click)
+        for name, sub in command.commands.items():
+            found += _command_paths(sub, (*path, name))
+    return found
+
+
+def test_help_speaks_of_text_and_numbers_not_python_types() -> None:
+    """Every command's help labels its values TEXT, INTEGER, PATH…, never typer's `<str>`, `<int>`,
+    `<bool>` or `list[str]`."""
+    paths = _command_paths(typer.main.get_command(cli.app))
+    assert len(paths) > 20
+    for path in paths:
+        shown = CliRunner().invoke(cli.app, [*path, "--help"], terminal_width=200)
+        assert shown.exit_code == 0, (path, shown.output)
+        python = re.findall(r"<(?:str|int|float|bool|path)>|list\[", shown.output)
+        assert not python, f"mlcd {' '.join(path)} --help shows {python}:\n{shown.output}"
+
+
+def test_serve_help_names_every_service_the_chart_can_run() -> None:
+    shown = CliRunner().invoke(cli.app, ["serve", "--help"], terminal_width=200)
+    for name in bootstrap.SERVICES:
+        assert name in shown.output, f"`mlcd serve --help` does not name {name}"

@@ -77,6 +77,16 @@ def test_merge_request_into_the_watched_branch_concerns_the_model() -> None:
     assert changed.data.commit == f"{21:040x}"
 
 
+def test_merge_request_approval_names_the_approver_and_an_unknown_diff() -> None:
+    raw = json.loads(body("gitlab_merge_request.json"))
+    raw["user"]["username"] = "rita"  # GitLab's `user` on an approval: who approved
+    raw["object_attributes"]["action"] = "approved"
+    [approved] = gitlab.parse(json.dumps(raw).encode(), {"x-gitlab-event": "Merge Request Hook"}, POLICIES)
+    assert isinstance(approved.data, events.MergeRequestChanged)
+    assert (approved.data.action, approved.data.author.username, approved.data.iid) == ("approved", "rita", 7)
+    assert (approved.data.changed_paths, approved.data.paths_complete) == ([], False)
+
+
 def test_approve_comment_on_a_merge_request_requests_the_gate_decision_as_its_author() -> None:
     [decision] = parse("gitlab_note_mr_approve.json", "Note Hook")
     assert isinstance(decision.data, events.GateDecisionRequested)

@@ -32,7 +32,18 @@ def test_created_object_with_an_encoded_key_arrives_decoded() -> None:
         "size": 1234,
         "etag": "d41d8cd98f00b204e9800998ecf8427e",
         "version_id": "3f6c2b1e-7a1d-4c5b-9e8f-0a1b2c3d4e5f",
+        "author": "minioadmin",
     }
+
+
+def test_the_uploader_is_the_principal_of_the_record_and_optional() -> None:
+    raw = json.loads(body("minio_put_encoded_key.json"))
+    raw["Records"][0]["userIdentity"] = {"principalId": "data-team-uploader"}
+    [arrived] = minio.parse(json.dumps(raw).encode(), POLICIES)
+    assert isinstance(arrived.data, events.DataArrived) and arrived.data.author == "data-team-uploader"
+    del raw["Records"][0]["userIdentity"]
+    [anonymous] = minio.parse(json.dumps(raw).encode(), POLICIES)
+    assert isinstance(anonymous.data, events.DataArrived) and anonymous.data.author == ""
 
 
 @pytest.mark.parametrize("fixture", ["minio_delete.json", "minio_put_other_prefix.json"])

@@ -1,7 +1,10 @@
-"""The embedded runner's pure parts: failure parsing, state files, package choice, working-tree versions."""
+"""The embedded runner's pure parts: failure parsing, state files, package choice, working-tree versions,
+the packages tasks declare and whether this environment holds them."""
 
 from __future__ import annotations
 
+import importlib.metadata
+import json
 import os
 from pathlib import Path
 
@@ -54,3 +57,45 @@ def test_the_working_tree_version_follows_the_sources(tmp_path: Path) -> None:
     assert first == working_tree_version(tmp_path) and first.startswith("tree-")
     (tmp_path / "components.py").write_text("b = 2\n")
     assert working_tree_version(tmp_path) != first
+
+
+def _install_line(*packages: str, options: str = "") -> str:
+    """The shell script KFP 2.16 puts before a lightweight component's executor."""
+    quoted = " ".join(f"'{p}'" for p in packages)
+    return (
+        '\nif ! [ -x "$(command -v pip)" ]; then\n    python3 -m ensurepip || python3 -m ensurepip --user'
+        " || apt-get install python3-pip\nfi\n\nPIP_DISABLE_PIP_VERSION_CHECK=1 python3 -m pip install"
+        f" --quiet --no-warn-script-location {options}{quoted}  &&  python3 -m pip install --quiet"
+        " --no-warn-script-location 'kfp==2.16.1' '--no-deps'"
+        ' \'typing-extensions>=3.7.4,<5; python_version<"3.9"\' && "$0" "$@"\n'
+    )
+
+
+def test_the_packages_each_task_declares_are_read_from_the_compiled_package(tmp_path: Path) -> None:
+    feast = _install_line("feast==0.67.0", "pandas==2.3.3")
+    mirrored = _install_line("pandas==3.1.1", options="--index-url https://mirror.example/simple ")
+    executors = {
+        name: {"container": {"command": ["sh", "-c", script, "sh", "--executor_input"]}}
+        for name, script in (("exec-load", feast), ("exec-train", mirrored))
+    }
+    package = tmp_path / "pipeline.yaml"
+    package.write_text(f"deploymentSpec:\n  executors: {json.dumps(executors)}\n---\nplatforms: {{}}\n")
+
+    declared = worker.declared_packages(package)
+
+    assert declared == [
+        "feast==0.67.0",
+        "pandas==2.3.3",
+        "kfp==2.16.1",
+        'typing-extensions>=3.7.4,<5; python_version<"3.9"',
+        "pandas==3.1.1",
+    ]
+
+
+def test_only_requirements_this_environment_does_not_hold_are_unmet() -> None:
+    pandas = importlib.metadata.version("pandas")
+    held = [f"pandas=={pandas}", f"kfp>={importlib.metadata.version('kfp')}", 'nothing; python_version<"3"']
+    foreign = ["pandas==2.3.3", "no-such-package-mlcd==1.0", "git+https://example.com/x.git"]
+
+    assert worker.unmet(held) == []
+    assert worker.unmet(held + foreign) == foreign

@@ -7,7 +7,7 @@ import asyncio
 from prometheus_client import REGISTRY
 
 from mlcd.bus.runtime import RetryPolicy
-from mlcd.errors import AdapterUnavailable, ConfigError, TemporaryError
+from mlcd.errors import AdapterUnavailable, ConfigError, Forbidden, TemporaryError
 from mlcd.supervisor import Supervisor, Worker
 
 
@@ -74,6 +74,7 @@ def test_only_temporary_errors_are_retried_and_retry_after_is_honoured() -> None
     policy = RetryPolicy(max_attempts=5, initial_s=0.2, max_s=10)
     assert policy.retries(AdapterUnavailable("down"))
     assert not policy.retries(ConfigError("MLCD_S3_ENDPOINT"))
+    assert not policy.retries(Forbidden("the token may not trigger pipelines"))
     assert not policy.retries(ValueError("path in endpoint is not allowed"))
     assert policy.delay(1) == 0.2
     assert policy.delay(1, TemporaryError("429", retry_after_s=7)) == 7

@@ -40,6 +40,8 @@ def test_run_parameters_let_the_policy_tune_but_not_redirect_the_run_and_carry_n
     parameters = decisions.run_parameters(
         model="wine_quality",
         data_uri="s3://landing/wine_quality/b.csv",
+        data_etag="f97c5d29941bfb1b2fdab0874906ab82",
+        data_version_id="",
         commit="abc",
         pipeline_version="abc",
         name="mlcd-wine_quality-evt",
@@ -50,6 +52,7 @@ def test_run_parameters_let_the_policy_tune_but_not_redirect_the_run_and_carry_n
 
     assert parameters["n_estimators"] == 80
     assert parameters["data_uri"] == "s3://landing/wine_quality/b.csv"
+    assert parameters["data_etag"] == "f97c5d29941bfb1b2fdab0874906ab82"  # the bytes validated
     assert parameters["s3_endpoint"] == "http://minio:9000"
     assert parameters["run_name"] == "mlcd-wine_quality-evt"
     assert parameters["run_alias"] == decisions.run_alias("mlcd-wine_quality-evt")

@@ -139,6 +139,22 @@ MLCD_KSERVE_NAMESPACE: {{ include "mlcd.kserveNamespace" . | quote }}
 {{- with $c.prometheusUrl }}
 MLCD_PROMETHEUS_URL: {{ . | quote }}
 {{- end }}
+{{- with $c.seldonNamespace }}
+MLCD_SELDON_NAMESPACE: {{ . | quote }}
+{{- end }}
+{{- with $c.seldonInferenceUrl }}
+MLCD_SELDON_INFERENCE_URL: {{ . | quote }}
+{{- end }}
+{{- with $c.katibNamespace }}
+MLCD_KATIB_NAMESPACE: {{ . | quote }}
+{{- end }}
+MLCD_FEAST_BIN: {{ $c.feast.bin | quote }}
+MLCD_FEAST_TIMEOUT_S: {{ $c.feast.timeoutSeconds | quote }}
+{{- with $c.trainingNamespace }}
+MLCD_TRAINING_NAMESPACE: {{ . | quote }}
+{{- end }}
+MLCD_TRIAL_IMAGE: {{ include "mlcd.image" . | quote }}
+MLCD_KUBE_TIMEOUT_S: {{ $c.kubeTimeoutSeconds | quote }}
 {{- with $c.gitlabUrl }}
 MLCD_GITLAB_URL: {{ . | quote }}
 {{- end }}
@@ -147,6 +163,16 @@ MLCD_GITLAB_TIMEOUT_S: {{ $c.gitlabTimeoutSeconds | quote }}
 MLCD_MINIO_KAFKA_TOPIC: {{ . | quote }}
 {{- end }}
 MLCD_EVENT_RETENTION_DAYS: {{ $c.eventRetentionDays | quote }}
+{{- with $c.lineage.openlineageUrl }}
+MLCD_OPENLINEAGE_URL: {{ . | quote }}
+MLCD_OPENLINEAGE_NAMESPACE: {{ $c.lineage.openlineageNamespace | quote }}
+MLCD_OPENLINEAGE_TIMEOUT_S: {{ $c.lineage.openlineageTimeoutSeconds | quote }}
+{{- end }}
+{{- with $c.lineage.mlmdStore }}
+MLCD_MLMD_STORE: {{ . | quote }}
+MLCD_MLMD_PYTHON: {{ $c.lineage.mlmdPython | quote }}
+MLCD_MLMD_TIMEOUT_S: {{ $c.lineage.mlmdTimeoutSeconds | quote }}
+{{- end }}
 MLCD_HANDLER_MAX_ATTEMPTS: {{ $c.handler.maxAttempts | quote }}
 MLCD_HANDLER_BACKOFF_INITIAL_S: {{ $c.handler.backoffInitialSeconds | quote }}
 MLCD_HANDLER_BACKOFF_MAX_S: {{ $c.handler.backoffMaxSeconds | quote }}
@@ -171,6 +197,10 @@ start, in every pod). */}}
 {{- end }}
 {{- if gt (float64 $c.handler.backoffInitialSeconds) (float64 $c.handler.backoffMaxSeconds) }}
 {{- fail (printf "config.handler.backoffInitialSeconds (%v) is above config.handler.backoffMaxSeconds (%v)" $c.handler.backoffInitialSeconds $c.handler.backoffMaxSeconds) }}
+{{- end }}
+{{- $lineage := get .Values.services "lineage-export" | default dict }}
+{{- if and $lineage.enabled (not (or $c.lineage.openlineageUrl $c.lineage.mlmdStore)) }}
+{{- fail "services.lineage-export is enabled but has nowhere to write: set config.lineage.openlineageUrl or config.lineage.mlmdStore" }}
 {{- end }}
 {{- $sec := $c.kafka.security }}
 {{- $tls := or (eq $sec.protocol "SSL") (eq $sec.protocol "SASL_SSL") }}
@@ -207,7 +237,7 @@ start, in every pod). */}}
 {{- define "mlcd.secretData" -}}
 {{- $s := .Values.secrets -}}
 MLCD_DATABASE_URL: {{ required "secrets.databaseUrl (or secrets.existingSecret) is required" $s.databaseUrl | quote }}
-{{- range $key, $value := dict "MLCD_KAFKA_SASL_USERNAME" $s.kafkaSaslUsername "MLCD_KAFKA_SASL_PASSWORD" $s.kafkaSaslPassword "MLCD_KAFKA_SSL_KEY_PASSWORD" $s.kafkaSslKeyPassword "MLCD_S3_ACCESS_KEY" $s.s3AccessKey "MLCD_S3_SECRET_KEY" $s.s3SecretKey "MLCD_GITLAB_TOKEN" $s.gitlabToken "MLCD_GITLAB_WEBHOOK_SECRET" $s.gitlabWebhookSecret "MLCD_GITLAB_SIGNING_TOKEN" $s.gitlabSigningToken "MLCD_MINIO_WEBHOOK_TOKEN" $s.minioWebhookToken "MLCD_ALERTMANAGER_TOKEN" $s.alertmanagerToken "MLCD_MLFLOW_WEBHOOK_SECRET" $s.mlflowWebhookSecret "MLCD_SLACK_WEBHOOK_URL" $s.slackWebhookUrl }}
+{{- range $key, $value := dict "MLCD_KAFKA_SASL_USERNAME" $s.kafkaSaslUsername "MLCD_KAFKA_SASL_PASSWORD" $s.kafkaSaslPassword "MLCD_KAFKA_SSL_KEY_PASSWORD" $s.kafkaSslKeyPassword "MLCD_S3_ACCESS_KEY" $s.s3AccessKey "MLCD_S3_SECRET_KEY" $s.s3SecretKey "MLCD_GITLAB_TOKEN" $s.gitlabToken "MLCD_GITLAB_WEBHOOK_SECRET" $s.gitlabWebhookSecret "MLCD_GITLAB_SIGNING_TOKEN" $s.gitlabSigningToken "MLCD_MINIO_WEBHOOK_TOKEN" $s.minioWebhookToken "MLCD_ALERTMANAGER_TOKEN" $s.alertmanagerToken "MLCD_MLFLOW_WEBHOOK_SECRET" $s.mlflowWebhookSecret "MLCD_SLACK_WEBHOOK_URL" $s.slackWebhookUrl "MLCD_OPENLINEAGE_API_KEY" $s.openlineageApiKey "MLCD_MLMD_PASSWORD" $s.mlmdPassword }}
 {{- if $value }}
 {{ $key }}: {{ $value | quote }}
 {{- end }}

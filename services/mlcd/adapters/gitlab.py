@@ -13,9 +13,10 @@ from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
 from mlcd import logs
+from mlcd.adapters import trace_headers
 from mlcd.config import Settings
 from mlcd.errors import AdapterUnavailable, Conflict, NotFound, PermanentError, TemporaryError
-from mlcd.ports import CodeHost
+from mlcd.ports import CodeHost, MergeRequestRef
 
 log = logs.get(__name__)
 T = TypeVar("T")
@@ -60,6 +61,7 @@ class GitLabCodeHost:
                 timeout=self.timeout_s,
                 retry_transient_errors=False,
                 per_page=100,
+                session=trace_headers.traced_session(),
             )
         return self._client
 
@@ -200,6 +202,48 @@ class GitLabCodeHost:
 
         return await self._call(f"membership of {username} in {project}", level)
 
+    async def merge_requests_of_commit(self, project: str, sha: str) -> list[MergeRequestRef]:
+        def listed() -> list[dict[str, Any]]:
+            # GET /projects/:id/repository/commits/:sha/merge_requests
+            commit = self._project(project).commits.get(sha, lazy=True)
+            return list(commit.merge_requests(get_all=True))
+
+        found = await self._call(f"merge requests of {project}@{sha[:8]}", listed)
+        refs = [
+            MergeRequestRef(
+                iid=int(mr["iid"]),
+                url=str(mr.get("web_url") or ""),
+                author=str((mr.get("author") or {}).get("username") or ""),
+                state=str(mr.get("state") or ""),
+                target_branch=str(mr.get("target_branch") or ""),
+            )
+            for mr in found
+        ]
+        return sorted(refs, key=lambda ref: ref.state != "merged")
+
+    async def merge_request_paths(self, project: str, iid: int) -> list[str] | None:
+        def listed() -> list[dict[str, Any]]:
+            # GET /projects/:id/merge_requests/:iid/diffs (GitLab 15.7+; /changes is deprecated), paginated
+            path = f"/projects/{self._project(project).encoded_id}/merge_requests/{iid}/diffs"
+            return list(self._gitlab().http_list(path, query_data={"per_page": 100}, get_all=True))
+
+        diffs = await self._call(f"changes of {project}!{iid}", listed)
+        seen: dict[str, None] = {}
+        for diff in diffs:
+            for key in ("old_path", "new_path"):
+                if diff.get(key):
+                    seen.setdefault(str(diff[key]), None)
+        return list(seen)
+
+    async def merge_request_approvers(self, project: str, iid: int) -> list[str]:
+        def approvers() -> list[str]:
+            # GET /projects/:id/merge_requests/:iid/approvals: `approved_by` lists who approves now
+            merge_request = self._project(project).mergerequests.get(iid, lazy=True)
+            state = merge_request.approvals.get()
+            return [str(entry["user"]["username"]) for entry in getattr(state, "approved_by", None) or []]
+
+        return await self._call(f"approvals of {project}!{iid}", approvers)
+
     async def ping(self) -> None:
         await self._call("the current user", lambda: self._gitlab().auth())
 
@@ -264,6 +308,15 @@ class LogCodeHost:
     async def access_level(self, project: str, username: str) -> int:
         log.info("no GitLab configured: nobody holds a GitLab role", project=project, username=username)
         return 0
+
+    async def merge_requests_of_commit(self, project: str, sha: str) -> list[MergeRequestRef]:
+        return []
+
+    async def merge_request_paths(self, project: str, iid: int) -> list[str] | None:
+        return None  # unknown: the builder checks every model of the project
+
+    async def merge_request_approvers(self, project: str, iid: int) -> list[str]:
+        return []
 
     async def ping(self) -> None:
         return None

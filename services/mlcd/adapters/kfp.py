@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from mlcd import logs
-from mlcd.adapters import kfp_compiler
+from mlcd.adapters import kfp_compiler, notify, trace_headers
 from mlcd.adapters import kfp_local_worker as worker
 from mlcd.config import Settings
 from mlcd.errors import AdapterUnavailable, MlcdError, NotFound, PermanentError
@@ -215,6 +215,8 @@ def _timed_client(host: str, timeout_s: float, namespace: str | None, token_path
 
     class TimedClient(kfp.Client):  # type: ignore[misc]
         def get_kfp_healthz(self, sleep_duration: int = 5) -> Any:
+            # The first call the client makes (from its constructor): from here on, calls carry the trace.
+            trace_headers.stamp_openapi_client(self._healthz_api.api_client.rest_client)
             return self._healthz_api.healthz_service_get_healthz(_request_timeout=timeout)
 
         def _load_config(self, *args: Any, **kwargs: Any) -> Any:
@@ -253,7 +255,11 @@ def _translated(host: str, what: str, error: Exception) -> MlcdError:
         return NotFound(f"KFP at {host}: cannot {what}: not found ({detail})")
     if isinstance(status, int) and 400 <= status < 500 and status not in (408, 429):
         return PermanentError(f"KFP at {host} refused to {what}: HTTP {status} {detail}")
-    return AdapterUnavailable(f"KFP at {host} failed to {what}: {type(error).__name__}: {detail}")
+    headers = getattr(error, "headers", None) or {}
+    return AdapterUnavailable(
+        f"KFP at {host} failed to {what}: {type(error).__name__}: {detail}",
+        retry_after_s=notify.retry_after_s(headers.get("Retry-After")) if status in (429, 503) else None,
+    )
 
 
 def _equals(key: str, value: str) -> str:

@@ -16,38 +16,29 @@ validated against the InferenceService CRD's openAPIV3Schema before it is sent. 
 from __future__ import annotations
 
 import asyncio
-import copy
 import functools
 import gzip
 import json
 import re
 from collections.abc import Callable
 from importlib import resources
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
+from mlcd.adapters import kube
+from mlcd.adapters.kube import merge_patch as merge_patch  # the rollout arithmetic's tests use it here
 from mlcd.config import Settings
-from mlcd.errors import (
-    AdapterUnavailable,
-    ArtifactUnreadable,
-    ConfigError,
-    Conflict,
-    NotFound,
-    PermanentError,
-)
+from mlcd.errors import AdapterUnavailable, ArtifactUnreadable, ConfigError
 from mlcd.policy.book import PolicyBook
 from mlcd.policy.schema import Predictor
 from mlcd.ports import PYFUNC, ModelVersion, ServingState
 
-GROUP = "serving.kserve.io"
-VERSION = "v1beta1"
-PLURAL = "inferenceservices"
+INFERENCE_SERVICE = kube.Kind("serving.kserve.io", "v1beta1", "inferenceservices", "InferenceService")
 STABLE_VERSION = "mlcd.dev/stable-version"
 STABLE_URI = "mlcd.dev/stable-uri"
 CANARY_VERSION = "mlcd.dev/canary-version"
 PREDICTOR_REVISION = "predictor"  # Standard mode: the main predictor's deployment, beside named canaries
 Mode = Literal["serverless", "raw"]
 Patch = dict[str, Any]
-T = TypeVar("T")
 
 
 # --- the schema -----------------------------------------------------------------------------------
@@ -64,24 +55,7 @@ def _validator() -> Any:
 
 def schema_problems(obj: dict[str, Any]) -> list[str]:
     """Why `obj` (status aside) is not a valid InferenceService; empty when it is."""
-    written = {k: v for k, v in obj.items() if k != "status"}
-    return [
-        f"{'.'.join(map(str, error.absolute_path)) or '<root>'}: {error.message}"
-        for error in _validator().iter_errors(written)
-    ]
-
-
-def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386 JSON merge patch: objects merge, null deletes, anything else replaces."""
-    if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    merged = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            merged.pop(key, None)
-        else:
-            merged[key] = merge_patch(merged.get(key), value)
-    return merged
+    return kube.schema_problems(_validator(), obj)
 
 
 # --- what KServe's storage initializer can read ----------------------------------------------------
@@ -357,12 +331,16 @@ class KServeServing:
 
         A rollback waits up to `observe_timeout_s` for KServe to report each of its moves.
         """
-        self._make_client = api_client
-        self._client: Any = None
+        self._kube = kube.CustomObjects(
+            api_client,
+            namespace,
+            timeout_s=timeout_s,
+            conflict_retries=conflict_retries,
+            not_found_hint="; the Helm chart or the model's owner creates it",
+            forbidden_hint="; check the Role (get/list/watch/patch)",
+        )
         self.namespace = namespace
         self.policies = policies
-        self.timeout_s = timeout_s
-        self.conflict_retries = conflict_retries
         self.observe_timeout_s = observe_timeout_s
         self.poll_s = poll_s
 
@@ -427,70 +405,13 @@ class KServeServing:
             await asyncio.sleep(self.poll_s)
 
     async def ping(self) -> None:
-        def list_some() -> Any:
-            return self._api().list_namespaced_custom_object(
-                GROUP, VERSION, self.namespace, PLURAL, limit=1, _request_timeout=self.timeout_s
-            )
-
-        await self._call(f"list InferenceServices in {self.namespace}", list_some)
-
-    # --- internals --------------------------------------------------------------------------------
-
-    def _api(self) -> Any:
-        from kubernetes import client
-
-        if self._client is None:
-            self._client = self._make_client()
-        return client.CustomObjectsApi(self._client)
+        await self._kube.ping(INFERENCE_SERVICE, "InferenceServices")
 
     async def _get(self, name: str) -> dict[str, Any]:
-        def fetch() -> Any:
-            return self._api().get_namespaced_custom_object(
-                GROUP, VERSION, self.namespace, PLURAL, name, _request_timeout=self.timeout_s
-            )
-
-        found: dict[str, Any] = await self._call(f"read InferenceService {self.namespace}/{name}", fetch)
-        return found
+        return await self._kube.read(INFERENCE_SERVICE, name)
 
     async def _patch(self, name: str, change: Callable[[dict[str, Any]], Patch | None]) -> None:
-        """Read, compute the patch, validate the result, send it with the read's resourceVersion."""
-        for attempt in range(1, self.conflict_retries + 1):
-            current = await self._get(name)
-            patch = change(current)
-            if patch is None:
-                return
-            resource_version = current.get("metadata", {}).get("resourceVersion")
-            patch = merge_patch(patch, {"metadata": {"resourceVersion": resource_version}})
-            problems = schema_problems(merge_patch(current, patch))
-            if problems:
-                raise PermanentError(
-                    f"refusing to write an invalid InferenceService {name}: {'; '.join(problems)}"
-                )
-            try:
-                await self._send(name, patch)
-                return
-            except Conflict:
-                if attempt == self.conflict_retries:
-                    raise
-
-    async def _send(self, name: str, patch: Patch) -> None:
-        def send() -> Any:
-            return self._api().patch_namespaced_custom_object(
-                GROUP, VERSION, self.namespace, PLURAL, name, patch, _request_timeout=self.timeout_s
-            )
-
-        await self._call(f"patch InferenceService {self.namespace}/{name}", send)
-
-    async def _call(self, what: str, fn: Callable[[], T]) -> T:
-        from kubernetes.client.exceptions import ApiException
-        from urllib3.exceptions import HTTPError
-
-        try:
-            return await asyncio.wait_for(asyncio.to_thread(fn), self.timeout_s + 1)
-        except ApiException as e:
-            raise _translate(what, e) from e
-        except (TimeoutError, HTTPError, OSError) as e:
-            raise AdapterUnavailable(f"Kubernetes API did not answer {what}: {e!r}") from e
+        await self._kube.patch(INFERENCE_SERVICE, name, change, schema_problems)
 
 
 def _stable_of(obj: dict[str, Any]) -> tuple[str, str]:
@@ -498,38 +419,10 @@ def _stable_of(obj: dict[str, Any]) -> tuple[str, str]:
     return notes[STABLE_VERSION], notes[STABLE_URI]
 
 
-def _translate(what: str, e: Any) -> Exception:
-    reason = _status_message(e)
-    if e.status == 404:
-        return NotFound(f"{what}: not found ({reason}); the Helm chart or the model's owner creates it")
-    if e.status == 409:
-        return Conflict(f"{what}: changed concurrently ({reason})")
-    if e.status in (401, 403):
-        return PermanentError(f"{what}: not allowed ({reason}); check the Role (get/list/watch/patch)")
-    if e.status in (400, 415, 422):
-        return PermanentError(f"{what}: rejected ({reason})")
-    return AdapterUnavailable(f"{what}: Kubernetes API answered {e.status} ({reason})")
-
-
-def _status_message(e: Any) -> str:
-    try:
-        return str(json.loads(e.body).get("message", e.reason))
-    except (TypeError, ValueError):
-        return str(e.reason)
-
-
 def build(settings: Settings, policies: PolicyBook | None = None) -> KServeServing:
     """In-cluster credentials when running in a pod, else the local kubeconfig."""
     if not settings.kserve_namespace:
         raise ConfigError("MLCD_KSERVE_NAMESPACE is not set; the embedded default is local serving")
-
-    def api_client() -> Any:
-        from kubernetes import client, config
-
-        try:
-            config.load_incluster_config()
-        except config.ConfigException:
-            config.load_kube_config()
-        return client.ApiClient()
-
-    return KServeServing(api_client, settings.kserve_namespace, policies or PolicyBook(settings.policies_dir))
+    return KServeServing(
+        kube.api_client, settings.kserve_namespace, policies or PolicyBook(settings.policies_dir)
+    )

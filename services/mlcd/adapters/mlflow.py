@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from mlcd import logs
+from mlcd.adapters import trace_headers
 from mlcd.config import Settings
 from mlcd.errors import AdapterUnavailable, NotFound, PermanentError
 from mlcd.ports import ModelVersion
@@ -134,7 +135,7 @@ class MlflowRegistry:
         import httpx
 
         try:
-            async with httpx.AsyncClient(timeout=5) as client:
+            async with httpx.AsyncClient(event_hooks=trace_headers.HTTPX_HOOKS, timeout=5) as client:
                 response = await client.get(f"{self.tracking_uri.rstrip('/')}/health")
             response.raise_for_status()
         except httpx.HTTPError as e:

@@ -15,6 +15,7 @@ from typing import Any, Literal
 import httpx
 
 from mlcd import logs, ports
+from mlcd.adapters import trace_headers
 from mlcd.config import Settings
 from mlcd.errors import AdapterUnavailable, PermanentError, TemporaryError
 
@@ -128,7 +129,9 @@ async def post(
     headers = {"Idempotency-Key": idempotency_key} if kind == "webhook" else {}
     where = _host(url)
     try:
-        async with httpx.AsyncClient(timeout=timeout_s, transport=transport) as client:
+        async with httpx.AsyncClient(
+            event_hooks=trace_headers.HTTPX_HOOKS, timeout=timeout_s, transport=transport
+        ) as client:
             response = await client.post(url, json=_PAYLOADS[kind](message), headers=headers)
     except httpx.HTTPError as e:
         raise AdapterUnavailable(f"{kind} webhook at {where} did not answer: {type(e).__name__}") from e
@@ -183,7 +186,9 @@ class WebhookNotifier:
     async def notify(self, model: str, title: str, body: str) -> None:
         message = {"text": f"*[{model}] {title}*\n{body}"}
         try:
-            async with httpx.AsyncClient(timeout=self.timeout_s, transport=self._transport) as client:
+            async with httpx.AsyncClient(
+                event_hooks=trace_headers.HTTPX_HOOKS, timeout=self.timeout_s, transport=self._transport
+            ) as client:
                 response = await client.post(self.url, json=message)
         except httpx.HTTPError as e:
             raise AdapterUnavailable(f"notification webhook did not answer: {type(e).__name__}") from e

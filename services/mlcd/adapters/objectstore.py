@@ -11,7 +11,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
 from mlcd.config import Settings
-from mlcd.errors import AdapterUnavailable, NotFound, PermanentError, TemporaryError
+from mlcd.errors import AdapterUnavailable, NotFound, ObjectChanged, PermanentError, TemporaryError
 from mlcd.ports import ObjectStore, StoredObject
 
 T = TypeVar("T")
@@ -49,11 +49,23 @@ class FolderObjectStore:
             raise NotFound(f"no object {bucket}/{key}")
         return StoredObject(bucket=bucket, key=key, size=size)
 
-    async def get(self, bucket: str, key: str, max_bytes: int) -> bytes:
+    async def get(
+        self, bucket: str, key: str, max_bytes: int, *, etag: str = "", version_id: str = ""
+    ) -> bytes:
+        if version_id:
+            raise PermanentError(
+                f"a folder keeps no object versions: cannot read {bucket}/{key} {version_id}"
+            )
         found = await self.stat(bucket, key)
         if found.size > max_bytes:
             raise PermanentError(f"{bucket}/{key} is {found.size} bytes, over the limit of {max_bytes}")
-        return await asyncio.to_thread(self._path(bucket, key).read_bytes)
+        data = await asyncio.to_thread(self._path(bucket, key).read_bytes)
+        # The folder's ETag is the one the embedded watcher reports: the MD5 of the bytes, as S3's for a
+        # single-part upload.
+        now = hashlib.md5(data, usedforsecurity=False).hexdigest()
+        if etag and now != etag:
+            raise ObjectChanged(f"etag {etag}, now etag {now}")
+        return data
 
     async def put(
         self, bucket: str, key: str, data: bytes, content_type: str = "application/octet-stream"
@@ -135,6 +147,8 @@ class MinioObjectStore:
         try:
             return await asyncio.wait_for(asyncio.to_thread(fn), self.timeout_s)
         except S3Error as e:
+            if e.code == "PreconditionFailed":
+                raise ObjectChanged(f"S3 {what}: the object is not the one asked for ({e.message})") from e
             if e.code in _MISSING:
                 raise NotFound(f"S3 {what}: {e.code} ({e.message})") from e
             if e.code in _REFUSED:
@@ -143,9 +157,12 @@ class MinioObjectStore:
         except (TimeoutError, OSError, HTTPError, MinioException) as e:
             raise AdapterUnavailable(f"S3 at {self.endpoint} did not answer {what}: {e!r}") from e
 
-    async def stat(self, bucket: str, key: str) -> StoredObject:
+    async def stat(self, bucket: str, key: str, version_id: str = "") -> StoredObject:
         _checked_key(bucket, key)
-        found = await self._call(f"stat {bucket}/{key}", lambda: self._minio().stat_object(bucket, key))
+        found = await self._call(
+            f"stat {bucket}/{key}",
+            lambda: self._minio().stat_object(bucket, key, version_id=version_id or None),
+        )
         return StoredObject(
             bucket=bucket,
             key=key,
@@ -154,24 +171,45 @@ class MinioObjectStore:
             version_id=found.version_id or "",
         )
 
-    async def get(self, bucket: str, key: str, max_bytes: int) -> bytes:
-        found = await self.stat(bucket, key)
-        if found.size > max_bytes:
-            raise PermanentError(f"{bucket}/{key} is {found.size} bytes, over the limit of {max_bytes}")
+    async def get(
+        self, bucket: str, key: str, max_bytes: int, *, etag: str = "", version_id: str = ""
+    ) -> bytes:
+        try:
+            found = await self.stat(bucket, key, version_id)
+            if etag and found.etag != etag:
+                raise ObjectChanged(f"etag {etag}, now etag {found.etag}")
+            if found.size > max_bytes:
+                raise PermanentError(f"{bucket}/{key} is {found.size} bytes, over the limit of {max_bytes}")
+            # If-Match: an overwrite between the stat and the read fails the read (412) instead of
+            # handing back other bytes.
+            pinned = {"If-Match": f'"{etag}"'} if etag else None
 
-        def read() -> bytes:
-            # One byte over the limit is enough to tell an object that grew since the stat.
-            response = self._minio().get_object(bucket, key, length=max_bytes + 1)
-            try:
-                return bytes(response.read())
-            finally:
-                response.close()
-                response.release_conn()
+            def read() -> bytes:
+                # One byte over the limit is enough to tell an object that grew since the stat.
+                response = self._minio().get_object(
+                    bucket, key, length=max_bytes + 1, request_headers=pinned, version_id=version_id or None
+                )
+                try:
+                    return bytes(response.read())
+                finally:
+                    response.close()
+                    response.release_conn()
 
-        data = await self._call(f"get {bucket}/{key}", read)
+            data = await self._call(f"get {bucket}/{key}", read)
+        except (NotFound, ObjectChanged) as e:
+            if not (etag or version_id):
+                raise
+            raise await self._changed(bucket, key, etag, version_id) from e
         if len(data) > max_bytes:
             raise PermanentError(f"{bucket}/{key} is over the limit of {max_bytes} bytes")
         return data
+
+    async def _changed(self, bucket: str, key: str, etag: str, version_id: str) -> PermanentError:
+        """Why a pinned read failed: the object is gone (NotFound), or what it is now (ObjectChanged)."""
+        now = await self.stat(bucket, key)  # NotFound: the key itself is gone
+        if version_id:
+            return ObjectChanged(f"version {version_id} is gone, now etag {now.etag}")
+        return ObjectChanged(f"etag {etag}, now etag {now.etag}")
 
     async def put(
         self, bucket: str, key: str, data: bytes, content_type: str = "application/octet-stream"

@@ -13,6 +13,7 @@ from typing import Protocol
 
 import httpx
 
+from mlcd.adapters import trace_headers
 from mlcd.config import Settings
 from mlcd.errors import AdapterUnavailable, ConfigError, PermanentError
 from mlcd.policy import analysis
@@ -57,7 +58,9 @@ class PrometheusAnalysis:
         selector = self.selector.format(model=_quoted(model), version=_quoted(version))
         window = f"{max(1, math.ceil(window_s))}s"
         figures: dict[str, float] = {}
-        async with httpx.AsyncClient(base_url=self.url, timeout=self.timeout_s) as client:
+        async with httpx.AsyncClient(
+            event_hooks=trace_headers.HTTPX_HOOKS, base_url=self.url, timeout=self.timeout_s
+        ) as client:
             for name, template in self.queries.items():
                 value = await self._scalar(client, template.format(selector=selector, window=window))
                 if value is not None:
@@ -69,14 +72,18 @@ class PrometheusAnalysis:
     ) -> list[analysis.Outcome]:
         """Each check's value and verdict; no samples is inconclusive, never a pass."""
         outcomes: list[analysis.Outcome] = []
-        async with httpx.AsyncClient(base_url=self.url, timeout=self.timeout_s) as client:
+        async with httpx.AsyncClient(
+            event_hooks=trace_headers.HTTPX_HOOKS, base_url=self.url, timeout=self.timeout_s
+        ) as client:
             for check in checks:
                 value = await self._scalar(client, analysis.promql(check, platform, target))
                 outcomes.append(analysis.judge(check, value))
         return outcomes
 
     async def query(self, promql: str) -> float | None:
-        async with httpx.AsyncClient(base_url=self.url, timeout=self.timeout_s) as client:
+        async with httpx.AsyncClient(
+            event_hooks=trace_headers.HTTPX_HOOKS, base_url=self.url, timeout=self.timeout_s
+        ) as client:
             return await self._scalar(client, promql)
 
     async def _scalar(self, client: httpx.AsyncClient, promql: str) -> float | None:

@@ -57,3 +57,30 @@ def merge_request_note(model: str, pipeline: str, commit: str, error: str | None
         f"#### ❌ mlcd: pipeline `{pipeline}` of model `{model}` does not compile\n\n"
         f"Checked at commit {commit[:8]}. The compiler said:\n\n{_quoted(error)}"
     )
+
+
+def features_status_name(model: str) -> str:
+    return f"mlcd/features: {model}"
+
+
+def features_note_marker(model: str) -> str:
+    return f"mlcd:features:{model}"
+
+
+_PLAN_LIMIT = 30_000  # GitLab takes a million characters; a plan longer than this is read in the CLI
+
+
+def features_note(model: str, path: str, commit: str, plan: str | None, error: str | None) -> str:
+    """The merge request's note on its feature repository: Feast's plan quoted, or why there is none."""
+    if error is not None:
+        return (
+            f"#### ❌ mlcd: feature repository `{path}` of model `{model}` does not plan\n\n"
+            f"Checked at commit {commit[:8]}. Feast said:\n\n{_quoted(error)}"
+        )
+    shown = plan or "(Feast printed nothing)"
+    if len(shown) > _PLAN_LIMIT:
+        shown = shown[:_PLAN_LIMIT] + f"\n… ({len(shown) - _PLAN_LIMIT} more characters: run `feast plan`)"
+    return (
+        f"#### 📋 mlcd: `feast plan` for feature repository `{path}` of model `{model}`\n\n"
+        f"Planned at commit {commit[:8]}; mlcd runs `feast apply` once it is merged.\n\n{_quoted(shown)}"
+    )

@@ -12,10 +12,12 @@ from aiokafka.errors import (
     CommitFailedError,
     KafkaConnectionError,
     KafkaError,
+    KafkaTimeoutError,
     NodeNotReadyError,
     RequestTimedOutError,
     TopicAlreadyExistsError,
 )
+from aiokafka.partitioner import DefaultPartitioner, murmur2
 from aiokafka.structs import OffsetAndMetadata
 
 from mlcd import logs
@@ -31,14 +33,41 @@ class BrokerRefused(PermanentError):
 
 def translate(error: BaseException, what: str) -> MlcdError:
     """A library error as mlcd's tree: retriable Kafka errors, timeouts and lost sockets are outages."""
-    if isinstance(error, KafkaError) and not error.retriable and not _is_connection_loss(error):
+    if isinstance(error, KafkaError) and not error.retriable and not _is_outage(error):
         return BrokerRefused(f"{what}: {error!r}")
     return AdapterUnavailable(f"{what}: {error!r}")
 
 
-def _is_connection_loss(error: KafkaError) -> bool:
-    # aiokafka marks a few connection-level errors non-retriable although a reconnect cures them.
-    return isinstance(error, KafkaConnectionError | NodeNotReadyError | RequestTimedOutError)
+def _is_outage(error: KafkaError) -> bool:
+    # aiokafka marks a few outage errors non-retriable although waiting cures them: lost connections, and
+    # KafkaTimeoutError, which `send` raises when a record found no room in the producer's buffer in time
+    # (a broker that is down holds every batch): a refusal "for good" would park the record.
+    return isinstance(
+        error, KafkaConnectionError | NodeNotReadyError | RequestTimedOutError | KafkaTimeoutError
+    )
+
+
+class KeyHashingPartitioner:
+    """aiokafka's default partitioner (murmur2 of the key, as the Java client), with each key's hash kept.
+
+    murmur2 is pure Python in aiokafka and was a tenth of the relay's time; keys (model names) repeat, so
+    each is hashed once. The partition of a key is the default partitioner's, so a key's order holds
+    alongside producers that use the default.
+    """
+
+    def __init__(self, max_keys: int = 65_536) -> None:
+        self._hashes: dict[bytes, int] = {}
+        self._max_keys = max_keys
+
+    def __call__(self, key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
+        if key is None:
+            return int(DefaultPartitioner()(key, all_partitions, available))
+        hashed = self._hashes.get(key)
+        if hashed is None:
+            if len(self._hashes) >= self._max_keys:
+                self._hashes.clear()
+            hashed = self._hashes[key] = murmur2(key) & 0x7FFFFFFF
+        return all_partitions[hashed % len(all_partitions)]
 
 
 class KafkaBus:
@@ -99,6 +128,7 @@ class KafkaBus:
             **self.security,
             acks="all",
             enable_idempotence=self.enable_idempotence,
+            partitioner=KeyHashingPartitioner(),
             linger_ms=1,
             max_request_size=self.max_request_size,
             request_timeout_ms=int(self.request_timeout_s * 1000),

@@ -26,7 +26,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from mlcd import events, logs, metrics
+from mlcd import events, logs, metrics, tracing
 from mlcd.bus.port import Bus, Subscription
 from mlcd.errors import AdapterUnavailable, RecordsRefused, TemporaryError
 from mlcd.events import Record
@@ -37,6 +37,11 @@ log = logs.get(__name__)
 _DEBUG = functools.partial(logs.enabled, logging.DEBUG)
 
 T = TypeVar("T")
+MAX_BATCH = 500
+"""Records per poll: the batch's inbox read, its write and its offset commit are one round trip each."""
+WRITE_WITHIN_S = 0.2
+"""A batch whose handlers take longer writes and commits what is handled so far after this long, so slow
+handlers do not hold back the events emitted before them."""
 Handler = Callable[[events.Envelope[Any], UnitOfWork], Awaitable[None]]
 
 
@@ -137,7 +142,8 @@ class Consumer:
         source: str,
         retry: RetryPolicy = RetryPolicy(),
         waker: RelayWaker | None = None,
-        max_batch: int = 100,
+        max_batch: int = MAX_BATCH,
+        write_within_s: float = WRITE_WITHIN_S,
     ) -> None:
         self.bus = bus
         self.engine = engine
@@ -147,12 +153,16 @@ class Consumer:
         self.retry = retry
         self.waker = waker
         self.max_batch = max_batch
+        self.write_within_s = write_within_s
         self.topics = sorted({events.PAYLOAD_TYPES[t].topic() for t in handlers})
         self._subscription: Subscription | None = None
         self._stop = asyncio.Event()
         self.ready = asyncio.Event()
         self._tally = _Tally()
-        self._held: AsyncConnection | None = None
+        self._conn: AsyncConnection | None = None
+        # PostgreSQL: the inbox read and the batch write are one statement each, run in autocommit on the
+        # consumer's own connection (one round trip each; no BEGIN, no COMMIT, no pool pre-ping).
+        self._single_statements = engine.dialect.name == "postgresql"
         self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -172,9 +182,14 @@ class Consumer:
                     self._metric(metrics.CONSUMER_LAG, topic, str(partition)).set(lag)
                 if records:
                     await self._handle_until_done(records)
+                else:
+                    await self._drop_connection()  # idle: the connection goes back to the pool
         finally:
             self.ready.clear()
-            await self._subscription.close()
+            try:
+                await self._subscription.close()
+            finally:
+                await self._drop_connection()
 
     async def _handle_until_done(self, records: Sequence[Record]) -> None:
         # A store outage must not cost a group rejoin: the partitions are paused (polls keep the member
@@ -211,48 +226,63 @@ class Consumer:
     async def handle_batch(self, records: Sequence[Record]) -> None:
         """Handle records in order; a failing one is retried or parked before the ones after it.
 
-        Logs and metrics are per batch: one info line and one counter step per event type; the
-        per-event lines are at debug level.
+        What the handlers leave is written, and offsets committed, at the end of the batch, or sooner
+        once it has taken `write_within_s`. Logs and metrics are per batch: one info line and one counter
+        step per event type; the per-event lines are at debug level.
         """
         assert self._subscription is not None
         started = time.perf_counter()
-        # One checkout (and so one pool pre-ping) for the batch's inbox read and its final write; no
-        # transaction is open on it while the handlers run.
-        self._held = await self._store(self.engine.connect().start())
-        try:
-            seen = await self._store(self._seen_among(records))
-            self._tally = _Tally()
-            done: list[_Handled] = []
-            for record in records:
-                try:
-                    done.append(await self._handle_one(record, attempt=1, seen=seen))
-                except _Failure as failure:
-                    await self._complete(done)
-                    done = [await self._retry_then_park(record, failure.error)]
-            await self._complete(done)
-        finally:
-            held, self._held = self._held, None
-            if held is not None:
-                with contextlib.suppress(*database.OUTAGE_ERRORS):
-                    await held.close()
+        seen = await self._store(self._seen_among(records))
+        self._tally = _Tally()
+        done: list[_Handled] = []
+        written = started
+        for record in records:
+            try:
+                done.append(await self._handle_one(record, attempt=1, seen=seen))
+            except _Failure as failure:
+                await self._complete(done)
+                done = [await self._retry_then_park(record, failure.error)]
+            if time.perf_counter() - written >= self.write_within_s:
+                await self._complete(done)
+                done, written = [], time.perf_counter()
+        await self._complete(done)
         self._report(self._tally, len(records), time.perf_counter() - started)
 
+    async def _connection(self) -> AsyncConnection:
+        """The consumer's own store connection, kept from batch to batch while records keep coming (no
+        checkout, no pre-ping per batch) and given back at the first empty poll; no transaction is open
+        on it while the handlers run."""
+        if self._conn is None:
+            conn = await self.engine.connect().start()
+            if self._single_statements:
+                conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            self._conn = conn
+        return self._conn
+
+    async def _drop_connection(self, *, dead: bool = False) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(*database.OUTAGE_ERRORS):
+                await (conn.invalidate() if dead else conn.close())
+
     async def _in_transaction(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
-        """`work` in one transaction on the batch's connection, or on a fresh one once that one died."""
-        held = self._held
-        if held is not None:
+        """`work` in one transaction on the consumer's connection (PostgreSQL: `work` is one statement in
+        autocommit), or on a fresh one once that one died."""
+        for last in (False, True):
+            conn = await self._connection()
             try:
-                async with held.begin():
-                    return await work(held)
+                if self._single_statements:
+                    return await work(conn)
+                async with conn.begin():
+                    return await work(conn)
             except database.OUTAGE_ERRORS:
-                # It died while the handlers ran (a store restart): a pooled connection is pinged first.
-                # Had the commit gone through, the inbox rows now clash and the batch is written event by
-                # event, each one that is already there skipped.
-                self._held = None
-                with contextlib.suppress(*database.OUTAGE_ERRORS):
-                    await held.invalidate()
-        async with self.engine.begin() as conn:
-            return await work(conn)
+                # It died since the last batch or while the handlers ran (a store restart): a fresh
+                # connection is pinged first. Had the write gone through, the inbox rows now clash and
+                # the batch is written event by event, each one that is already there skipped.
+                await self._drop_connection(dead=True)
+                if last:
+                    raise
+        raise AssertionError("unreachable")
 
     def _report(self, tally: _Tally, records: int, seconds: float) -> None:
         for event_type, count in tally.handled.items():
@@ -278,7 +308,10 @@ class Consumer:
         return child
 
     async def _seen_among(self, records: Sequence[Record]) -> set[str]:
-        ids = _event_ids(records)
+        # Only the records a handler of this group takes: the others are skipped without a look.
+        ids = _event_ids([r for r in records if r.header("ce_type") in self.handlers])
+        if not ids:
+            return set()
 
         async def read(conn: AsyncConnection) -> set[str]:
             return await inbox.seen_among(conn, self.group, ids)
@@ -295,6 +328,9 @@ class Consumer:
             raise StoreUnavailable(describe(e)) from e
 
     async def _handle_one(self, record: Record, *, attempt: int, seen: set[str]) -> _Handled:
+        event_type = record.header("ce_type")
+        if event_type in events.PAYLOAD_TYPES and event_type not in self.handlers:
+            return _Handled(record)  # a type another group takes (it parks the record if it is invalid)
         decoded = events.decode(record)
         if isinstance(decoded, events.DecodeError):
             await self._store(self._park(record, decoded.reason, attempts=0))
@@ -302,7 +338,16 @@ class Consumer:
         handlers = self.handlers.get(decoded.type, ())
         if not handlers:
             return _Handled(record)
-        with logs.bound(event_id=decoded.id, event_type=decoded.type, model=decoded.key, group=self.group):
+        with (
+            logs.bound(
+                event_id=decoded.id,
+                event_type=decoded.type,
+                model=decoded.key,
+                group=self.group,
+                correlation_id=decoded.correlation,
+            ),
+            tracing.following(decoded.correlation, decoded.id),
+        ):
             if decoded.id in seen:
                 self._tally.duplicates += 1
                 log.info("duplicate skipped")  # rare (a redelivery after a crash or rebalance): kept at info
@@ -357,6 +402,9 @@ class Consumer:
         emitted = [e for h in pending if h.uow is not None for e in h.uow.emitted]
 
         async def write(conn: AsyncConnection) -> None:
+            if self._single_statements:
+                await outbox.add_with_inbox(conn, emitted, self.group, _inbox_rows(pending))
+                return
             if emitted:
                 await outbox.add(conn, emitted)
             await inbox.record_many(conn, self.group, _inbox_rows(pending))
@@ -479,22 +527,53 @@ class OutboxRelay:
         self._rotation = random.randrange(self.WINDOWS)
         self._full = False
         self._published: dict[str, Any] = {}
+        self._conn: AsyncConnection | None = None
+        self._running = False
 
     async def run(self, stop: asyncio.Event) -> None:
-        last_purge = 0.0
-        while not stop.is_set():
-            try:
-                await self.publish_pending()
-            except AdapterUnavailable as e:
-                log.warning("relay cannot reach the broker; rows stay in the outbox", error=str(e))
-                await self._until_broker_answers(stop)
-                continue
-            if time.monotonic() - last_purge > 3600:
-                await self._purge()
-                last_purge = time.monotonic()
-            if not self._full:
-                await self.waker.wait(self.idle_poll_s)
-        await self.publish_pending_quietly()
+        self._running = True
+        try:
+            last_purge = 0.0
+            while not stop.is_set():
+                try:
+                    if not await self.publish_pending():
+                        await self._drop_connection()  # idle: the connection goes back to the pool
+                except AdapterUnavailable as e:
+                    log.warning("relay cannot reach the broker; rows stay in the outbox", error=str(e))
+                    await self._until_broker_answers(stop)
+                    continue
+                if time.monotonic() - last_purge > 3600:
+                    await self._purge()
+                    last_purge = time.monotonic()
+                if not self._full:
+                    await self.waker.wait(self.idle_poll_s)
+            await self.publish_pending_quietly()
+        finally:
+            self._running = False
+            await self._drop_connection()
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[AsyncConnection]:
+        """A transaction on the relay's own connection, kept from round to round while there is work (a
+        pooled checkout costs a ping round trip) and given back after a sweep that found nothing; a
+        connection the store dropped is replaced on the next round."""
+        if self._conn is None:
+            self._conn = await self.engine.connect().start()
+        try:
+            async with self._conn.begin():
+                yield self._conn
+        except database.OUTAGE_ERRORS:
+            await self._drop_connection(dead=True)
+            raise
+        finally:
+            if not self._running:  # a one-shot sweep outside `run` (a flush, a test) keeps no connection
+                await self._drop_connection()
+
+    async def _drop_connection(self, *, dead: bool = False) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(*database.OUTAGE_ERRORS):
+                await (conn.invalidate() if dead else conn.close())
 
     async def publish_pending_quietly(self) -> None:
         """Flush the whole outbox (a stopping relay must not leave full batches behind)."""
@@ -507,12 +586,14 @@ class OutboxRelay:
 
     async def publish_pending(self) -> int:
         """One sweep: publish a batch of unsent rows from each slot window; returns how many."""
-        self._full = False
+        behind, self._full = self._full, False
         if self.engine.dialect.name != "postgresql":
             return await self._publish_round(None)
-        async with self.engine.connect() as conn:
-            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-            slots = await outbox.pending_slots(conn)
+        if behind:  # the last sweep left full batches: every slot is worth a look, none is scanned for
+            slots = set(range(outbox.SLOTS))
+        else:
+            async with self._transaction() as conn:
+                slots = await outbox.pending_slots(conn)
         if not slots:
             metrics.OUTBOX_PENDING.set(0)
             return 0
@@ -528,7 +609,7 @@ class OutboxRelay:
 
     async def _publish_round(self, slots: Sequence[int] | None) -> int:
         """Publish one batch in one transaction: lock the slots (PostgreSQL), select, publish, mark sent."""
-        async with self.engine.begin() as conn:
+        async with self._transaction() as conn:
             if slots is not None:
                 # Its own statement: the select after it must take its snapshot once the locks are held,
                 # or it could still see rows another relay marked sent just before releasing them.

@@ -1,10 +1,10 @@
-"""`mlcd explain FILE`: what mlcd would do with a webhook delivery or a CloudEvent, with no side effect.
+"""`mlcd explain FILE`: what mlcd will do with a webhook delivery or a CloudEvent, with no side effect.
 
 FILE holds a structured CloudEvent, a delivery as `{"source", "headers", "body"}`, or a raw HTTP request
 (`POST /hooks/gitlab`, headers, a blank line, the body). By default the running mlcd answers (it reads
-the registry's champion, open gates and debounce state); `--offline` judges against the policies folder
-alone, as a policy repository's CI can. `--expect TYPE...` exits 1 unless exactly those events would be
-emitted.
+the registry's champion, open gates and debounce state, and asks its serving platform whether a candidate
+can be served: the gatekeeper's `servable` rule); `--offline` judges against the policies folder alone, as
+a policy repository's CI can. `--expect TYPE...` exits 1 unless exactly those events would be emitted.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import typer
 
 from mlcd.commands import _api
 
-app = typer.Typer(help="What mlcd would do with an event, under today's policies.")
+app = typer.Typer(help="What mlcd will do with an event, under today's policies.")
 
 
 @app.command()
@@ -31,7 +31,9 @@ def explain(
         None, "--expect", help="Event type mlcd should emit (repeat); exit 1 on any difference."
     ),
     offline: bool = typer.Option(
-        False, "--offline", help="No server: the policies folder (MLCD_POLICIES_DIR) alone, no registry."
+        False,
+        "--offline",
+        help="No server: the policies folder (MLCD_POLICIES_DIR) alone, no registry nor serving platform.",
     ),
     as_json: bool = typer.Option(False, "--json", help="The explanation as JSON."),
 ) -> None:

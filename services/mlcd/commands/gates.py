@@ -43,6 +43,9 @@ def show(gate_id: str = typer.Argument(..., help="The gate's id."), as_json: boo
         return
     champion = f"v{gate['champion_version']}" if gate["champion_version"] else "none"
     typer.echo(f"gate {gate['id']}: {gate['model']} v{gate['model_version']} (champion {champion})")
+    if gate.get("author") or gate.get("merge_request_url"):
+        link = f"; merge request {gate['merge_request_url']}" if gate.get("merge_request_url") else ""
+        typer.echo(f"caused by {gate.get('author') or 'nobody known'} (may not approve it){link}")
     typer.echo(
         f"state {gate['state']}"
         + (f" by {gate['decided_by']}: {gate['reason']}" if gate["decided_by"] else "")

@@ -16,13 +16,14 @@ from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel, Field, field_validator
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from mlcd import events, http, logs
+from mlcd import events, http, logs, tracing
 from mlcd.bus import runtime
 from mlcd.errors import Conflict, MlcdError, NotFound
 from mlcd.policy.book import PolicyBook
 from mlcd.policy.schema import Policy
 from mlcd.ports import Registry, Serving, ServingState
 from mlcd.store import outbox, rollouts, training
+from mlcd.store.unit_of_work import Transaction
 
 log = logs.get(__name__)
 
@@ -188,7 +189,11 @@ def router(
             )
         reason = f"{body.reason} (requested by {who.name})"
         async with runtime.unit_of_work(store(), SOURCE, waker) as uow:
-            event_id = uow.emit(events.RetrainRequested(model=model, reason=reason, data_uri=data_uri))
+            event_id = uow.emit(
+                events.RetrainRequested(
+                    model=model, reason=reason, data_uri=data_uri, requested_by=who.identity.actor
+                )
+            )
         log.info("retrain requested", model=model, by=who.name, via=who.via, data_uri=data_uri)
         return {"event_id": event_id, "model": model, "data_uri": data_uri, "reason": reason}
 
@@ -206,24 +211,16 @@ def router(
     ) -> dict[str, Any]:
         on_call(who)
         policy_of(model, action)
-        async with store().begin() as conn:
-            current = await rollouts.running(conn, model)
-            last = await rollouts.latest(conn, model)
-            if action == "retry":
-                target = _retryable(model, current, last)
-            else:
-                target = _controllable(model, action, current)
-                if action == "pause":
-                    await rollouts.pause(conn, target, f"paused by {who.name}")
-                else:
-                    await rollouts.request(conn, target, action, datetime.now(UTC))
-        event_id = None
-        if action == "retry":
-            approval = events.PromotionApproved(
-                model=model, model_version=target.version, approved_by=[who.name]
+        async with runtime.unit_of_work(store(), SOURCE, waker) as tx:
+            current = await rollouts.running(tx.connection, model)
+            last = await rollouts.latest(tx.connection, model)
+            target = (
+                _retryable(model, current, last)
+                if action == "retry"
+                else _controllable(model, action, current)
             )
-            async with runtime.unit_of_work(store(), SOURCE, waker) as uow:
-                event_id = uow.emit(approval)
+            with tracing.following(target.correlation_id):  # told in the rollout's chain, a retry too
+                event_id = await _control(tx, target, action, who.name)
         log.info("rollout control", model=model, action=action, by=who.name, version=target.version)
         return {"model": model, "action": action, "version": target.version, "event_id": event_id}
 
@@ -231,6 +228,37 @@ def router(
 
 
 Action = Literal["promote", "abort", "pause", "resume", "retry"]
+
+
+async def _control(tx: Transaction, target: rollouts.Rollout, action: str, who: str) -> str | None:
+    """Retry approves the version again; pause and resume take effect here and are told at once; promote
+    and abort are the next tick's work, told by the events it emits (steps completed, rolled back)."""
+    if action == "retry":
+        return tx.emit(
+            events.PromotionApproved(model=target.model, model_version=target.version, approved_by=[who])
+        )
+    if action == "pause":
+        reason = f"paused by {who}"
+        await rollouts.pause(tx.connection, target, reason)
+        return tx.emit(
+            events.RolloutPaused(
+                model=target.model,
+                model_version=target.version,
+                traffic_percent=target.traffic_percent,
+                reason=reason,
+            )
+        )
+    await rollouts.request(tx.connection, target, action, datetime.now(UTC))
+    if action != "resume":
+        return None
+    return tx.emit(
+        events.RolloutResumed(
+            model=target.model,
+            model_version=target.version,
+            traffic_percent=target.traffic_percent,
+            resumed_by=who,
+        )
+    )
 
 
 def _controllable(model: str, action: str, current: rollouts.Rollout | None) -> rollouts.Rollout:

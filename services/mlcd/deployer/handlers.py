@@ -12,16 +12,17 @@ then it rolls back (not Ready) or `on_inconclusive` decides: pause for on-call, 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
-from mlcd import events, logs
+from mlcd import events, logs, tracing
 from mlcd.bus.service import ServiceSpec, Timer
 from mlcd.deployer import steps
 from mlcd.errors import ArtifactUnreadable, MlcdError
 from mlcd.policy import analysis
 from mlcd.policy.book import PolicyBook
-from mlcd.policy.schema import Policy
+from mlcd.policy.schema import Check, Policy
 from mlcd.ports import Analysis, ModelVersion, Registry, Serving, ServingState
 from mlcd.store import rollouts
 from mlcd.store.unit_of_work import UnitOfWork
@@ -63,7 +64,9 @@ async def on_promotion_approved(
         log.info("approval of the version already rolling out; nothing to do", version=current.version)
         return
     async with uow.transaction(completes=True) as tx:
-        await rollouts.wait(tx.connection, approved.model, approved.model_version, event.id)
+        await rollouts.wait(
+            tx.connection, approved.model, approved.model_version, event.id, event.correlation
+        )
         tx.emit(
             events.NoticeRaised(
                 model=approved.model,
@@ -129,6 +132,7 @@ async def start_rollout(
             steps=plan,
             next_analysis_at=None if first_version_served else _now() + _first_wait(policy, champion),
             cause_event_id=cause_id,
+            correlation_id=uow.correlation or "",
             state=rollouts.SUCCEEDED if first_version_served else rollouts.RUNNING,
             phase=rollouts.PROMOTING if champion is None else rollouts.STEP,
         )
@@ -166,6 +170,7 @@ async def _refuse(
             steps=[100],
             next_analysis_at=None,
             cause_event_id=cause_id,
+            correlation_id=uow.correlation or "",
             state=rollouts.FAILED,
             reason=reason,
         )
@@ -193,11 +198,21 @@ async def advance_rollouts(
         queued = await rollouts.all_waiting(tx.connection)
         idle = [w for w in queued if await rollouts.running(tx.connection, w.model) is None]
     for rollout in due:
-        with logs.bound(model=rollout.model, version=rollout.version):
+        with _in_chain(rollout.model, rollout.version, rollout.correlation_id):
             await _isolated(_claimed_then_advanced(uow, rollout, now, policies, registry, serving, analysis))
     for waiting in idle:
-        with logs.bound(model=waiting.model, version=waiting.version):
+        with _in_chain(waiting.model, waiting.version, waiting.correlation_id):
             await _isolated(_start_waiting(uow, waiting, policies, registry, serving))
+
+
+@contextmanager
+def _in_chain(model: str, version: str, correlation_id: str) -> Iterator[None]:
+    """Work of a timer on one rollout: logged with its model and version, its events in its chain."""
+    with (
+        logs.bound(model=model, version=version, correlation_id=correlation_id),
+        tracing.following(correlation_id),
+    ):
+        yield
 
 
 async def _isolated(work: Awaitable[None]) -> None:
@@ -279,7 +294,8 @@ def _target(
 
 
 def _platform(state: ServingState) -> analysis.Platform:
-    return "serverless" if state.platform == "serverless" else "raw" if state.platform == "raw" else "local"
+    platforms: tuple[analysis.Platform, ...] = ("serverless", "raw", "seldon")
+    return next((p for p in platforms if p == state.platform), "local")
 
 
 async def advance_one(
@@ -339,14 +355,15 @@ async def advance_one(
     started = rollout.step_started_at or rollout.updated_at
     window_s = min(policy.rollout.interval.total_seconds(), (now - started).total_seconds())
     target = _target(state, rollout, state.canary_revision, window_s)
-    outcomes = await analysis_port.evaluate(policy.rollout.checks(), _platform(state), target)
-    verdict = steps.verdict(outcomes)
+    checks = policy.rollout.checks()
+    verdict = steps.verdict(await analysis_port.evaluate(checks, _platform(state), target))
+    taken = _measurements(checks, verdict)
     if verdict.failed:
         reason = f"analysis failed at {rollout.traffic_percent}%: {verdict.reason}"
-        await roll_back(uow, rollout, serving, registry, reason, verdict.figures)
+        await roll_back(uow, rollout, serving, registry, reason, verdict.figures, measured=taken)
         return
     if not verdict.conclusive:
-        await _inconclusive(uow, rollout, policy, registry, serving, verdict, now)
+        await _inconclusive(uow, rollout, policy, registry, serving, verdict, now, taken)
         return
     step_done = events.RolloutStepCompleted(
         model=rollout.model,
@@ -365,12 +382,23 @@ async def advance_one(
             verdict.figures,
             step_done,
             completes_final_step=following is not None,
+            measured=taken,
         )
         return
     await serving.set_canary(rollout.model, rollout.version, rollout.artifact_uri, rollout.steps[following])
     async with uow.transaction() as tx:
+        await rollouts.measured(tx.connection, rollout, taken)
         await rollouts.advance(tx.connection, rollout, now + policy.rollout.interval, verdict.figures)
         tx.emit(step_done)
+
+
+def _measurements(checks: list[Check], verdict: steps.AnalysisVerdict) -> list[rollouts.Measurement]:
+    """What one analysis measured, each value beside the bounds its check holds it to (for the charts)."""
+    bounds = {check.name: (check.min, check.max) for check in checks}
+    return [
+        rollouts.Measurement(o.name, o.value, o.passed, *bounds.get(o.name, (None, None)), reason=o.reason)
+        for o in verdict.outcomes
+    ]
 
 
 def _applied_next_step(state: ServingState, rollout: rollouts.Rollout) -> int | None:
@@ -415,10 +443,12 @@ async def _inconclusive(
     serving: Serving,
     verdict: steps.AnalysisVerdict,
     now: datetime,
+    taken: list[rollouts.Measurement],
 ) -> None:
     """Keep waiting until the deadline; then pause for on-call or roll back, as the policy says."""
     if not _deadline_passed(rollout, policy, now):
         async with uow.transaction() as tx:
+            await rollouts.measured(tx.connection, rollout, taken)
             await rollouts.postpone(tx.connection, rollout, now + policy.rollout.interval, verdict.reason)
         return
     reason = (
@@ -426,17 +456,18 @@ async def _inconclusive(
         f"{verdict.reason}"
     )
     if policy.rollout.on_inconclusive == "rollback":
-        await roll_back(uow, rollout, serving, registry, reason, verdict.figures)
+        await roll_back(uow, rollout, serving, registry, reason, verdict.figures, measured=taken)
         return
     async with uow.transaction(completes=True) as tx:
+        await rollouts.measured(tx.connection, rollout, taken)
         await rollouts.pause(tx.connection, rollout, reason)
         tx.emit(
-            events.NoticeRaised(
+            events.RolloutPaused(
                 model=rollout.model,
-                message=(
-                    f"rollout of version {rollout.version} paused: {reason}; "
-                    f"mlcd rollout promote|abort|resume {rollout.model}"
-                ),
+                model_version=rollout.version,
+                traffic_percent=rollout.traffic_percent,
+                reason=reason,
+                figures=verdict.figures,
             )
         )
 
@@ -451,11 +482,13 @@ async def _promote(
     step_done: events.RolloutStepCompleted | None,
     *,
     completes_final_step: bool,
+    measured: list[rollouts.Measurement] | None = None,
 ) -> None:
     """All traffic to the candidate; champion moves once the platform reports it serving."""
     await serving.promote(rollout.model, rollout.version, rollout.artifact_uri)
     state = await serving.state(rollout.model)
     async with uow.transaction() as tx:
+        await rollouts.measured(tx.connection, rollout, measured or [])
         await rollouts.enter(
             tx.connection,
             rollout,
@@ -543,12 +576,15 @@ async def _guard(
     """After promotion the same checks keep running on the served revision until the window ends."""
     window_s = policy.rollout.interval.total_seconds()
     target = _target(state, rollout, state.stable_revision, window_s)
-    verdict = steps.verdict(await analysis_port.evaluate(policy.rollout.checks(), _platform(state), target))
+    checks = policy.rollout.checks()
+    verdict = steps.verdict(await analysis_port.evaluate(checks, _platform(state), target))
+    taken = _measurements(checks, verdict)
     if verdict.failed:
         reason = f"post-promotion guard: {verdict.reason}"
-        await roll_back(uow, rollout, serving, registry, reason, verdict.figures)
+        await roll_back(uow, rollout, serving, registry, reason, verdict.figures, measured=taken)
         return
     async with uow.transaction() as tx:
+        await rollouts.measured(tx.connection, rollout, taken)
         if rollout.guard_until is not None and now >= rollout.guard_until:
             await rollouts.finish(tx.connection, rollout, rollouts.SUCCEEDED, figures=verdict.figures or None)
             tx.emit(
@@ -592,16 +628,20 @@ async def roll_back(
     registry: Registry,
     reason: str,
     figures: dict[str, float],
+    *,
+    measured: list[rollouts.Measurement] | None = None,
 ) -> None:
     """All traffic back to the version before the rollout, observed; champion names it again.
 
-    The pulled version is tagged with why (MLflow tag mlcd.rolled_back).
+    The pulled version is tagged with why (MLflow tag mlcd.rolled_back); `measured`, the analysis that
+    decided it, is kept with the rollout.
     """
     await serving.rollback(rollout.model, rollout.previous_version, rollout.previous_artifact_uri)
     if rollout.previous_version is not None:
         await registry.set_alias(rollout.model, CHAMPION, rollout.previous_version)
     await registry.set_version_tags(rollout.model, rollout.version, {ROLLED_BACK_TAG: reason[:500]})
     async with uow.transaction(completes=True) as tx:
+        await rollouts.measured(tx.connection, rollout, measured or [])
         await rollouts.finish(tx.connection, rollout, rollouts.ROLLED_BACK, reason=reason, figures=figures)
         tx.emit(
             events.RolledBack(

@@ -12,16 +12,16 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Body, Depends, HTTPException, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, field_validator
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from mlcd import http, logs, ports
+from mlcd import events, http, logs, ports
 from mlcd.bus.runtime import RelayWaker, unit_of_work
 from mlcd.errors import MlcdError, NotFound
 from mlcd.gatekeeper import gate_decisions
 from mlcd.policy import decisions, rules
 from mlcd.policy.book import PolicyBook
 from mlcd.policy.decisions import Decision
-from mlcd.store import gates
+from mlcd.store import gates, outbox, validations
 
 log = logs.get(__name__)
 
@@ -107,11 +107,14 @@ def router(
         if now == gate.champion_version:
             return None
         candidate = await registry.get_version(gate.model, gate.model_version)
+        async with engine.connect() as conn:  # the same training and data the gate was opened with
+            training, validation = await _what_the_gate_judged(conn, gate)
+        data_uri = str(training.get("data_uri", ""))
         context = rules.Context(
             candidate=rules.version_view(candidate),
             champion=rules.version_view(champion) if champion else None,
-            data={"uri": ""},
-            training={"model_version": gate.model_version},
+            data=rules.data_view(data_uri, validation),
+            training=training,
         )
         compiled = policies.compiled(gate.model)
         outcomes = rules.evaluate(compiled.rules_for(champion is not None), context)
@@ -198,3 +201,20 @@ async def _note_decision(code_host: ports.CodeHost, gate: gates.Gate, via: str) 
         await code_host.post_commit_note(gate.project, gate.commit, f"mlcd gate {gate.id} {gate.state}", note)
     except MlcdError as e:
         log.warning("could not note the decision on the commit", gate_id=gate.id, error=str(e))
+
+
+async def _what_the_gate_judged(
+    conn: AsyncConnection, gate: gates.Gate
+) -> tuple[dict[str, Any], events.DataValidated | events.DataRejected | None]:
+    """The training result that opened the gate (its cause, from the journal) and its batch's verdict."""
+    journal = await outbox.journal(
+        conn, model=gate.model, event_type=events.TrainingSucceeded.type, limit=1000
+    )
+    cause = next((e["data"] for _, e in journal if e["id"] == gate.cause_event_id), None)
+    if cause is None:  # past the journal's retention: the rules see what the gate row keeps
+        return {"model_version": gate.model_version}, None
+    trained = events.TrainingSucceeded.model_validate(cause)
+    verdict = (
+        await validations.batch_verdict(conn, gate.model, trained.data_uri) if trained.data_uri else None
+    )
+    return rules.training_view(trained), verdict

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
-from mlcd import events, logs
+from mlcd import events, logs, tracing
 from mlcd.policy import decisions
 from mlcd.store import gates
 from mlcd.store.unit_of_work import Transaction
@@ -83,20 +83,28 @@ async def expire(tx: Transaction, gate: gates.Gate, now: datetime) -> gates.Gate
     if not await gates.finish(tx.connection, gate.id, "expired", SYSTEM_ACTOR, "expired", now):
         return await gates.get(tx.connection, gate.id) or gate
     await _audit(tx, gate.id, SYSTEM_ACTOR, "timer", "expire", "accepted", "no decision before the deadline")
-    tx.emit(
-        events.PromotionRejected(
-            model=gate.model,
-            model_version=gate.model_version,
-            reason="expired",
-            gate_id=gate.id,
-            rules=_outcomes(gate),
+    with tracing.following(gate.correlation_id, gate.cause_event_id):
+        tx.emit(
+            events.PromotionRejected(
+                model=gate.model,
+                model_version=gate.model_version,
+                reason="expired",
+                gate_id=gate.id,
+                rules=_outcomes(gate),
+            )
         )
-    )
     log.info("gate expired", gate_id=gate.id, model=gate.model)
     return await gates.get(tx.connection, gate.id) or gate
 
 
 def _announce(tx: Transaction, gate: gates.Gate, actor: str, reason: str) -> None:
+    with tracing.following(
+        gate.correlation_id, gate.cause_event_id
+    ):  # the decision continues the gate's chain
+        _announce_in_chain(tx, gate, actor, reason)
+
+
+def _announce_in_chain(tx: Transaction, gate: gates.Gate, actor: str, reason: str) -> None:
     if gate.state == "approved":
         tx.emit(
             events.PromotionApproved(

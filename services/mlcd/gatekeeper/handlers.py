@@ -15,7 +15,7 @@ from mlcd.gatekeeper import gate_decisions, notices
 from mlcd.policy import decisions, rules
 from mlcd.policy.book import PolicyBook
 from mlcd.policy.schema import Policy
-from mlcd.store import gates
+from mlcd.store import gates, validations
 from mlcd.store.unit_of_work import Transaction, UnitOfWork
 
 log = logs.get(__name__)
@@ -23,6 +23,9 @@ log = logs.get(__name__)
 CHALLENGER_ALIAS = "challenger"
 CHAMPION_ALIAS = "champion"
 MAINTAINER = 40  # GitLab's access level of a Maintainer
+# Merge-request hook actions that carry one approval by the hook's user: `approval` while more are needed,
+# `approved` once the merge request has all it needs.
+MERGE_REQUEST_APPROVALS = frozenset({"approved", "approval"})
 _TAG_LIMIT = 500
 
 
@@ -38,15 +41,7 @@ async def on_training_succeeded(
     notifier: ports.Notifier,
 ) -> None:
     trained = event.data
-    training = {
-        "run_id": trained.run_id,
-        "model_version": trained.model_version,
-        "pipeline_version": trained.pipeline_version,
-        "commit": trained.commit,
-        "author": trained.author,
-        "data_uri": trained.data_uri,
-        "metrics": dict(trained.metrics),
-    }
+    training = rules.training_view(trained)
     candidate = _Candidate(trained.model, trained.model_version, trained.author, trained.commit, training)
     await _judge(candidate, uow, settings, policies, registry, serving, code_host, notifier)
 
@@ -104,6 +99,43 @@ async def on_decision_requested(
         await _best_effort(
             "merge-request reply",
             code_host.upsert_merge_request_note(request.project, request.merge_request_iid, marker, reply),
+        )
+
+
+async def on_merge_request_changed(
+    event: events.Envelope[events.MergeRequestChanged],
+    uow: UnitOfWork,
+    *,
+    policies: PolicyBook,
+    code_host: ports.CodeHost,
+) -> None:
+    """An approval of a merge request counts for the open gates of the candidates it brought, where the
+    model's policy says so (`approval.merge_request_approval`); the approver is checked like a comment's."""
+    change = event.data
+    policy = policies.get(change.model) if change.model else None
+    if change.action not in MERGE_REQUEST_APPROVALS or policy is None:
+        return
+    if not policy.approval.merge_request_approval:
+        log.info("merge-request approvals do not count for this model", model=change.model, iid=change.iid)
+        return
+    async with uow.transaction() as tx:
+        opened = await gates.open_for_merge_request(tx.connection, change.project, change.iid)
+    linked = [gate for gate in opened if gate.model == change.model]
+    approver = change.author.username
+    refusals = {g.id: await gitlab_refusal(g, approver, policies, code_host) for g in linked}
+    async with uow.transaction(completes=True) as tx:
+        results = [
+            await _merge_request_approval(tx, gate.id, approver, change.iid, refusals[gate.id])
+            for gate in linked
+        ]
+    for result in results:
+        reply = notices.decision_reply(
+            result.gate.id if result.gate else "?", approver, "approval", result.status, result.message
+        )
+        marker = f"mlcd:decision:{event.id}:{result.gate.id if result.gate else ''}"
+        await _best_effort(
+            "merge-request reply",
+            code_host.upsert_merge_request_note(change.project, change.iid, marker, reply),
         )
 
 
@@ -217,15 +249,20 @@ async def _judge(
         raise PermanentError(f"cannot judge {candidate.model} version {candidate.version}: {e}") from e
     version = await registry.get_version(candidate.model, candidate.version)
     champion = await registry.version_by_alias(candidate.model, CHAMPION_ALIAS)
+    data_uri = str(candidate.training.get("data_uri", ""))
+    validation = None
+    if data_uri:
+        async with uow.transaction() as tx:
+            validation = await validations.batch_verdict(tx.connection, candidate.model, data_uri)
     context = rules.Context(
         candidate=rules.version_view(version),
         champion=rules.version_view(champion) if champion else None,
-        data={"uri": candidate.training.get("data_uri", "")},
+        data=rules.data_view(data_uri, validation),
         training=candidate.training,
     )
     outcomes = [
         *rules.evaluate(compiled.rules_for(champion is not None), context),
-        *_servable(serving, version, await registry.flavors(version)),
+        *servable(serving, version, await registry.flavors(version)),
     ]
     needs_approval = policy.approval.required and (
         compiled.approval_when is None or rules.holds(compiled.approval_when, context) is not False
@@ -246,18 +283,29 @@ async def _judge(
             events.PromotionApproved(model=candidate.model, model_version=candidate.version, rules=outcomes)
         )
     else:
+        # GitLab is asked before the transaction: which merge request brought the commit, and (where the
+        # policy counts them) who approves it already; those approvals are applied with the opening.
+        project = policy.code.project if policy.code else ""
+        merge_request = await _merge_request_of(code_host, project, candidate.commit)
+        approvers: list[str] = []
+        if merge_request is not None and policy.approval.merge_request_approval:
+            approvers = await _approvers(code_host, project, merge_request.iid)
+        gate = _new_gate(uow, candidate, champion, outcomes, policy, merge_request)
+        refusals = {who: await gitlab_refusal(gate, who, policies, code_host) for who in approvers}
         async with uow.transaction(completes=True) as tx:
-            opened = await _open_gate(tx, candidate, champion, outcomes, policy)
-        await _announce_gate(
-            opened, candidate, settings, code_host, notifier, policy.code.project if policy.code else ""
-        )
+            opened = await _open_gate(tx, gate, outcomes)
+            for who, refusal in refusals.items():
+                assert merge_request is not None
+                await _merge_request_approval(tx, opened.gate_id, who, merge_request.iid, refusal)
+        await _announce_gate(opened, candidate, settings, code_host, notifier, project, merge_request)
 
 
-def _servable(
+def servable(
     serving: ports.Serving, version: ports.ModelVersion, flavors: tuple[str, ...]
 ) -> list[events.RuleOutcome]:
-    """A failed outcome when the serving platform could not load the version: refused now, on the gate,
-    rather than approved by on-call and refused by the deployer later."""
+    """A failed outcome (rule `servable`) when the serving platform could not load the version: refused now,
+    on the gate, rather than approved by on-call and refused by the deployer later. `mlcd explain` runs it
+    too."""
     problem = serving.servable_problem(version, flavors)
     if problem is None:
         return []
@@ -272,34 +320,85 @@ def _servable(
     ]
 
 
-async def _open_gate(
-    tx: Transaction,
+def _new_gate(
+    uow: UnitOfWork,
     candidate: _Candidate,
     champion: ports.ModelVersion | None,
     outcomes: list[events.RuleOutcome],
     policy: Policy,
-) -> events.GateOpened:
-    cause = tx.cause.id if tx.cause else f"{candidate.model}/{candidate.version}"
+    merge_request: ports.MergeRequestRef | None,
+) -> gates.Gate:
+    cause = uow.cause.id if uow.cause else f"{candidate.model}/{candidate.version}"
     now = datetime.now(UTC)
-    gate = await gates.open_gate(
-        tx.connection,
-        gates.Gate(
-            id=gates.gate_id_for(cause),
-            model=candidate.model,
-            model_version=candidate.version,
-            champion_version=champion.version if champion else None,
-            state="open",
-            rules=[o.model_dump(mode="json") for o in outcomes],
-            approvals_required=policy.approval.count,
-            approver_groups=list(policy.approval.groups),
-            author=candidate.author,
-            project=policy.code.project if policy.code else "",
-            commit=candidate.commit,
-            created_at=now,
-            expires_at=now + policy.approval.timeout,
-            cause_event_id=cause,
-        ),
+    return gates.Gate(
+        id=gates.gate_id_for(cause),
+        model=candidate.model,
+        model_version=candidate.version,
+        champion_version=champion.version if champion else None,
+        state="open",
+        rules=[o.model_dump(mode="json") for o in outcomes],
+        approvals_required=policy.approval.count,
+        approver_groups=list(policy.approval.groups),
+        author=candidate.author,
+        project=policy.code.project if policy.code else "",
+        commit=candidate.commit,
+        created_at=now,
+        expires_at=now + policy.approval.timeout,
+        cause_event_id=cause,
+        merge_request_iid=merge_request.iid if merge_request else None,
+        merge_request_url=merge_request.url if merge_request else "",
+        correlation_id=uow.correlation or "",
     )
+
+
+async def _merge_request_of(
+    code_host: ports.CodeHost, project: str, commit: str
+) -> ports.MergeRequestRef | None:
+    """The merge request that brought `commit` (a merged one first); None when there is none or GitLab
+    cannot say now: a gate opens without its link rather than not at all."""
+    if not (project and commit):
+        return None
+    try:
+        found = await code_host.merge_requests_of_commit(project, commit)
+    except MlcdError as e:
+        log.warning("cannot find the merge request of the commit; the gate opens without it", error=str(e))
+        return None
+    return found[0] if found else None
+
+
+async def _approvers(code_host: ports.CodeHost, project: str, iid: int) -> list[str]:
+    try:
+        return await code_host.merge_request_approvers(project, iid)
+    except MlcdError as e:
+        log.warning("cannot read the merge request's approvals; they count when approved again", error=str(e))
+        return []
+
+
+async def _merge_request_approval(
+    tx: Transaction, gate_id: str, approver: str, iid: int, refusal: str | None
+) -> gate_decisions.DecisionResult:
+    """One approval of the merge request, applied to the gate like an on-call decision (audited as via
+    gitlab); the change's author is refused by the gate's own rule."""
+
+    async def authorise(_: gates.Gate) -> str | None:
+        return refusal
+
+    return await gate_decisions.decide(
+        tx,
+        gate_id,
+        actor=approver,
+        via="gitlab",
+        decision="approve",
+        reason=f"approved merge request !{iid}",
+        authorise=authorise,
+    )
+
+
+async def _open_gate(
+    tx: Transaction, new: gates.Gate, outcomes: list[events.RuleOutcome]
+) -> events.GateOpened:
+    now = new.created_at
+    gate = await gates.open_gate(tx.connection, new)
     await gates.audit(
         tx.connection,
         gate.id,
@@ -318,6 +417,8 @@ async def _open_gate(
         approvals_required=gate.approvals_required,
         approver_groups=gate.approver_groups,
         expires_at=gate.expires_at,
+        author=gate.author,
+        merge_request_url=gate.merge_request_url,
     )
     tx.emit(opened)
     await _supersede_older(tx, gate, now)
@@ -363,15 +464,21 @@ async def _announce_gate(
     code_host: ports.CodeHost,
     notifier: ports.Notifier,
     project: str,
+    merge_request: ports.MergeRequestRef | None,
 ) -> None:
-    """The commit note is best effort: an unreachable GitLab must not keep a gate from opening. Chat
-    channels hear of the gate from the notifier service (it reads GateOpened), not from here."""
+    """The commit note and the merge-request note are best effort: an unreachable GitLab must not keep a
+    gate from opening. Each carries a hidden marker, so a redelivery posts neither twice. Chat channels
+    hear of the gate from the notifier service (it reads GateOpened), not from here."""
     title, body = notices.gate_opened(opened, settings.effective_api_url)
+    marker = f"mlcd gate {opened.gate_id} opened"
     if project and candidate.commit:
-        note = code_host.post_commit_note(
-            project, candidate.commit, f"mlcd gate {opened.gate_id} opened", f"### {title}\n\n{body}"
-        )
+        note = code_host.post_commit_note(project, candidate.commit, marker, f"### {title}\n\n{body}")
         await _best_effort("commit note", note)
+    if project and merge_request is not None:
+        mr_note = code_host.upsert_merge_request_note(
+            project, merge_request.iid, marker, f"### {title}\n\n{body}"
+        )
+        await _best_effort("merge-request note", mr_note)
 
 
 async def _best_effort(what: str, call: Awaitable[None]) -> None:
@@ -401,6 +508,7 @@ SERVICE = ServiceSpec(
         events.TrainingSucceeded: [on_training_succeeded],
         events.CandidateRegistered: [on_candidate_registered],
         events.GateDecisionRequested: [on_decision_requested],
+        events.MergeRequestChanged: [on_merge_request_changed],
         events.PromotionApproved: [on_promotion_approved],
         events.PromotionRejected: [on_promotion_rejected],
         events.AlertFired: [on_alert_fired],

@@ -22,9 +22,16 @@ def gate_opened(gate: events.GateOpened, api_url: str) -> tuple[str, str]:
     """(title, Markdown body) of the notice that a gate waits for an on-call decision."""
     champion = f"version {gate.champion_version}" if gate.champion_version else "no champion yet"
     title = f"promotion gate {gate.gate_id}: {gate.model} version {gate.model_version} waits for approval"
+    where = (
+        f"on its merge request {gate.merge_request_url}"
+        if gate.merge_request_url
+        else f"on any merge request of {gate.model}'s project"
+    )
+    author = f" It was caused by {gate.author}, who may not approve it." if gate.author else ""
     body = "\n".join(
         [
-            f"**{gate.model}** version **{gate.model_version}** passed its rules (against {champion}).",
+            f"**{gate.model}** version **{gate.model_version}** passed its rules (against {champion})."
+            + author,
             f"It needs {gate.approvals_required} approval(s) from {', '.join(gate.approver_groups)} "
             f"before {gate.expires_at.isoformat()}; after that it is rejected as expired.",
             "",
@@ -38,8 +45,8 @@ def gate_opened(gate: events.GateOpened, api_url: str) -> tuple[str, str]:
             f'-d \'{{"reason": "..."}}\' {api_url}/api/v1/gates/{gate.gate_id}/approve',
             "```",
             f"or comment `/mlcd approve {gate.gate_id}` (or `/mlcd reject {gate.gate_id} <reason>`) "
-            f"on any merge request of {gate.model}'s project (as a GitLab user the policy lists for an "
-            "approver group, or a Maintainer of the project).",
+            f"{where} (as a GitLab user the policy lists for an approver group, or a Maintainer of the "
+            "project).",
         ]
     )
     return title, body

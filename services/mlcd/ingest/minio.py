@@ -2,6 +2,8 @@
 
 Only `s3:ObjectCreated:*` under a model's landing bucket and prefix counts; deletions and other
 prefixes are journaled as ignored. Object keys arrive URL-encoded (`batch+01.csv`) and are decoded.
+The uploader, `userIdentity.principalId` (MinIO puts the access key there, or the parent user of a service
+account or STS credential), becomes the batch's author: it may not approve a candidate trained on it.
 """
 
 from __future__ import annotations
@@ -43,9 +45,14 @@ class _S3(_Body):
     object: _Object
 
 
+class _Identity(_Body):
+    principal_id: str = Field("", alias="principalId")
+
+
 class _Record(_Body):
     event_name: str = Field(alias="eventName")
     s3: _S3
+    user_identity: _Identity | None = Field(None, alias="userIdentity")
 
 
 class _Notification(_Body):
@@ -79,6 +86,7 @@ def _record(record: _Record, models: ModelDirectory) -> Envelope:
             size=obj.size,
             etag=obj.etag.strip('"'),
             version_id=obj.version_id,
+            author=record.user_identity.principal_id if record.user_identity else "",
         ),
         identity,
     )

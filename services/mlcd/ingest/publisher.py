@@ -12,8 +12,9 @@ event for the same key that still waits in the outbox, so per-model order holds 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -74,6 +75,53 @@ class _KeyedLocks:
                     self._locks[key] = (lock, users - 1)
 
 
+class _Handoff:
+    """Store connections passed from a finished delivery to the next one while deliveries overlap.
+
+    A connection from the pool is pinged first (a round trip: store/database.py); while other deliveries
+    are in flight, a finished one keeps its connection for the next instead. When the last delivery in
+    flight finishes, every kept connection goes back to the pool, so an idle publisher holds none. A
+    delivery that fails drops its connection (invalidated).
+    """
+
+    def __init__(self, engine: AsyncEngine, keep: int = 4) -> None:
+        self.engine = engine
+        self.keep = keep
+        self._spare: list[AsyncConnection] = []
+        self._in_flight = 0
+
+    @asynccontextmanager
+    async def begin(self) -> AsyncIterator[AsyncConnection]:
+        """A transaction on a kept connection, or on one from the pool."""
+        self._in_flight += 1
+        conn: AsyncConnection | None = None
+        try:
+            conn = self._spare.pop() if self._spare else await self.engine.connect().start()
+            async with conn.begin():
+                yield conn
+        except BaseException:  # any failure or cancel mid-transaction: the connection is not handed on
+            if conn is not None:
+                await _quietly(conn.invalidate())
+                conn = None
+            raise
+        finally:
+            self._in_flight -= 1
+            if conn is not None:
+                if self._in_flight and len(self._spare) < self.keep:
+                    self._spare.append(conn)
+                else:
+                    await _quietly(conn.close())
+            if not self._in_flight:
+                spare, self._spare = self._spare, []
+                for kept in spare:
+                    await _quietly(kept.close())
+
+
+async def _quietly(closing: Awaitable[None]) -> None:
+    with contextlib.suppress(*STORE_ERRORS):
+        await closing
+
+
 class Publisher:
     def __init__(
         self,
@@ -93,6 +141,7 @@ class Publisher:
         self._clock = clock
         self._broker_suspect_until = 0.0
         self._taking = _KeyedLocks()
+        self._connections = _Handoff(engine)
 
     async def deliver(self, envelopes: Sequence[Envelope]) -> Outcome:
         """Make the events durable; raises AdapterUnavailable when neither broker nor store takes them."""
@@ -101,7 +150,7 @@ class Publisher:
             async with (
                 asyncio.timeout(2 * self.timeout_s),
                 self._taking.holding([e.id for e in envelopes]),
-                self.engine.begin() as conn,
+                self._connections.begin() as conn,
             ):
                 relaxed = await _lock_across_replicas(conn, [e.id for e in envelopes])
                 keys = [(type(e.data).topic(), e.key.encode()) for e in envelopes]

@@ -31,6 +31,7 @@ from mlcd.local.up import up
 MODEL = "wine_quality"
 PROJECT = "ml/wine-quality"
 ONCALL_TOKEN_NAME = "alice"
+INTERRUPTED = 130  # the exit code of a story cut short by Ctrl-C (128 + SIGINT), as a shell expects
 Event = dict[str, Any]
 
 
@@ -50,6 +51,10 @@ def _why(event: Event) -> str:
 
 class StepMissing(Exception):
     """An expected event did not happen in time; the message names the step and the event."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM reached `mlcd up`'s one signal path, which stopped the services under the story."""
 
 
 @dataclass
@@ -179,7 +184,9 @@ def _land(story: Story, batch: Path, name: str) -> str:
     """Drop a batch into the landing bucket folder: the embedded MinIO stand-in notifies /hooks/minio."""
     target = story.settings.home / "objects" / "landing" / MODEL / name
     target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy(batch, target)
+    partial = target.with_name(f".{name}.part")  # the watcher skips dot-files: it never sees half a batch
+    shutil.copy(batch, partial)
+    partial.replace(target)
     return f"{MODEL}/{name}"
 
 
@@ -361,12 +368,14 @@ async def run_demo(settings: Settings) -> int:
             await _wait_ready(ready, runtime)
             told = asyncio.create_task(_notices(story, stop_notices := asyncio.Event()))
             try:
-                await _play(story, repo)
+                await _play_while_running(story, repo, stop)
             finally:
                 stop_notices.set()
                 await told
         except StepMissing as e:
             outcome = f"INCOMPLETE: {e}"
+        except Interrupted:
+            outcome = "INTERRUPTED: stopped by a signal before the story ended"
         finally:
             try:
                 events = await story.journal()
@@ -388,7 +397,21 @@ async def run_demo(settings: Settings) -> int:
             ]
         )
     )
-    return 0 if outcome == "complete" else 1
+    return 0 if outcome == "complete" else INTERRUPTED if outcome.startswith("INTERRUPTED") else 1
+
+
+async def _play_while_running(story: Story, repo: Path, stop: asyncio.Event) -> None:
+    """Play the story; Interrupted when a signal set `stop` first (`mlcd up`'s one signal path sets it
+    before it stops HTTP), instead of failing on the closed port."""
+    play = asyncio.create_task(_play(story, repo))
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait({play, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    if stop.is_set():
+        play.cancel()
+        await asyncio.gather(play, stopped, return_exceptions=True)
+        raise Interrupted
+    await play  # a missing step raises StepMissing here
 
 
 async def _wait_ready(ready: asyncio.Event, runtime: asyncio.Task[int]) -> None:
@@ -398,6 +421,8 @@ async def _wait_ready(ready: asyncio.Event, runtime: asyncio.Task[int]) -> None:
         waiter.cancel()
         if runtime.done():
             error = runtime.exception()
+            if error is None and runtime.result() > 128:  # a signal cut `mlcd up`'s start short
+                raise Interrupted
             raise StepMissing(f"step 'start': mlcd up stopped: {error or runtime.result()}")
         raise StepMissing("step 'start': mlcd up was not ready within 180s")
 

@@ -15,6 +15,8 @@ from mlcd import events
 from mlcd.adapters.notify import Message
 
 _TAIL_LINES = 8
+SYSTEM_ACTOR = "mlcd"
+"""Who the gatekeeper records for what it decides itself (gate_decisions.SYSTEM_ACTOR)."""
 
 
 def render(event: events.Envelope[Any], api_url: str) -> Message | None:
@@ -111,7 +113,8 @@ def _gate_opened(data: events.GateOpened, api: str) -> Message:
         title=f"promotion gate {data.gate_id} waits for approval",
         what=f"{data.model} version {data.model_version} passed its rules against {champion}. It needs "
         f"{data.approvals_required} approval(s) from {', '.join(data.approver_groups)} before "
-        f"{data.expires_at.isoformat()}; after that it is rejected as expired.",
+        f"{data.expires_at.isoformat()}; after that it is rejected as expired."
+        + (f" It was caused by {data.author}, who may not approve it." if data.author else ""),
         why=rule_lines(data.rules),
         act=[
             f"mlcd gates approve {data.gate_id}",
@@ -119,7 +122,12 @@ def _gate_opened(data: events.GateOpened, api: str) -> Message:
             "curl -X POST -H \"Authorization: Bearer $MLCD_API_TOKEN\" -H 'Content-Type: application/json' "
             f'-d \'{{"reason": "..."}}\' {api}/api/v1/gates/{data.gate_id}/approve',
         ],
-        links={"gate": f"{api}/api/v1/gates/{data.gate_id}", "on-call page": f"{api}/ui"},
+        links={
+            "gate": f"{api}/api/v1/gates/{data.gate_id}",
+            "on-call page": f"{api}/ui",
+            # where `/mlcd approve` works, and where an approval counts when the policy says so
+            **({"merge request": data.merge_request_url} if data.merge_request_url else {}),
+        },
     )
 
 
@@ -141,15 +149,20 @@ def _rejected(data: events.PromotionRejected, api: str) -> Message | None:
     if data.gate_id is None:
         return None  # rules failed without a gate: the registry's tags and the journal say why
     expired = data.rejected_by is None and data.reason == "expired"
+    # the gatekeeper closes an older open gate when a newer candidate's gate opens (gate state superseded)
+    superseded = data.rejected_by == SYSTEM_ACTOR and data.reason.startswith("superseded by")
+    state = "expired" if expired else "superseded" if superseded else "rejected"
     return Message(
         kind="gate_expired" if expired else "gate_decided",
         model=data.model,
-        title=f"promotion gate {data.gate_id} " + ("expired" if expired else "rejected"),
+        title=f"promotion gate {data.gate_id} {state}",
         what=f"{data.model} version {data.model_version} "
         + ("got no decision before its deadline and is not promoted." if expired else
+           f"is not promoted: its gate was {data.reason}; decide the newer gate instead." if superseded else
            f"was rejected by {data.rejected_by}: {data.reason}"),
         why=rule_lines(data.rules),
-        act=[f'mlcd retrain {data.model} --reason "..."', f"mlcd gates show {data.gate_id}"],
+        act=[f"mlcd gates list --model {data.model} --state open", f"mlcd gates show {data.gate_id}"]
+        if superseded else [f'mlcd retrain {data.model} --reason "..."', f"mlcd gates show {data.gate_id}"],
         links={"gate": f"{api}/api/v1/gates/{data.gate_id}"},
     )  # fmt: skip
 
@@ -163,6 +176,25 @@ def _succeeded(data: events.RolloutSucceeded, api: str) -> Message:
         what=f"The canary rollout of {data.model} version {data.model_version} passed every step; "
         f"it is the champion now{before}.",
         act=[f"mlcd status {data.model}", f'mlcd rollback {data.model} --reason "..."'],
+    )
+
+
+def _paused(data: events.RolloutPaused, api: str) -> Message:
+    figures = [f"- {name} = {value:g}" for name, value in sorted(data.figures.items())]
+    return Message(
+        kind="rollout_paused",
+        model=data.model,
+        title=f"rollout of version {data.model_version} paused at {data.traffic_percent}%",
+        what=f"The canary rollout of {data.model} version {data.model_version} stopped at "
+        f"{data.traffic_percent}% of traffic and waits for on-call; the champion keeps the rest.",
+        why=[f"- {data.reason}", *figures],
+        act=[
+            f"mlcd rollout promote {data.model}  # the figures are good enough: all traffic to it",
+            f"mlcd rollout resume {data.model}   # analyse again from this step",
+            f"mlcd rollout abort {data.model}    # roll back to the champion",
+            f"mlcd status {data.model}",
+        ],
+        links={"on-call page": f"{api}/ui"},
     )
 
 
@@ -188,6 +220,7 @@ _RENDERERS: dict[type[events.Payload], Callable[[Any, str], Message | None]] = {
     events.PromotionApproved: _approved,
     events.PromotionRejected: _rejected,
     events.RolloutSucceeded: _succeeded,
+    events.RolloutPaused: _paused,
     events.RolledBack: _rolled_back,
 }
 TOLD: tuple[type[events.Payload], ...] = tuple(_RENDERERS)

@@ -3,7 +3,8 @@
 A rollout's checks (`rollout.analysis`, or the thresholds' built-ins) are rendered here into PromQL for
 the revision under test. The templates follow what each platform exports: Knative's queue-proxy
 (`revision_app_request_count`, `revision_app_request_latencies` in milliseconds) for KServe Serverless,
-MLServer's own REST metrics for KServe Standard (RawDeployment) mode, and local serving's
+MLServer's own REST metrics for KServe Standard (RawDeployment) mode, Seldon Core 2's agent metrics
+(`seldon_model_infer_total`, `seldon_model_infer_seconds_total`) for Seldon, and local serving's
 `mlcd_serving_*` for the embedded default. Plain functions, no I/O.
 """
 
@@ -16,13 +17,18 @@ from typing import Literal
 
 from mlcd.policy.schema import PLACEHOLDERS, Check
 
-Platform = Literal["serverless", "raw", "local"]
+Platform = Literal["serverless", "raw", "local", "seldon"]
 
 _QUEUE_PROXY = 'namespace_name="{namespace}",revision_name="{revision}"'
 # MLServer's metrics carry no revision; the scrape (Prometheus' Kubernetes pod discovery, relabelled)
 # adds the pod's namespace, InferenceService and revision (the predictor or the named canary).
 _MLSERVER = 'namespace="{namespace}",inferenceservice="{service}",revision="{revision}",path=~".*/infer"'
 _LOCAL = 'model="{model}",version="{version}"'
+# Seldon Core 2's agent counts each inference per Model by its name (`model`; `model_internal` adds the
+# Model's version), with the answer's `code` (HTTP status, or the gRPC code's name); the scrape adds the
+# pod's namespace. Names from SeldonIO/seldon-core v2.6.0 scheduler/pkg/metrics/agent.go.
+_SELDON = 'namespace="{namespace}",model="{revision}"'
+_SELDON_CHAMPION = 'namespace="{namespace}",model="{service}"'
 
 
 def _templates(requests: str, selector: str, failed: str, latency: str, scale: str) -> dict[str, str]:
@@ -36,6 +42,25 @@ def _templates(requests: str, selector: str, failed: str, latency: str, scale: s
         "request-duration-p95": (
             f"histogram_quantile(0.95, sum by (le) (rate({latency}{{{selector}}}[{{window}}]))){scale}"
         ),
+    }
+
+
+def _seldon_templates() -> dict[str, str]:
+    def mean(selector: str) -> str:
+        return (
+            f"(sum(rate(seldon_model_infer_seconds_total{{{selector}}}[{{window}}]))"
+            f" / sum(rate(seldon_model_infer_total{{{selector}}}[{{window}}])))"
+        )
+
+    # Success is a 2xx answer or gRPC OK: a 4xx is a request the model refused, which counts against it.
+    return {
+        "request-count": f"sum(increase(seldon_model_infer_total{{{_SELDON}}}[{{window}}]))",
+        "request-success-rate": (
+            f'(sum(rate(seldon_model_infer_total{{{_SELDON},code=~"2..|OK"}}[{{window}}])) or on() vector(0))'
+            f" / sum(rate(seldon_model_infer_total{{{_SELDON}}}[{{window}}]))"
+        ),
+        "request-duration-mean": mean(_SELDON),
+        "latency-ratio-to-champion": f"{mean(_SELDON)} / {mean(_SELDON_CHAMPION)}",
     }
 
 
@@ -55,6 +80,7 @@ TEMPLATES: dict[Platform, dict[str, str]] = {
         "rest_server_request_duration_seconds_bucket",
         "",
     ),
+    "seldon": _seldon_templates(),
     "local": _templates(
         "mlcd_serving_requests_total",
         _LOCAL,

@@ -7,6 +7,7 @@ of every key and value, so an error in a nested field or an expression points at
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +78,7 @@ def check_text(text: str, path: Path) -> list[FileProblem]:
         values.setdefault("model", "defaults")
     found = [_schema_problem(document, error, path) for error in _schema_errors(values)]
     found.extend(_expression_problems(document, path))
+    found.extend(_figure_problems(document, values, path))
     found.extend(_query_problems(document, path))
     return found
 
@@ -111,6 +113,61 @@ def _expression_problems(document: CommentedMap, path: Path) -> list[FileProblem
                 )
             )
     return found
+
+
+def _figure_problems(document: CommentedMap, values: dict[str, Any], path: Path) -> list[FileProblem]:
+    """Each `data.columns["NAME"].figure` a rule reads that the model's expectation suite never observes:
+    it would be missing for every batch, and the rule would fail every candidate. Only when the suite
+    file is found (as given, or under the repository root the policies folder sits in)."""
+    data = values.get("data")
+    named = data.get("suite") if isinstance(data, dict) else None
+    suite = _suite_file(str(named), path) if isinstance(named, str) and named else None
+    figures = _suite_figures(suite) if suite is not None else None
+    if figures is None:
+        return []
+    found: list[FileProblem] = []
+    for location, expression in _expressions(document):
+        where = ".".join(map(str, location))
+        for column, figure in rules.column_references(expression):
+            if column not in figures:
+                message = f"{where}: the suite {named} checks no column {column!r}"
+            elif figure is not None and figure not in figures[column]:
+                given = ", ".join(sorted(figures[column])) or "no figures"
+                message = f"{where}: the suite {named} observes no {figure!r} of column {column!r}"
+                message += f" (it gives {given})"
+            else:
+                continue
+            found.append(FileProblem(path, _line(document, location), message))
+    return found
+
+
+def _suite_file(named: str, policy: Path) -> Path | None:
+    given = Path(named)
+    candidates = (
+        [given] if given.is_absolute() else [policy.resolve().parent.parent / given, Path.cwd() / given]
+    )
+    return next((c for c in candidates if c.is_file()), None)
+
+
+def _suite_figures(suite: Path) -> dict[str, set[str]] | None:
+    """Column → the figures its expectations give rules; None when the file is not a readable suite."""
+    try:
+        spec = json.loads(suite.read_text())
+    except (OSError, ValueError):
+        return None
+    expectations = spec.get("expectations") if isinstance(spec, dict) else None
+    if not isinstance(expectations, list):
+        return None
+    figures: dict[str, set[str]] = {}
+    for item in expectations:
+        if not isinstance(item, dict):
+            continue
+        kwargs = item.get("kwargs")
+        column = kwargs.get("column") if isinstance(kwargs, dict) else None
+        if isinstance(column, str):
+            kind = str(item.get("type") or item.get("expectation_type") or "")
+            figures.setdefault(column, set()).update(rules.column_figures(kind))
+    return figures
 
 
 def _query_problems(document: CommentedMap, path: Path) -> list[FileProblem]:

@@ -2,11 +2,15 @@
 
 Evaluation never raises: a rule that cannot be evaluated (a missing metric, a type mismatch) is a failed
 rule whose `error` says why, and each outcome carries the values the rule saw.
+
+`data` is the batch the candidate was trained on and, when the validator's verdict on it is known, what
+the expectation suite found: rows, failed expectations and per-column figures (`data_view`).
 """
 
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,7 +28,9 @@ from mlcd.policy.schema import Policy, Rule
 VARIABLES: dict[str, frozenset[str]] = {
     "candidate": frozenset({"version", "run_id", "metrics", "params", "tags"}),
     "champion": frozenset({"version", "run_id", "metrics", "params", "tags"}),
-    "data": frozenset({"uri"}),
+    "data": frozenset(
+        {"uri", "validated", "suite", "rows", "expectations", "failed_expectations", "columns"}
+    ),
     "training": frozenset(
         {"run_id", "model_version", "pipeline_version", "commit", "author", "data_uri", "metrics"}
     ),
@@ -47,7 +53,7 @@ class CompiledRule:
     name: str
     expression: str
     program: celpy.Runner = field(repr=False)
-    paths: tuple[str, ...]
+    paths: tuple[tuple[str, ...], ...]
 
 
 @dataclass(frozen=True)
@@ -92,6 +98,97 @@ def version_view(version: ports.ModelVersion) -> dict[str, Any]:
         "params": dict(version.params),
         "tags": dict(version.tags),
     }
+
+
+def training_view(trained: events.TrainingSucceeded) -> dict[str, Any]:
+    """What rules read as `training.*`: the run that produced the candidate."""
+    return {
+        "run_id": trained.run_id,
+        "model_version": trained.model_version,
+        "pipeline_version": trained.pipeline_version,
+        "commit": trained.commit,
+        "author": trained.author,
+        "data_uri": trained.data_uri,
+        "metrics": dict(trained.metrics),
+    }
+
+
+def data_view(uri: str, verdict: events.DataValidated | events.DataRejected | None) -> dict[str, Any]:
+    """The batch as rules see it (`data`). Always `uri`; with the validator's verdict also `validated`
+    (passed the suite), `suite`, `failed_expectations` (each `{expectation, column, observed, details}`)
+    and `columns` (per column: the figures its expectations observed, e.g. `mean`, `max`, `type`, and the
+    most rows any one of its value checks found out of place, `unexpected_count`/`unexpected_percent`).
+    `rows` and `expectations` (how many were checked) only for a batch that passed: a rejection lists
+    the failures alone. A field the verdict does not give is missing, and a rule reading it fails."""
+    view: dict[str, Any] = {"uri": uri}
+    if verdict is None:
+        return view
+    if isinstance(verdict, events.DataValidated):
+        results = verdict.expectations
+        view |= {"validated": True, "rows": verdict.rows, "expectations": len(results)}
+    else:
+        results = verdict.failed
+        view["validated"] = False
+    view["suite"] = verdict.suite
+    view["failed_expectations"] = [
+        {"expectation": e.expectation, "column": e.column or "", "observed": e.observed, "details": e.details}
+        for e in results
+        if not e.success
+    ]
+    view["columns"] = _column_figures(results)
+    return view
+
+
+VALUE_CHECK_FIGURES = ("unexpected_count", "unexpected_percent")
+
+
+def column_figures(expectation: str) -> tuple[str, ...]:
+    """The `data.columns["NAME"]` figures an expectation on one column gives rules: its statistic
+    (`expect_column_mean_to_be_between` → `mean`), `type` for a type check, the out-of-place counts for a
+    value check (`expect_column_values_…`, `expect_column_value_…`); none for `expect_column_to_exist`."""
+    if expectation.endswith(("_in_type_list", "_of_type")):
+        return ("type",)
+    stem = expectation.removeprefix("expect_column_").split("_to_", 1)[0]
+    if not stem or stem.startswith("to_"):
+        return ()
+    if stem == "values" or stem.startswith("value_"):
+        return VALUE_CHECK_FIGURES
+    return (stem,)
+
+
+def column_references(expression: str) -> list[tuple[str, str | None]]:
+    """Each `data.columns["NAME"].figure` the expression reads, as (NAME, figure or None)."""
+    try:
+        tree = _environment().compile(expression)
+        found = [
+            (str(path[1]), str(path[2]) if len(path) > 2 else None)
+            for name, _, path in _references(tree)
+            if name == "data" and len(path) > 1 and path[0] == "columns" and isinstance(path[1], _Key)
+        ]
+    except (CELParseError, RecursionError):
+        return []
+    return list(dict.fromkeys(found))
+
+
+def _column_figures(results: Sequence[events.ExpectationResult]) -> dict[str, dict[str, Any]]:
+    columns: dict[str, dict[str, Any]] = {}
+    for result in results:
+        if not result.column:
+            continue
+        figures = columns.setdefault(result.column, {})
+        observed = result.observed
+        if observed is None:
+            continue
+        if isinstance(observed, Mapping) and "unexpected_count" in observed:
+            for key in VALUE_CHECK_FIGURES:
+                value = observed.get(key)
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    figures[key] = max(figures.get(key, value), value)
+            continue
+        names = column_figures(result.expectation)
+        if names and names != VALUE_CHECK_FIGURES:
+            figures[names[0]] = observed
+    return columns
 
 
 @functools.cache
@@ -174,7 +271,7 @@ def _compile(name: str, expression: str) -> CompiledRule:
         raise ConfigError(f"rule {name!r}: " + "; ".join(p.message for p in found))
     environment = _environment()
     tree = environment.compile(expression)
-    paths = tuple(dict.fromkeys(".".join((root, *path)) for root, _, path in _references(tree)))
+    paths = tuple(dict.fromkeys((root, *path) for root, _, path in _references(tree)))
     return CompiledRule(name, expression, environment.program(tree, functions={"_!=_": _not_equal}), paths)
 
 
@@ -190,11 +287,11 @@ def _evaluate_one(rule: CompiledRule, activation: dict[str, Any], context: Conte
     try:
         result = rule.program.evaluate(activation)
     except CELEvalError as e:
-        return _failed(rule, seen, _explain(e, missing))
+        return _failed(rule, seen, _explain(e, missing, context))
     except RecursionError:
         return _failed(rule, seen, "expression nested too deeply to evaluate")
     if isinstance(result, CELEvalError):
-        return _failed(rule, seen, _explain(result, missing))
+        return _failed(rule, seen, _explain(result, missing, context))
     if not isinstance(result, celpy.celtypes.BoolType):
         return _failed(rule, seen, f"evaluates to {result!r}, not true or false")
     return events.RuleOutcome(name=rule.name, expression=rule.expression, passed=bool(result), values=seen)
@@ -206,26 +303,26 @@ def _failed(rule: CompiledRule, seen: dict[str, Any], error: str) -> events.Rule
     )
 
 
-def _explain(error: CELEvalError, missing: list[str]) -> str:
+def _explain(error: CELEvalError, missing: list[str], context: Context) -> str:
     if missing:
-        return "missing: " + ", ".join(missing)
+        return "missing: " + ", ".join(missing) + _no_verdict(missing, context)
     return str(error.args[0]) if error.args else type(error).__name__
 
 
-def _values(paths: Sequence[str], context: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+def _values(paths: Sequence[tuple[str, ...]], context: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """The value under each referenced path; paths that lead nowhere are listed as missing."""
     seen: dict[str, Any] = {}
     missing: list[str] = []
-    for path in paths:
-        root, *rest = path.split(".")
+    for root, *rest in paths:
+        shown = _shown(root, rest)
         value: Any = context.get(root)
         for part in rest:
             if not isinstance(value, Mapping):
-                missing.append(f"{path} (there is no {root})" if context.get(root) is None else path)
+                missing.append(f"{shown} (there is no {root})" if context.get(root) is None else shown)
                 value = None
                 break
             if part not in value:
-                missing.append(path)
+                missing.append(shown)
                 value = None
                 break
             value = value[part]
@@ -233,8 +330,24 @@ def _values(paths: Sequence[str], context: Mapping[str, Any]) -> tuple[dict[str,
             value = (
                 f"version {value.get('version', '?')}"  # a whole candidate or champion: name it, not dump it
             )
-        seen[path] = value
+        seen[shown] = value
     return seen, missing
+
+
+def _no_verdict(missing: list[str], context: Context) -> str:
+    if "validated" in context.data or not any(m.startswith("data.") for m in missing):
+        return ""
+    uri = context.data.get("uri")
+    return f" (no validation result for batch {uri})" if uri else " (the candidate names no data batch)"
+
+
+class _Key(str):
+    """A path part selected by a string index (`columns["alcohol"]`) rather than by a field name."""
+
+
+def _shown(root: str, parts: Sequence[str]) -> str:
+    """The path as a rule writes it: `data.columns["alcohol"].mean`."""
+    return root + "".join(f"[{json.dumps(str(p))}]" if isinstance(p, _Key) else f".{p}" for p in parts)
 
 
 def _references(tree: lark.Tree[Any]) -> Iterator[tuple[str, int, tuple[str, ...]]]:
@@ -254,7 +367,7 @@ def _walk(node: lark.Tree[Any], bound: frozenset[str]) -> Iterator[tuple[str, in
         else:
             yield from _walk_child(arguments, bound)
         return
-    if node.data in {"member_dot", "primary"}:
+    if node.data in {"member_dot", "member_index", "primary"}:
         chain = _dotted(node)
         if chain is not None:
             (name, column), path = chain
@@ -279,13 +392,37 @@ def _dotted(node: lark.Tree[Any]) -> tuple[tuple[str, int], tuple[str, ...]] | N
             return (str(token), int(getattr(token, "column", 1) or 1)), ()
         return None
     if node.data == "member_dot" and len(node.children) == 2:
-        inner = node.children[0]
-        if isinstance(inner, lark.Tree) and inner.data == "member" and inner.children:
-            head = inner.children[0]
-            if isinstance(head, lark.Tree):
-                found = _dotted(head)
-                if found is not None:
-                    return found[0], (*found[1], str(node.children[1]))
+        found = _dotted_member(node.children[0])
+        if found is not None:
+            return found[0], (*found[1], str(node.children[1]))
+    if node.data == "member_index" and len(node.children) == 2:
+        key = _string_literal(node.children[1])
+        found = _dotted_member(node.children[0])
+        if key is not None and found is not None:
+            return found[0], (*found[1], _Key(key))
+    return None
+
+
+def _dotted_member(member: Any) -> tuple[tuple[str, int], tuple[str, ...]] | None:
+    if isinstance(member, lark.Tree) and member.data == "member" and member.children:
+        head = member.children[0]
+        if isinstance(head, lark.Tree):
+            return _dotted(head)
+    return None
+
+
+def _string_literal(expr: Any) -> str | None:
+    """The text of an index that is a plain quoted string with no escapes (`"alcohol"`), else None."""
+    if not isinstance(expr, lark.Tree):
+        return None
+    leaves = [t for t in expr.iter_subtrees() if t.data == "literal"]
+    if len(leaves) != 1 or len(list(expr.scan_values(lambda _: True))) != 1:
+        return None
+    text = str(leaves[0].children[0])
+    if text[:3] in {'"""', "'''"} or "\\" in text:
+        return None
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
+        return text[1:-1]
     return None
 
 

@@ -53,6 +53,9 @@ gates = Table(
     Column("decided_by", String(200), nullable=True),
     Column("reason", Text, nullable=False),
     Column("cause_event_id", String(200), nullable=False, unique=True),
+    Column("merge_request_iid", Integer, nullable=True),
+    Column("merge_request_url", Text, nullable=False, server_default=""),
+    Column("correlation_id", String(200), nullable=False, server_default=""),
     Index("ix_gates_state_model", "state", "model"),
 )
 
@@ -111,6 +114,10 @@ class Gate:
     decided_by: str | None = None
     reason: str = ""
     approvals: list[str] = field(default_factory=list)
+    # The merge request that changed the model's pipeline (in `project`), found from `commit`.
+    merge_request_iid: int | None = None
+    merge_request_url: str = ""
+    correlation_id: str = ""  # the chain that opened it; decisions on it continue that chain
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -123,6 +130,7 @@ class Gate:
             "approvals": self.approvals,
             "approver_groups": self.approver_groups,
             "author": self.author,
+            "merge_request_url": self.merge_request_url or None,
             "created_at": self.created_at.isoformat(),
             "expires_at": self.expires_at.isoformat(),
             "decided_at": self.decided_at.isoformat() if self.decided_at else None,
@@ -199,6 +207,14 @@ async def listing(conn: AsyncConnection, *, state: str | None = None, model: str
         query = query.where(gates.c.state == state)
     if model:
         query = query.where(gates.c.model == model)
+    return [await _gate(conn, row) for row in await conn.execute(query)]
+
+
+async def open_for_merge_request(conn: AsyncConnection, project: str, iid: int) -> list[Gate]:
+    """Open gates whose candidate came from the merge request `project`!`iid`."""
+    query = select(gates).where(
+        and_(gates.c.state == "open", gates.c.project == project, gates.c.merge_request_iid == iid)
+    )
     return [await _gate(conn, row) for row in await conn.execute(query)]
 
 
@@ -305,6 +321,9 @@ async def _gate(conn: AsyncConnection, row: Any) -> Gate:
         decided_by=row.decided_by,
         reason=row.reason,
         approvals=list(approvals),
+        merge_request_iid=row.merge_request_iid,
+        merge_request_url=row.merge_request_url or "",
+        correlation_id=row.correlation_id or "",
     )
 
 

@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
+    Integer,
     and_,
     any_,
     bindparam,
@@ -19,12 +20,13 @@ from sqlalchemy import (
     insert,
     literal_column,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from mlcd import events
+from mlcd import events, tracing
 from mlcd.store.tables import outbox
 
 
@@ -66,6 +68,53 @@ async def add(
     await conn.execute(insert(outbox), [_row(e, now, sent) for e in envelopes])
 
 
+_ADD_WITH_INBOX = text(
+    """
+    WITH added AS (
+        INSERT INTO outbox (topic, key, value, headers, event_id, event_type, subject, event_time, created_at)
+        SELECT r.topic, r.key, r.value, CAST(r.headers AS json), r.event_id, r.event_type, r.subject,
+               r.event_time, now()
+        FROM unnest(
+            CAST(:topics AS text[]), CAST(:keys AS bytea[]), CAST(:payloads AS bytea[]),
+            CAST(:headers AS text[]), CAST(:event_ids AS text[]), CAST(:event_types AS text[]),
+            CAST(:subjects AS text[]), CAST(:event_times AS timestamptz[])
+        ) WITH ORDINALITY AS r(topic, key, value, headers, event_id, event_type, subject, event_time, n)
+        ORDER BY r.n
+    )
+    INSERT INTO inbox (consumer_group, event_id, event_type, handled_at)
+    SELECT :group, h.event_id, h.event_type, now()
+    FROM unnest(CAST(:handled_ids AS text[]), CAST(:handled_types AS text[])) AS h(event_id, event_type)
+    """
+)
+
+
+async def add_with_inbox(
+    conn: AsyncConnection,
+    envelopes: Sequence[events.Envelope[Any]],
+    group: str,
+    handled: Sequence[tuple[str, str]],
+) -> None:
+    """PostgreSQL: events into the outbox (in order) and inbox rows for (event id, event type) pairs, in
+    one statement, so one round trip; on a connection in autocommit it is its own transaction."""
+    records = [events.encode(e) for e in envelopes]
+    await conn.execute(
+        _ADD_WITH_INBOX,
+        {
+            "topics": [r.topic for r in records],
+            "keys": [r.key for r in records],
+            "payloads": [r.value for r in records],
+            "headers": [json.dumps(_headers_to_json(r.headers)) for r in records],
+            "event_ids": [e.id for e in envelopes],
+            "event_types": [e.type for e in envelopes],
+            "subjects": [e.subject for e in envelopes],
+            "event_times": [e.time for e in envelopes],
+            "group": group,
+            "handled_ids": [i for i, _ in handled],
+            "handled_types": [t for _, t in handled],
+        },
+    )
+
+
 async def add_raw(conn: AsyncConnection, record: events.Record) -> None:
     """Queue a raw record (a DLQ replay) for the relay; it keeps its original headers."""
     decoded = events.decode(record)
@@ -98,6 +147,20 @@ _SLOT: ColumnElement[Any] = literal_column(
 )
 
 
+_UNSENT = (
+    select(outbox.c.seq, outbox.c.topic, outbox.c.key, outbox.c.value, outbox.c.headers)
+    .where(outbox.c.sent_at.is_(None))
+    .order_by(outbox.c.seq)
+    .limit(bindparam("limit"))
+)
+_UNSENT_IN_SLOTS = (
+    select(outbox.c.seq, outbox.c.topic, outbox.c.key, outbox.c.value, outbox.c.headers)
+    .where(outbox.c.sent_at.is_(None), any_(bindparam("slots", type_=ARRAY(Integer))) == _SLOT)
+    .order_by(outbox.c.seq)
+    .limit(bindparam("limit"))
+)
+
+
 async def pending_slots(conn: AsyncConnection) -> set[int]:
     """PostgreSQL: the slots that hold unsent rows."""
     rows = await conn.execute(select(_SLOT.label("slot")).where(outbox.c.sent_at.is_(None)).distinct())
@@ -106,18 +169,13 @@ async def pending_slots(conn: AsyncConnection) -> set[int]:
 
 async def unsent(conn: AsyncConnection, limit: int, slots: Sequence[int] | None = None) -> list[Pending]:
     """The oldest unsent rows, in order; `slots` (PostgreSQL): only the rows of those slots."""
-    query = select(outbox.c.seq, outbox.c.topic, outbox.c.key, outbox.c.value, outbox.c.headers).where(
-        outbox.c.sent_at.is_(None)
-    )
-    if slots is not None:
-        query = query.where(_SLOT.in_(sorted(slots)))
-    rows = await conn.execute(query.order_by(outbox.c.seq).limit(limit))
+    if slots is None:
+        rows = await conn.execute(_UNSENT, {"limit": limit})
+    else:
+        rows = await conn.execute(_UNSENT_IN_SLOTS, {"limit": limit, "slots": sorted(slots)})
     return [
-        Pending(
-            r.seq,
-            events.Record(topic=r.topic, key=r.key, value=r.value, headers=_headers_from_json(r.headers)),
-        )
-        for r in rows
+        Pending(seq, events.Record(topic=topic, key=key, value=value, headers=_headers_from_json(headers)))
+        for seq, topic, key, value, headers in rows
     ]
 
 
@@ -125,15 +183,20 @@ async def count_unsent(conn: AsyncConnection) -> int:
     return int(await conn.scalar(select(func.count()).where(outbox.c.sent_at.is_(None))) or 0)
 
 
-def _seq_among(conn: AsyncConnection, seqs: Sequence[int]) -> ColumnElement[bool]:
-    if conn.dialect.name == "postgresql":  # one array parameter, not one per row
-        return outbox.c.seq == any_(bindparam("seqs", list(seqs), type_=ARRAY(BigInteger)))
-    return outbox.c.seq.in_(seqs)
+_MARK_SENT = {  # one array parameter on PostgreSQL, not one per row; built once
+    "postgresql": update(outbox)
+    .where(outbox.c.seq == any_(bindparam("seqs", type_=ARRAY(BigInteger))))
+    .values(sent_at=bindparam("now")),
+    "other": update(outbox)
+    .where(outbox.c.seq.in_(bindparam("seqs", expanding=True)))
+    .values(sent_at=bindparam("now")),
+}
 
 
 async def mark_sent(conn: AsyncConnection, seqs: Sequence[int]) -> None:
     if seqs:
-        await conn.execute(update(outbox).where(_seq_among(conn, seqs)).values(sent_at=datetime.now(UTC)))
+        statement = _MARK_SENT.get(conn.dialect.name, _MARK_SENT["other"])
+        await conn.execute(statement, {"seqs": list(seqs), "now": datetime.now(UTC)})
 
 
 async def remove(conn: AsyncConnection, seqs: Sequence[int]) -> None:
@@ -185,6 +248,14 @@ def _structured(row: Any) -> dict[str, Any]:
         "type": row.event_type,
         "subject": row.subject,
         "time": time.isoformat() if time else None,
+        **_extensions(headers, row.event_id),
         "datacontenttype": events.CONTENT_TYPE,
         "data": json.loads(row.value),
     }
+
+
+def _extensions(headers: dict[str, bytes], event_id: str) -> dict[str, str]:
+    """The CloudEvents extension attributes; an event journaled before they existed began its own chain."""
+    correlation = headers.get("ce_correlationid", b"").decode() or event_id
+    traceparent = headers.get("ce_traceparent", b"").decode() or tracing.traceparent(correlation, event_id)
+    return {"correlationid": correlation, "traceparent": traceparent}

@@ -16,14 +16,17 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     DateTime,
+    Float,
     Index,
     Integer,
     String,
     Table,
     Text,
     delete,
+    func,
     insert,
     select,
     text,
@@ -69,6 +72,7 @@ rollouts = Table(
     Column("step_started_at", DateTime(timezone=True), nullable=True),
     Column("requested", String(20), nullable=False, server_default=""),
     Column("guard_until", DateTime(timezone=True), nullable=True),
+    Column("correlation_id", String(200), nullable=False, server_default=""),
     Index("ix_rollouts_model_id", "model", "id"),
     Index(
         "ux_rollouts_one_running_per_model",
@@ -79,6 +83,24 @@ rollouts = Table(
     ),
 )
 
+rollout_measurements = Table(
+    "rollout_measurements",
+    metadata,
+    Column("id", _BigId, primary_key=True, autoincrement=True),
+    Column("rollout_id", _BigId, nullable=False),
+    Column("phase", String(20), nullable=False),
+    Column("step_index", Integer, nullable=False),
+    Column("traffic_percent", Integer, nullable=False),
+    Column("check_name", String(200), nullable=False),
+    Column("value", Float, nullable=True),
+    Column("min_value", Float, nullable=True),
+    Column("max_value", Float, nullable=True),
+    Column("passed", Boolean, nullable=True),
+    Column("reason", Text, nullable=False),
+    Column("measured_at", DateTime(timezone=True), nullable=False),
+    Index("ix_rollout_measurements_rollout", "rollout_id", "id"),
+)
+
 rollout_waiting = Table(
     "rollout_waiting",
     metadata,
@@ -86,6 +108,7 @@ rollout_waiting = Table(
     Column("version", String(100), nullable=False),
     Column("cause_event_id", String(200), nullable=False),
     Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("correlation_id", String(200), nullable=False, server_default=""),
 )
 
 
@@ -109,6 +132,7 @@ class Rollout:
     step_started_at: datetime | None = None
     requested: str = ""
     guard_until: datetime | None = None
+    correlation_id: str = ""  # the chain that started it; its steps' events continue that chain
 
     @property
     def traffic_percent(self) -> int:
@@ -138,11 +162,47 @@ class Rollout:
 
 
 @dataclass(frozen=True)
+class Measurement:
+    """One analysis check's value at one step (or in the guard window), beside the bounds it was held to.
+
+    `value` None is no data; `passed` None is inconclusive, never a pass.
+    """
+
+    check: str
+    value: float | None
+    passed: bool | None
+    min: float | None = None
+    max: float | None = None
+    reason: str = ""
+    phase: str = STEP
+    step_index: int = 0
+    traffic_percent: int = 0
+    measured_at: datetime | None = None
+    rollout_id: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "rollout_id": self.rollout_id,
+            "check": self.check,
+            "value": self.value,
+            "passed": self.passed,
+            "min": self.min,
+            "max": self.max,
+            "reason": self.reason,
+            "phase": self.phase,
+            "step": self.step_index + 1,
+            "traffic_percent": self.traffic_percent,
+            "measured_at": _iso(self.measured_at),
+        }
+
+
+@dataclass(frozen=True)
 class Waiting:
     model: str
     version: str
     cause_event_id: str
     received_at: datetime
+    correlation_id: str = ""
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -174,6 +234,7 @@ def _rollout(row: Any) -> Rollout:
         step_started_at=_aware(row.step_started_at) if row.step_started_at is not None else None,
         requested=row.requested or "",
         guard_until=_aware(row.guard_until) if row.guard_until is not None else None,
+        correlation_id=row.correlation_id or "",
     )
 
 
@@ -188,6 +249,7 @@ async def start(
     steps: list[int],
     next_analysis_at: datetime | None,
     cause_event_id: str,
+    correlation_id: str,
     state: str = RUNNING,
     phase: str = STEP,
     reason: str = "",
@@ -209,6 +271,7 @@ async def start(
             reason=reason,
             figures={},
             cause_event_id=cause_event_id,
+            correlation_id=correlation_id,
             created_at=now,
             updated_at=now,
             phase=phase,
@@ -372,6 +435,76 @@ async def _change(conn: AsyncConnection, rollout: Rollout, **values: Any) -> Non
         raise Conflict(f"rollout {rollout.id} of {rollout.model} changed under us; it will be re-read")
 
 
+async def measured(conn: AsyncConnection, rollout: Rollout, taken: list[Measurement]) -> None:
+    """Keep one analysis's measurements of `rollout` at its current step and phase (write it in the
+    transaction that records what the analysis decided, so a decision never lacks its evidence)."""
+    if not taken:
+        return
+    now = datetime.now(UTC)
+    await conn.execute(
+        insert(rollout_measurements),
+        [
+            {
+                "rollout_id": rollout.id,
+                "phase": GUARDING if rollout.phase == GUARDING else STEP,
+                "step_index": rollout.step_index,
+                "traffic_percent": rollout.traffic_percent,
+                "check_name": m.check[:200],
+                "value": m.value,
+                "min_value": m.min,
+                "max_value": m.max,
+                "passed": m.passed,
+                "reason": m.reason,
+                "measured_at": now,
+            }
+            for m in taken
+        ],
+    )
+
+
+async def measurements(conn: AsyncConnection, rollout_ids: list[int]) -> list[Measurement]:
+    """The measurements of these rollouts, oldest first."""
+    if not rollout_ids:
+        return []
+    query = (
+        select(rollout_measurements)
+        .where(rollout_measurements.c.rollout_id.in_(rollout_ids))
+        .order_by(rollout_measurements.c.id)
+    )
+    return [
+        Measurement(
+            check=row.check_name,
+            value=row.value,
+            passed=row.passed,
+            min=row.min_value,
+            max=row.max_value,
+            reason=row.reason or "",
+            phase=row.phase,
+            step_index=row.step_index,
+            traffic_percent=row.traffic_percent,
+            measured_at=_aware(row.measured_at),
+            rollout_id=row.rollout_id,
+        )
+        for row in await conn.execute(query)
+    ]
+
+
+async def measured_so_far(conn: AsyncConnection, rollout_ids: list[int]) -> dict[int, tuple[int, datetime]]:
+    """How many measurements each of these rollouts recorded, and when the last one was taken."""
+    if not rollout_ids:
+        return {}
+    query = (
+        select(
+            rollout_measurements.c.rollout_id,
+            func.count(rollout_measurements.c.id),
+            func.max(rollout_measurements.c.measured_at),
+        )
+        .where(rollout_measurements.c.rollout_id.in_(rollout_ids))
+        .group_by(rollout_measurements.c.rollout_id)
+    )
+    return {int(row[0]): (int(row[1]), _aware(row[2])) for row in await conn.execute(query)}
+
+
 async def history(conn: AsyncConnection, model: str, limit: int = 10) -> list[Rollout]:
     query = select(rollouts).where(rollouts.c.model == model).order_by(rollouts.c.id.desc()).limit(limit)
     return [_rollout(row) for row in await conn.execute(query)]
@@ -383,13 +516,25 @@ async def models(conn: AsyncConnection) -> list[str]:
     ]
 
 
-async def wait(conn: AsyncConnection, model: str, version: str, cause_event_id: str) -> None:
+async def wait(
+    conn: AsyncConnection, model: str, version: str, cause_event_id: str, correlation_id: str
+) -> None:
     """Queue an approval behind the running rollout; a later approval replaces an earlier one."""
     await conn.execute(delete(rollout_waiting).where(rollout_waiting.c.model == model))
     await conn.execute(
         insert(rollout_waiting).values(
-            model=model, version=version, cause_event_id=cause_event_id, received_at=datetime.now(UTC)
+            model=model,
+            version=version,
+            cause_event_id=cause_event_id,
+            received_at=datetime.now(UTC),
+            correlation_id=correlation_id,
         )
+    )
+
+
+def _waiting(row: Any) -> Waiting:
+    return Waiting(
+        row.model, row.version, row.cause_event_id, _aware(row.received_at), row.correlation_id or ""
     )
 
 
@@ -397,12 +542,12 @@ async def waiting(conn: AsyncConnection, model: str) -> Waiting | None:
     row = (await conn.execute(select(rollout_waiting).where(rollout_waiting.c.model == model))).first()
     if row is None:
         return None
-    return Waiting(row.model, row.version, row.cause_event_id, _aware(row.received_at))
+    return _waiting(row)
 
 
 async def all_waiting(conn: AsyncConnection) -> list[Waiting]:
     rows = await conn.execute(select(rollout_waiting).order_by(rollout_waiting.c.received_at))
-    return [Waiting(r.model, r.version, r.cause_event_id, _aware(r.received_at)) for r in rows]
+    return [_waiting(r) for r in rows]
 
 
 async def take_waiting(conn: AsyncConnection, model: str) -> Waiting | None:

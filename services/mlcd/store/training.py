@@ -32,7 +32,13 @@ training_models = Table(
     Column("pending_data_uri", Text, nullable=True),
     Column("pending_reason", Text, nullable=True),
     Column("pending_commit", String(64), nullable=True),
+    Column("pending_author", String(200), nullable=True),
+    Column("pending_correlation_id", String(200), nullable=True),
     Column("last_data_uri", Text, nullable=True),
+    Column("last_data_etag", Text, nullable=True),
+    Column("last_data_version_id", Text, nullable=True),
+    Column("pending_data_etag", Text, nullable=True),
+    Column("pending_data_version_id", Text, nullable=True),
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 
@@ -45,6 +51,8 @@ training_runs = Table(
     Column("trigger_event_id", String(200), nullable=False),
     Column("reason", Text, nullable=False),
     Column("data_uri", Text, nullable=False),
+    Column("data_etag", Text, nullable=False, server_default=""),
+    Column("data_version_id", Text, nullable=False, server_default=""),
     Column("pipeline", String(200), nullable=False),
     Column("pipeline_version", String(200), nullable=False),
     Column("commit", String(64), nullable=False),
@@ -55,6 +63,8 @@ training_runs = Table(
     Column("finished_at", DateTime(timezone=True), nullable=True),
     Column("model_version", String(100), nullable=True),
     Column("outcome", Text, nullable=True),
+    Column("author", String(200), nullable=False, server_default=""),
+    Column("correlation_id", String(200), nullable=False, server_default=""),
     Index("ix_training_runs_model_state", "model", "state"),
     Index("ix_training_runs_state_next_check", "state", "next_check_at"),
 )
@@ -69,6 +79,10 @@ class Trigger:
     data_uri: str
     reason: str
     commit: str = ""
+    author: str = ""  # who caused it (pusher, uploader, requester): they may not approve its candidate
+    correlation_id: str = ""  # the chain it belongs to; the run's events continue it
+    data_etag: str = ""  # the batch as validated: read only while it has this ETag
+    data_version_id: str = ""  # or this object version (versioned buckets); both empty: the latest
 
 
 @dataclass(frozen=True)
@@ -89,6 +103,10 @@ class TrainingRun:
     finished_at: datetime | None = None
     model_version: str | None = None
     outcome: str | None = None
+    data_etag: str = ""
+    data_version_id: str = ""
+    author: str = ""
+    correlation_id: str = ""
 
 
 def intended_run(name: str, trigger: Trigger, pipeline: str, lease: timedelta) -> TrainingRun:
@@ -108,6 +126,10 @@ def intended_run(name: str, trigger: Trigger, pipeline: str, lease: timedelta) -
         checks=0,
         next_check_at=now + lease,
         started_at=now,
+        author=trigger.author,
+        correlation_id=trigger.correlation_id,
+        data_etag=trigger.data_etag,
+        data_version_id=trigger.data_version_id,
     )
 
 
@@ -138,17 +160,47 @@ async def lock_model(conn: AsyncConnection, model: str) -> None:
     )
 
 
-async def remember_data(conn: AsyncConnection, model: str, data_uri: str) -> None:
+async def remember_data(conn: AsyncConnection, trigger: Trigger) -> None:
+    """The trigger's batch becomes the model's newest data, pinned as the trigger pinned it."""
     await conn.execute(
         update(training_models)
-        .where(training_models.c.model == model)
-        .values(last_data_uri=data_uri, updated_at=datetime.now(UTC))
+        .where(training_models.c.model == trigger.model)
+        .values(
+            last_data_uri=trigger.data_uri,
+            last_data_etag=trigger.data_etag,
+            last_data_version_id=trigger.data_version_id,
+            updated_at=datetime.now(UTC),
+        )
     )
 
 
+@dataclass(frozen=True)
+class Batch:
+    """A model's newest batch: where it is and, when it was validated, which bytes (ETag, version)."""
+
+    uri: str
+    etag: str = ""
+    version_id: str = ""
+
+
+async def last_data(conn: AsyncConnection, model: str) -> Batch | None:
+    row = (
+        await conn.execute(
+            select(
+                training_models.c.last_data_uri,
+                training_models.c.last_data_etag,
+                training_models.c.last_data_version_id,
+            ).where(training_models.c.model == model)
+        )
+    ).first()
+    if row is None or not row.last_data_uri:
+        return None
+    return Batch(row.last_data_uri, row.last_data_etag or "", row.last_data_version_id or "")
+
+
 async def last_data_uri(conn: AsyncConnection, model: str) -> str | None:
-    value = await conn.scalar(select(training_models.c.last_data_uri).where(training_models.c.model == model))
-    return str(value) if value else None
+    batch = await last_data(conn, model)
+    return batch.uri if batch else None
 
 
 async def queue(conn: AsyncConnection, trigger: Trigger) -> None:
@@ -161,6 +213,10 @@ async def queue(conn: AsyncConnection, trigger: Trigger) -> None:
             pending_data_uri=trigger.data_uri,
             pending_reason=trigger.reason,
             pending_commit=trigger.commit,
+            pending_author=trigger.author,
+            pending_correlation_id=trigger.correlation_id,
+            pending_data_etag=trigger.data_etag,
+            pending_data_version_id=trigger.data_version_id,
             updated_at=datetime.now(UTC),
         )
     )
@@ -172,7 +228,15 @@ async def pending(conn: AsyncConnection, model: str) -> Trigger | None:
     if row is None or row.pending_event_id is None:
         return None
     return Trigger(
-        model, row.pending_event_id, row.pending_data_uri, row.pending_reason, row.pending_commit or ""
+        model,
+        row.pending_event_id,
+        row.pending_data_uri,
+        row.pending_reason,
+        row.pending_commit or "",
+        row.pending_author or "",
+        row.pending_correlation_id or "",
+        data_etag=row.pending_data_etag or "",
+        data_version_id=row.pending_data_version_id or "",
     )
 
 
@@ -183,7 +247,16 @@ async def take_pending(conn: AsyncConnection, model: str) -> Trigger | None:
         await conn.execute(
             update(training_models)
             .where(training_models.c.model == model)
-            .values(pending_event_id=None, pending_data_uri=None, pending_reason=None, pending_commit=None)
+            .values(
+                pending_event_id=None,
+                pending_data_uri=None,
+                pending_reason=None,
+                pending_commit=None,
+                pending_author=None,
+                pending_correlation_id=None,
+                pending_data_etag=None,
+                pending_data_version_id=None,
+            )
         )
     return trigger
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from mlcd import events
+from mlcd import events, tracing
 from mlcd.store import inbox, outbox
 
 
@@ -39,6 +39,10 @@ class Transaction:
     @property
     def cause(self) -> events.Envelope[Any] | None:
         return self._uow.cause
+
+    @property
+    def correlation(self) -> str | None:
+        return self._uow.correlation
 
     def emit(self, data: events.Payload, *, id: str | None = None, subject: str | None = None) -> str:
         """Queue an event for this transaction; its id derives from the cause, the same on a retry."""
@@ -73,13 +77,26 @@ class UnitOfWork:
         self._on_commit = on_commit
         self._count = 0
 
+    @property
+    def correlation(self) -> str | None:
+        """The chain what is emitted here belongs to: the one being followed (`tracing.following`: the
+        runtime follows each handled event's chain; a timer or an API call follows the chain of the training
+        run, gate or rollout it acts on), else the cause's, else none (each event emitted begins a chain of
+        its own). Rows that later work acts on keep it."""
+        trace = tracing.current()
+        if trace is not None:
+            return trace.correlation_id
+        return self.cause.correlation if self.cause is not None else None
+
     def envelope(
         self, data: events.Payload, *, id: str | None = None, subject: str | None = None
     ) -> events.Envelope[Any]:
         if id is None and self.cause is not None:
             id = events.derived_id(self.cause.id, data.type, str(self._count))
         self._count += 1
-        return events.new_event(data, source=self.source, id=id, subject=subject)
+        return events.new_event(
+            data, source=self.source, id=id, subject=subject, correlationid=self.correlation
+        )
 
     def emit(self, data: events.Payload, *, id: str | None = None, subject: str | None = None) -> str:
         """Queue an event for the commit of the whole handling (with the inbox row)."""

@@ -44,6 +44,11 @@ RUN_NAME_TAG = "mlcd.run_name"
 """The version tag the pipeline sets to the run's name (pipelines/wine_quality/README.md)."""
 
 
+def is_job(run_id: str) -> bool:
+    """A Training Operator job's run id is `<plural>/<name>`; KFP's are UUIDs, the local runner's names."""
+    return "/" in run_id
+
+
 def event_id_of(name: str, what: str) -> str:
     """Ids of the events about one run (started, succeeded, failed): the same on every retry."""
     return events.event_id("mlcd.trainer", name, what)
@@ -61,6 +66,8 @@ def run_parameters(
     *,
     model: str,
     data_uri: str,
+    data_etag: str,
+    data_version_id: str,
     commit: str,
     pipeline_version: str,
     name: str,
@@ -71,11 +78,14 @@ def run_parameters(
     """The policy's parameters, then what mlcd knows about this run (which the policy cannot override).
 
     No secret is ever a parameter (KFP shows parameters in its UI and run records): the pipeline's tasks
-    read S3 credentials from their environment.
+    read S3 credentials from their environment. `data_etag` and `data_version_id` pin the batch's bytes as
+    validated (the pipeline reads that version, or fails if the object's ETag changed); empty: the latest.
     """
     return {
         **policy_parameters,
         "data_uri": data_uri,
+        "data_etag": data_etag,
+        "data_version_id": data_version_id,
         "model_name": model,
         "mlflow_tracking_uri": tracking_uri,
         "git_commit": commit,

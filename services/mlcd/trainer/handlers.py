@@ -4,22 +4,27 @@ One active run per model; triggers that arrive during it coalesce into one follo
 A run's name derives from its trigger's event id and is looked up before a create, so a redelivered
 trigger never starts a second run. A timer follows active runs with growing pauses and reports each
 run's end as training-succeeded (model version and metrics) or training-failed (failing task, log tail).
+Each run keeps its trigger's author (the pusher, the batch's uploader, the person who asked for a
+retrain) and hands it on with its candidate, so the gate knows whose change it is.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from mlcd import events, logs, ports
+from mlcd import events, logs, ports, tracing
 from mlcd.adapters import mlflow as mlflow_adapter
 from mlcd.bus.service import ServiceSpec, Timer
 from mlcd.config import Settings
-from mlcd.errors import NotFound, TemporaryError
+from mlcd.errors import NotFound, PermanentError, TemporaryError
 from mlcd.policy.book import PolicyBook
-from mlcd.store import training
+from mlcd.policy.schema import Training, Tuning
+from mlcd.store import outbox, training
 from mlcd.store.training import Trigger
 from mlcd.store.unit_of_work import UnitOfWork
-from mlcd.trainer import decisions
+from mlcd.trainer import decisions, tuning
 
 log = logs.get(__name__)
 DEFAULT_TIMEOUT = timedelta(hours=2)
@@ -33,12 +38,21 @@ async def on_data_validated(
     policies: PolicyBook,
     orchestrator: ports.Orchestrator,
     objects: ports.ObjectStore,
+    tuner: ports.Tuner,
+    jobs: ports.TrainingJobs,
+    registry: ports.Registry,
 ) -> None:
     data = event.data
-    trigger = Trigger(data.model, event.id, data.uri, f"data validated: {data.uri}")
-    await request_training(
-        trigger, uow, settings=settings, policies=policies, orchestrator=orchestrator, objects=objects
+    trigger = Trigger(
+        data.model,
+        event.id,
+        data.uri,
+        f"data validated: {data.uri}",
+        author=data.author,
+        correlation_id=event.correlation,
     )
+    trigger = _pinned(trigger, training.Batch(data.uri, data.etag, data.version_id))
+    await request_training(trigger, uow, **_launch_ports(locals()))
 
 
 async def on_retrain_requested(
@@ -49,19 +63,29 @@ async def on_retrain_requested(
     policies: PolicyBook,
     orchestrator: ports.Orchestrator,
     objects: ports.ObjectStore,
+    tuner: ports.Tuner,
+    jobs: ports.TrainingJobs,
+    registry: ports.Registry,
 ) -> None:
     data = event.data
-    data_uri = data.data_uri or await _last_data_uri(uow, data.model)
+    batch = await _batch(uow, data.model, data.data_uri)
+    data_uri = batch.uri if batch else None
     if data_uri is None:
         message = (
             f"retraining {data.model} was requested ({data.reason}), but no data batch was validated yet"
         )
         uow.emit(events.NoticeRaised(model=data.model, message=message, cause_event_id=event.id))
         return
-    trigger = Trigger(data.model, event.id, data_uri, f"retrain requested: {data.reason}")
-    await request_training(
-        trigger, uow, settings=settings, policies=policies, orchestrator=orchestrator, objects=objects
+    trigger = Trigger(
+        data.model,
+        event.id,
+        data_uri,
+        f"retrain requested: {data.reason}",
+        author=data.requested_by,
+        correlation_id=event.correlation,
     )
+    trigger = _pinned(trigger, batch)
+    await request_training(trigger, uow, **_launch_ports(locals()))
 
 
 async def on_pipeline_published(
@@ -72,25 +96,79 @@ async def on_pipeline_published(
     policies: PolicyBook,
     orchestrator: ports.Orchestrator,
     objects: ports.ObjectStore,
+    tuner: ports.Tuner,
+    jobs: ports.TrainingJobs,
+    registry: ports.Registry,
 ) -> None:
     data = event.data
     policy = policies.get(data.model)
-    data_uri = await _last_data_uri(uow, data.model)
+    batch = await _batch(uow, data.model)
+    data_uri = batch.uri if batch else None
     if policy is None or policy.training is None or policy.training.pipeline != data.pipeline or not data_uri:
         log.info(
             "published pipeline not retrained: not the model's pipeline, or no data yet", model=data.model
         )
         return
     reason = f"pipeline {data.pipeline} {data.version} published"
-    trigger = Trigger(data.model, event.id, data_uri, reason, commit=data.commit)
-    await request_training(
-        trigger, uow, settings=settings, policies=policies, orchestrator=orchestrator, objects=objects
+    trigger = Trigger(
+        data.model, event.id, data_uri, reason, data.commit, data.author, correlation_id=event.correlation
     )
+    trigger = _pinned(trigger, batch)
+    await request_training(trigger, uow, **_launch_ports(locals()))
 
 
-async def _last_data_uri(uow: UnitOfWork, model: str) -> str | None:
+async def on_features_applied(
+    event: events.Envelope[events.FeaturesApplied],
+    uow: UnitOfWork,
+    *,
+    settings: Settings,
+    policies: PolicyBook,
+    orchestrator: ports.Orchestrator,
+    objects: ports.ObjectStore,
+    tuner: ports.Tuner,
+    jobs: ports.TrainingJobs,
+    registry: ports.Registry,
+) -> None:
+    """Applied features retrain the model on its newest batch where its policy says `features.retrain`."""
+    data = event.data
+    policy = policies.get(data.model)
+    batch = await _batch(uow, data.model)
+    data_uri = batch.uri if batch else None
+    if policy is None or policy.features is None or not policy.features.retrain or not data_uri:
+        log.info(
+            "applied features not retrained on: the policy says not to, or no data yet", model=data.model
+        )
+        return
+    reason = f"features {data.path} applied at {data.commit[:8]}"
+    trigger = Trigger(
+        data.model, event.id, data_uri, reason, data.commit, data.author, correlation_id=event.correlation
+    )
+    trigger = _pinned(trigger, batch)
+    await request_training(trigger, uow, **_launch_ports(locals()))
+
+
+_LAUNCH_PORTS = ("settings", "policies", "orchestrator", "objects", "tuner", "jobs", "registry")
+
+
+def _launch_ports(scope: dict[str, Any]) -> dict[str, Any]:
+    return {name: scope[name] for name in _LAUNCH_PORTS}
+
+
+async def _batch(uow: UnitOfWork, model: str, named: str | None = None) -> training.Batch | None:
+    """The batch to train on: the one named, else the model's newest. The newest is pinned as it was
+    validated (its ETag, its version), also when named; any other batch named is read as it is now."""
     async with uow.transaction() as tx:
-        return await training.last_data_uri(tx.connection, model)
+        newest = await training.last_data(tx.connection, model)
+    if named is None or (newest is not None and newest.uri == named):
+        return newest
+    return training.Batch(named)
+
+
+def _pinned(trigger: Trigger, batch: training.Batch | None) -> Trigger:
+    """The trigger reading its batch's bytes as validated (none pinned: the object as it is then)."""
+    if batch is None:
+        return trigger
+    return dataclasses.replace(trigger, data_etag=batch.etag, data_version_id=batch.version_id)
 
 
 async def request_training(
@@ -101,6 +179,9 @@ async def request_training(
     policies: PolicyBook,
     orchestrator: ports.Orchestrator,
     objects: ports.ObjectStore,
+    tuner: ports.Tuner,
+    jobs: ports.TrainingJobs,
+    registry: ports.Registry,
 ) -> None:
     """Start a run for `trigger`, or make it the model's follow-up when a run is active."""
     policy = policies.get(trigger.model)
@@ -112,7 +193,7 @@ async def request_training(
     async with uow.transaction() as tx:
         conn = tx.connection
         await training.lock_model(conn, trigger.model)
-        await training.remember_data(conn, trigger.model, trigger.data_uri)
+        await training.remember_data(conn, trigger)
         active = await training.active_run(conn, trigger.model)
         admission = decisions.admit(active.trigger_event_id if active else None, trigger.event_id)
         if admission is decisions.Admission.QUEUE:
@@ -130,9 +211,8 @@ async def request_training(
     if intent is None:
         return
     try:
-        await launch(
-            intent, uow, settings=settings, policies=policies, orchestrator=orchestrator, objects=objects
-        )
+        if not await launch(intent, uow, **_launch_ports(locals())):
+            await _look_again(uow, intent)  # a tuning experiment runs first: look at it soon
     except Exception:  # any failed submit: the intent goes, the error goes on to the runtime
         # A failed submit (KFP down or hung) must not leave the model "busy": the runtime retries or parks
         # this trigger, and a later trigger must be able to start its own run. Only a crash (kill -9, or a
@@ -155,49 +235,142 @@ async def launch(
     policies: PolicyBook,
     orchestrator: ports.Orchestrator,
     objects: ports.ObjectStore,
-) -> None:
-    """Submit an intended run (found by name when a crash came after its submit), then record it running."""
+    tuner: ports.Tuner,
+    jobs: ports.TrainingJobs,
+    registry: ports.Registry,
+) -> bool:
+    """Submit an intended run (found by name when a crash came after its submit), then record it running.
+
+    A tuned run first starts its experiment and returns False while the experiment runs (the caller looks
+    again later); True once the run was submitted, or failed before it could be.
+    """
     name = intent.run_name
     policy = policies.get(intent.model)
-    pipeline = await orchestrator.latest(intent.pipeline)
-    if pipeline is None:
-        reason = f"pipeline {intent.pipeline} has no published version to run"
-        async with uow.transaction() as tx:
-            if await training.record_finished(tx.connection, name, "FAILED", reason):
-                tx.emit(
-                    events.TrainingFailed(model=intent.model, run_id="", reason=reason),
-                    id=decisions.event_id_of(name, "failed"),
-                )
-        return
+    plan = policy.training if policy and policy.training else None
+    plan = plan or Training.model_construct(pipeline=intent.pipeline)
+    pipeline = None if plan.backend == "job" else await orchestrator.latest(intent.pipeline)
+    if plan.backend == "pipeline" and pipeline is None:
+        await _fail_before_submit(uow, intent, f"pipeline {intent.pipeline} has no published version to run")
+        return True
     parameters = decisions.run_parameters(
         model=intent.model,
         data_uri=readable_uri(intent.data_uri, objects),
+        data_etag=intent.data_etag,
+        data_version_id=intent.data_version_id,
         commit=intent.commit,
-        pipeline_version=pipeline.version,
+        pipeline_version=pipeline.version if pipeline else "",
         name=name,
         tracking_uri=mlflow_adapter.tracking_uri(settings),
         settings=settings,
-        policy_parameters=policy.training.parameters if policy and policy.training else {},
+        policy_parameters=plan.parameters,
     )
-    run = await orchestrator.find_run(name) or await orchestrator.submit(name, pipeline, parameters)
+    tuned: ports.TuningResult | None = None
+    if plan.tuning is not None and pipeline is not None:
+        tuned = await _tuning(intent, uow, plan.tuning, pipeline, parameters, tuner)
+        if tuned is None or not tuned.finished:
+            return tuned is None  # None: the experiment failed and the run was reported failed
+        if tuned.name:
+            parameters = {**parameters, **tuned.parameters}
+        else:
+            tuned = None  # not tuned this time (policy's `when`)
+    if plan.backend == "job":
+        try:
+            run = await jobs.submit_job(tuning.kube_name(name), plan.job or {}, parameters)
+        except PermanentError as e:
+            await _fail_before_submit(uow, intent, str(e))
+            return True
+        version_label = ""
+    else:
+        assert pipeline is not None
+        run = await orchestrator.find_run(name) or await orchestrator.submit(name, pipeline, parameters)
+        version_label = pipeline.version
     first_check = datetime.now(UTC) + decisions.check_delay(0)
     async with uow.transaction() as tx:
-        if not await training.record_submitted(
-            tx.connection, name, run.run_id, pipeline.version, first_check
-        ):
-            return  # another follower recorded this run's start
+        if not await training.record_submitted(tx.connection, name, run.run_id, version_label, first_check):
+            return True  # another follower recorded this run's start
         tx.emit(
             events.TrainingStarted(
                 model=intent.model,
                 run_id=run.run_id,
                 run_name=name,
-                pipeline_version=pipeline.version,
+                pipeline_version=version_label,
                 data_uri=intent.data_uri,
                 trigger_event_id=intent.trigger_event_id,
+                author=intent.author,
+                tuning_experiment=tuned.name if tuned else "",
+                tuned_parameters=tuned.parameters if tuned else {},
+                data_etag=intent.data_etag,
+                data_version_id=intent.data_version_id,
             ),
             id=decisions.event_id_of(name, "started"),
         )
-    log.info("training run started", model=intent.model, run=name, pipeline_version=pipeline.version)
+    log.info("training run started", model=intent.model, run=name, pipeline_version=version_label)
+    return True
+
+
+async def _fail_before_submit(uow: UnitOfWork, intent: training.TrainingRun, reason: str) -> None:
+    async with uow.transaction() as tx:
+        if await training.record_finished(tx.connection, intent.run_name, "FAILED", reason):
+            tx.emit(
+                events.TrainingFailed(model=intent.model, run_id="", reason=reason),
+                id=decisions.event_id_of(intent.run_name, "failed"),
+            )
+    log.warning("training failed before its run was submitted", reason=reason)
+
+
+async def _tuning(
+    intent: training.TrainingRun,
+    uow: UnitOfWork,
+    policy: Tuning,
+    pipeline: ports.PipelineRef,
+    parameters: dict[str, Any],
+    tuner: ports.Tuner,
+) -> ports.TuningResult | None:
+    """The run's experiment as it stands, started when this run is to be tuned; a SUCCEEDED result carries
+    the best parameters, typed. A run not to be tuned gets a SUCCEEDED result without a name; None: the
+    experiment failed or timed out, and the run was reported failed."""
+    experiment = tuning.kube_name(intent.run_name)
+    result = await tuner.result(experiment)
+    if result is None:
+        if not await _to_be_tuned(uow, intent, policy):
+            return ports.TuningResult("", "SUCCEEDED")
+        trials = {**parameters, "model_name": tuning.trials_model(intent.model), "run_alias": ""}
+        request = ports.TuningRequest(experiment, intent.model, pipeline, trials, policy)
+        result = await tuner.start(request)
+        log.info("tuning experiment started", experiment=experiment, algorithm=policy.algorithm)
+    if result.state == "RUNNING":
+        if decisions.timed_out(intent.started_at, datetime.now(UTC), policy.timeout):
+            await tuner.cancel(experiment)
+            await _fail_before_submit(
+                uow, intent, f"tuning experiment {experiment} did not finish within {policy.timeout}; deleted"
+            )
+            return None
+        return result
+    if result.state != "SUCCEEDED":
+        await _fail_before_submit(uow, intent, tuning.failure(result))
+        return None
+    try:
+        best = tuning.typed_assignments(policy, result.parameters)
+    except ValueError as e:
+        await _fail_before_submit(uow, intent, f"tuning experiment {experiment}: {e}")
+        return None
+    log.info("tuning experiment done", experiment=experiment, best_trial=result.best_trial, parameters=best)
+    return dataclasses.replace(result, parameters=best)
+
+
+async def _to_be_tuned(uow: UnitOfWork, intent: training.TrainingRun, policy: Tuning) -> bool:
+    async with uow.transaction() as tx:
+        runs = await training.runs(tx.connection, intent.model)
+        earlier = [r for r in runs if r.run_name != intent.run_name]
+        rejected = await outbox.journal(
+            tx.connection, model=intent.model, event_type=events.PromotionRejected.type, limit=20
+        )
+    candidates = [r.model_version for r in earlier if r.state == "SUCCEEDED" and r.model_version]
+    missed = bool(candidates) and any(
+        e["data"].get("model_version") == candidates[-1] and any(not r["passed"] for r in e["data"]["rules"])
+        for _, e in rejected
+    )
+    return tuning.should_tune(policy, len(earlier), missed)
 
 
 def readable_uri(data_uri: str, objects: ports.ObjectStore) -> str:
@@ -217,21 +390,18 @@ async def follow_runs(
     orchestrator: ports.Orchestrator,
     registry: ports.Registry,
     objects: ports.ObjectStore,
+    tuner: ports.Tuner,
+    jobs: ports.TrainingJobs,
 ) -> None:
     """Timer: look at each active run that is due; report the ones that ended and start their follow-ups."""
     async with uow.transaction() as tx:
         due = await training.due(tx.connection, datetime.now(UTC))
     for row in due:
-        with logs.bound(model=row.model, run=row.run_name):
-            await follow(
-                row,
-                uow,
-                settings=settings,
-                policies=policies,
-                orchestrator=orchestrator,
-                registry=registry,
-                objects=objects,
-            )
+        with (
+            logs.bound(model=row.model, run=row.run_name, correlation_id=row.correlation_id),
+            tracing.following(row.correlation_id, row.trigger_event_id),
+        ):
+            await follow(row, uow, **_launch_ports(locals()))
 
 
 async def follow(
@@ -243,52 +413,82 @@ async def follow(
     orchestrator: ports.Orchestrator,
     registry: ports.Registry,
     objects: ports.ObjectStore,
+    tuner: ports.Tuner,
+    jobs: ports.TrainingJobs,
 ) -> None:
+    launching = _launch_ports(locals())
     async with uow.transaction() as tx:
         claimed = await training.claim(tx.connection, row, datetime.now(UTC) + _lease(settings))
     if not claimed:
         return  # another follower got here first
     if row.state == training.STARTING:
-        log.info("resuming a run whose submit was interrupted")
-        await _launch_or_look_again(row, uow, settings, policies, orchestrator, objects)
+        log.info("looking at a run not submitted yet: its tuning experiment, or an interrupted submit")
+        await _launch_or_look_again(row, uow, launching)
         return
     policy = policies.get(row.model)
     limit = policy.training.timeout if policy and policy.training else DEFAULT_TIMEOUT
+    runs: ports.TrainingJobs | ports.Orchestrator = jobs if decisions.is_job(row.run_id) else orchestrator
     try:
-        run = await orchestrator.get_run(row.run_id)
+        run = await runs.get_run(row.run_id)
         if not run.finished and not decisions.timed_out(row.started_at, datetime.now(UTC), limit):
             await _look_again(uow, row)
             return
         if not run.finished:
-            # Past training.timeout: stop it on the cluster, not only in mlcd's books.
-            await orchestrator.terminate_run(row.run_id)
+            # Past training.timeout: stop it on the cluster (a job is deleted), not only in mlcd's books.
+            await runs.terminate_run(row.run_id)
             log.warning("run terminated: it outlived training.timeout", timeout=str(limit))
         outcome = await _outcome(row, run, registry, limit)
+        tuned = policy.training.tuning if policy and policy.training else None
+        if isinstance(outcome, events.TrainingSucceeded) and tuned is not None:
+            outcome = await _with_tuning(outcome, row, tuned, tuner, registry)
     except TemporaryError as e:
         log.warning("cannot follow the run now; will look again", error=str(e))
         await _look_again(uow, row)
         return
     follow_up = await _report(row, outcome, uow, settings, policies)
     if follow_up is not None:
-        await _launch_or_look_again(follow_up, uow, settings, policies, orchestrator, objects)
+        await _launch_or_look_again(follow_up, uow, launching)
 
 
 async def _launch_or_look_again(
-    intent: training.TrainingRun,
-    uow: UnitOfWork,
-    settings: Settings,
-    policies: PolicyBook,
-    orchestrator: ports.Orchestrator,
-    objects: ports.ObjectStore,
+    intent: training.TrainingRun, uow: UnitOfWork, launching: dict[str, Any]
 ) -> None:
-    """The follower's submit: on an outage the intent stays and is tried again after a growing pause."""
+    """The follower's submit: on an outage the intent stays and is tried again after a growing pause; so
+    does an intent whose tuning experiment still runs. The run continues its own trigger's chain."""
     try:
-        await launch(
-            intent, uow, settings=settings, policies=policies, orchestrator=orchestrator, objects=objects
-        )
+        with tracing.following(intent.correlation_id, intent.trigger_event_id):
+            if await launch(intent, uow, **launching):
+                return
     except TemporaryError as e:
         log.warning("cannot submit the run now; will try again", error=str(e))
-        await _look_again(uow, intent)
+    await _look_again(uow, intent)
+
+
+async def _with_tuning(
+    outcome: events.TrainingSucceeded,
+    row: training.TrainingRun,
+    policy: Tuning,
+    tuner: ports.Tuner,
+    registry: ports.Registry,
+) -> events.TrainingSucceeded:
+    """The succeeded run's experiment on its event and as tags on its version (when the run was tuned)."""
+    result = await tuner.result(tuning.kube_name(row.run_name))
+    if result is None or result.state != "SUCCEEDED":
+        return outcome
+    try:
+        best = tuning.typed_assignments(policy, result.parameters)
+    except ValueError:
+        best = dict(result.parameters)
+    result = dataclasses.replace(result, parameters=best)
+    await registry.set_version_tags(row.model, outcome.model_version, tuning.version_tags(result))
+    return outcome.model_copy(
+        update={
+            "tuning_experiment": result.name,
+            "tuning_best_trial": result.best_trial,
+            "tuning_objective_value": result.objective_value,
+            "tuned_parameters": best,
+        }
+    )
 
 
 async def _look_again(uow: UnitOfWork, row: training.TrainingRun) -> None:
@@ -339,6 +539,7 @@ async def _outcome(
         data_uri=row.data_uri,
         pipeline_version=row.pipeline_version,
         commit=row.commit,
+        author=row.author,
     )
 
 
@@ -391,6 +592,7 @@ SERVICE = ServiceSpec(
     {
         events.DataValidated: [on_data_validated],
         events.PipelinePublished: [on_pipeline_published],
+        events.FeaturesApplied: [on_features_applied],
         events.RetrainRequested: [on_retrain_requested],
     },
     timers=[Timer("follow-runs", 1.0, follow_runs)],

@@ -1,8 +1,10 @@
 """The validator: every arrived batch ends validated or rejected, with its result stored beside it.
 
-Bad data is a normal outcome (`DataRejected` with the reason and the observed values), never an error of
-the service; only an outage of the object store or a validation that overruns raises, and is retried. A
-missing or broken suite file is the operator's to fix: it is dead-lettered for a replay.
+It validates the bytes that arrived, pinned by the ETag (and version) of the arrival's notification, and
+hands the pin on with its verdict, so training reads those bytes too; a batch overwritten before it was
+read is rejected. Bad data is a normal outcome (`DataRejected` with the reason and the observed values),
+never an error of the service; only an outage of the object store or a validation that overruns raises,
+and is retried. A missing or broken suite file is the operator's to fix: it is dead-lettered for a replay.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 from mlcd import events, logs
 from mlcd.bus.service import ServiceSpec
 from mlcd.config import Settings
-from mlcd.errors import AdapterUnavailable, NotFound, PermanentError
+from mlcd.errors import AdapterUnavailable, NotFound, ObjectChanged, PermanentError
 from mlcd.policy.book import PolicyBook
 from mlcd.policy.schema import DataSource
 from mlcd.ports import ObjectStore
@@ -47,9 +49,8 @@ async def on_data_arrived(
     arrived = event.data
     policy = policies.get(arrived.model)
     if policy is None or policy.data is None:
-        uow.emit(
-            events.DataRejected(model=arrived.model, uri=arrived.uri, reason="the model has no data policy")
-        )
+        reason = "the model has no data policy"
+        uow.emit(events.DataRejected(model=arrived.model, uri=arrived.uri, reason=reason, **_pin(arrived)))
         return
     outcome = await _validate(arrived, policy.data, settings, objects)
     result_uri = await _store_result(arrived, policy.data, outcome, objects)
@@ -62,6 +63,8 @@ async def on_data_arrived(
                 suite=outcome.suite,
                 result_uri=result_uri,
                 expectations=outcome.expectations,
+                author=arrived.author,
+                **_pin(arrived),
             )
         )
     else:
@@ -73,6 +76,7 @@ async def on_data_arrived(
                 suite=outcome.suite,
                 result_uri=result_uri,
                 failed=suite.failures(outcome.expectations),
+                **_pin(arrived),
             )
         )
     log.info("batch checked", uri=arrived.uri, rows=outcome.rows, rejected=outcome.reason)
@@ -89,7 +93,11 @@ async def _validate(
     if arrived.size > data.max_bytes:
         return _Outcome(expectations.name, _too_large(arrived.size, data.max_bytes))
     try:
-        raw = await objects.get(arrived.bucket, arrived.key, data.max_bytes)
+        raw = await objects.get(arrived.bucket, arrived.key, data.max_bytes, **_pin(arrived))
+    except ObjectChanged as e:
+        return _Outcome(
+            expectations.name, f"the object changed since it arrived: {e} — upload it again as a new key"
+        )
     except NotFound as e:
         return _Outcome(expectations.name, f"the object is gone: {e}")
     except PermanentError as e:
@@ -109,6 +117,10 @@ async def _validate(
     summary = suite.summarise(result)
     rejected = None if result.get("success") else suite.reason(summary)
     return _Outcome(expectations.name, rejected, len(batch.frame), summary, result)
+
+
+def _pin(arrived: events.DataArrived) -> dict[str, str]:
+    return {"etag": arrived.etag, "version_id": arrived.version_id}
 
 
 def _too_large(size: int, limit: int) -> str:

@@ -1,0 +1,1 @@
+"""The lineage exporter service: the chain written to OpenLineage and ML Metadata."""
