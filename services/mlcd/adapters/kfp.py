@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from mlcd import logs
-from mlcd.adapters import kfp_compiler, notify, trace_headers
+from mlcd.adapters import kfp_compiler, retry_after, trace_headers
 from mlcd.adapters import kfp_local_worker as worker
 from mlcd.config import Settings
 from mlcd.errors import AdapterUnavailable, MlcdError, NotFound, PermanentError
@@ -258,7 +258,7 @@ def _translated(host: str, what: str, error: Exception) -> MlcdError:
     headers = getattr(error, "headers", None) or {}
     return AdapterUnavailable(
         f"KFP at {host} failed to {what}: {type(error).__name__}: {detail}",
-        retry_after_s=notify.retry_after_s(headers.get("Retry-After")) if status in (429, 503) else None,
+        retry_after_s=retry_after.seconds(headers.get("Retry-After")) if status in (429, 503) else None,
     )
 
 

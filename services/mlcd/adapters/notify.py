@@ -7,15 +7,13 @@ retryable (TemporaryError, with the 429's Retry-After), any other refusal perman
 
 from __future__ import annotations
 
-import email.utils
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 import httpx
 
 from mlcd import logs, ports
-from mlcd.adapters import trace_headers
+from mlcd.adapters import retry_after, trace_headers
 from mlcd.config import Settings
 from mlcd.errors import AdapterUnavailable, PermanentError, TemporaryError
 
@@ -141,28 +139,12 @@ async def post(
 def _check_answer(response: httpx.Response, who: str) -> None:
     """A 429 is retried no sooner than its Retry-After, a 5xx is retried, any other 4xx is permanent."""
     if response.status_code == 429:
-        raise TemporaryError(
-            f"{who} asks to slow down (429)", retry_after_s=retry_after_s(response.headers.get("Retry-After"))
-        )
+        wait_s = retry_after.seconds(response.headers.get("Retry-After"))
+        raise TemporaryError(f"{who} asks to slow down (429)", retry_after_s=wait_s)
     if response.status_code >= 500:
         raise AdapterUnavailable(f"{who} answered {response.status_code}")
     if response.status_code >= 400:
         raise PermanentError(f"{who} refused the message: {response.status_code}")
-
-
-def retry_after_s(header: str | None) -> float | None:
-    """Seconds to wait from a Retry-After header: delay-seconds or an HTTP-date (RFC 9110 §10.2.3)."""
-    if not header:
-        return None
-    if header.strip().isdigit():
-        return float(header.strip())
-    try:
-        when = email.utils.parsedate_to_datetime(header)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        return None
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 def _host(url: str) -> str:

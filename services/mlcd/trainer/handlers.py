@@ -11,12 +11,13 @@ retrain) and hands it on with its candidate, so the gate knows whose change it i
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from mlcd import events, logs, ports, tracing
 from mlcd.adapters import mlflow as mlflow_adapter
-from mlcd.bus.service import ServiceSpec, Timer
+from mlcd.bus.service import Callback, ServiceSpec, Timer
 from mlcd.config import Settings
 from mlcd.errors import NotFound, PermanentError, TemporaryError
 from mlcd.policy.book import PolicyBook
@@ -30,18 +31,50 @@ log = logs.get(__name__)
 DEFAULT_TIMEOUT = timedelta(hours=2)
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainerPorts:
+    """What starting and following a run needs, handed on as one value."""
+
+    settings: Settings
+    policies: PolicyBook
+    orchestrator: ports.Orchestrator
+    objects: ports.ObjectStore
+    tuner: ports.Tuner
+    jobs: ports.TrainingJobs
+    registry: ports.Registry
+
+
+TriggerOf = Callable[[Any, UnitOfWork, PolicyBook], Awaitable[Trigger | None]]
+
+
+def _starts_training(trigger_of: TriggerOf) -> Callback:
+    """The handler for an event that may start a run: `trigger_of` says on what, or None for nothing."""
+
+    async def handler(
+        event: events.Envelope[Any],
+        uow: UnitOfWork,
+        *,
+        settings: Settings,
+        policies: PolicyBook,
+        orchestrator: ports.Orchestrator,
+        objects: ports.ObjectStore,
+        tuner: ports.Tuner,
+        jobs: ports.TrainingJobs,
+        registry: ports.Registry,
+    ) -> None:
+        trigger = await trigger_of(event, uow, policies)
+        if trigger is not None:
+            trainer = TrainerPorts(settings, policies, orchestrator, objects, tuner, jobs, registry)
+            await request_training(trigger, uow, trainer)
+
+    handler.__qualname__ = handler.__name__ = trigger_of.__name__
+    return handler
+
+
+@_starts_training
 async def on_data_validated(
-    event: events.Envelope[events.DataValidated],
-    uow: UnitOfWork,
-    *,
-    settings: Settings,
-    policies: PolicyBook,
-    orchestrator: ports.Orchestrator,
-    objects: ports.ObjectStore,
-    tuner: ports.Tuner,
-    jobs: ports.TrainingJobs,
-    registry: ports.Registry,
-) -> None:
+    event: events.Envelope[events.DataValidated], uow: UnitOfWork, policies: PolicyBook
+) -> Trigger | None:
     data = event.data
     trigger = Trigger(
         data.model,
@@ -51,107 +84,69 @@ async def on_data_validated(
         author=data.author,
         correlation_id=event.correlation,
     )
-    trigger = _pinned(trigger, training.Batch(data.uri, data.etag, data.version_id))
-    await request_training(trigger, uow, **_launch_ports(locals()))
+    return _pinned(trigger, training.Batch(data.uri, data.etag, data.version_id))
 
 
+@_starts_training
 async def on_retrain_requested(
-    event: events.Envelope[events.RetrainRequested],
-    uow: UnitOfWork,
-    *,
-    settings: Settings,
-    policies: PolicyBook,
-    orchestrator: ports.Orchestrator,
-    objects: ports.ObjectStore,
-    tuner: ports.Tuner,
-    jobs: ports.TrainingJobs,
-    registry: ports.Registry,
-) -> None:
+    event: events.Envelope[events.RetrainRequested], uow: UnitOfWork, policies: PolicyBook
+) -> Trigger | None:
     data = event.data
     batch = await _batch(uow, data.model, data.data_uri)
-    data_uri = batch.uri if batch else None
-    if data_uri is None:
+    if batch is None:
         message = (
             f"retraining {data.model} was requested ({data.reason}), but no data batch was validated yet"
         )
         uow.emit(events.NoticeRaised(model=data.model, message=message, cause_event_id=event.id))
-        return
+        return None
     trigger = Trigger(
         data.model,
         event.id,
-        data_uri,
+        batch.uri,
         f"retrain requested: {data.reason}",
         author=data.requested_by,
         correlation_id=event.correlation,
     )
-    trigger = _pinned(trigger, batch)
-    await request_training(trigger, uow, **_launch_ports(locals()))
+    return _pinned(trigger, batch)
 
 
+@_starts_training
 async def on_pipeline_published(
-    event: events.Envelope[events.PipelinePublished],
-    uow: UnitOfWork,
-    *,
-    settings: Settings,
-    policies: PolicyBook,
-    orchestrator: ports.Orchestrator,
-    objects: ports.ObjectStore,
-    tuner: ports.Tuner,
-    jobs: ports.TrainingJobs,
-    registry: ports.Registry,
-) -> None:
+    event: events.Envelope[events.PipelinePublished], uow: UnitOfWork, policies: PolicyBook
+) -> Trigger | None:
     data = event.data
     policy = policies.get(data.model)
     batch = await _batch(uow, data.model)
-    data_uri = batch.uri if batch else None
-    if policy is None or policy.training is None or policy.training.pipeline != data.pipeline or not data_uri:
+    if policy is None or policy.training is None or policy.training.pipeline != data.pipeline or not batch:
         log.info(
             "published pipeline not retrained: not the model's pipeline, or no data yet", model=data.model
         )
-        return
+        return None
     reason = f"pipeline {data.pipeline} {data.version} published"
     trigger = Trigger(
-        data.model, event.id, data_uri, reason, data.commit, data.author, correlation_id=event.correlation
+        data.model, event.id, batch.uri, reason, data.commit, data.author, correlation_id=event.correlation
     )
-    trigger = _pinned(trigger, batch)
-    await request_training(trigger, uow, **_launch_ports(locals()))
+    return _pinned(trigger, batch)
 
 
+@_starts_training
 async def on_features_applied(
-    event: events.Envelope[events.FeaturesApplied],
-    uow: UnitOfWork,
-    *,
-    settings: Settings,
-    policies: PolicyBook,
-    orchestrator: ports.Orchestrator,
-    objects: ports.ObjectStore,
-    tuner: ports.Tuner,
-    jobs: ports.TrainingJobs,
-    registry: ports.Registry,
-) -> None:
+    event: events.Envelope[events.FeaturesApplied], uow: UnitOfWork, policies: PolicyBook
+) -> Trigger | None:
     """Applied features retrain the model on its newest batch where its policy says `features.retrain`."""
     data = event.data
     policy = policies.get(data.model)
     batch = await _batch(uow, data.model)
-    data_uri = batch.uri if batch else None
-    if policy is None or policy.features is None or not policy.features.retrain or not data_uri:
+    if policy is None or policy.features is None or not policy.features.retrain or not batch:
         log.info(
             "applied features not retrained on: the policy says not to, or no data yet", model=data.model
         )
-        return
+        return None
     reason = f"features {data.path} applied at {data.commit[:8]}"
     trigger = Trigger(
-        data.model, event.id, data_uri, reason, data.commit, data.author, correlation_id=event.correlation
+        data.model, event.id, batch.uri, reason, data.commit, data.author, correlation_id=event.correlation
     )
-    trigger = _pinned(trigger, batch)
-    await request_training(trigger, uow, **_launch_ports(locals()))
-
-
-_LAUNCH_PORTS = ("settings", "policies", "orchestrator", "objects", "tuner", "jobs", "registry")
-
-
-def _launch_ports(scope: dict[str, Any]) -> dict[str, Any]:
-    return {name: scope[name] for name in _LAUNCH_PORTS}
+    return _pinned(trigger, batch)
 
 
 async def _batch(uow: UnitOfWork, model: str, named: str | None = None) -> training.Batch | None:
@@ -161,7 +156,7 @@ async def _batch(uow: UnitOfWork, model: str, named: str | None = None) -> train
         newest = await training.last_data(tx.connection, model)
     if named is None or (newest is not None and newest.uri == named):
         return newest
-    return training.Batch(named)
+    return training.Batch(named) if named else None
 
 
 def _pinned(trigger: Trigger, batch: training.Batch | None) -> Trigger:
@@ -171,20 +166,9 @@ def _pinned(trigger: Trigger, batch: training.Batch | None) -> Trigger:
     return dataclasses.replace(trigger, data_etag=batch.etag, data_version_id=batch.version_id)
 
 
-async def request_training(
-    trigger: Trigger,
-    uow: UnitOfWork,
-    *,
-    settings: Settings,
-    policies: PolicyBook,
-    orchestrator: ports.Orchestrator,
-    objects: ports.ObjectStore,
-    tuner: ports.Tuner,
-    jobs: ports.TrainingJobs,
-    registry: ports.Registry,
-) -> None:
+async def request_training(trigger: Trigger, uow: UnitOfWork, trainer: TrainerPorts) -> None:
     """Start a run for `trigger`, or make it the model's follow-up when a run is active."""
-    policy = policies.get(trigger.model)
+    policy = trainer.policies.get(trigger.model)
     if policy is None or policy.training is None:
         log.info("no training policy for the model; trigger ignored", model=trigger.model)
         return
@@ -204,14 +188,14 @@ async def request_training(
                 data_uri=trigger.data_uri,
             )
         elif admission is decisions.Admission.START and await training.get_run(conn, name) is None:
-            intent = training.intended_run(name, trigger, policy.training.pipeline, _lease(settings))
+            intent = training.intended_run(name, trigger, policy.training.pipeline, _lease(trainer.settings))
             await training.record_intent(conn, intent)
         elif admission is decisions.Admission.DUPLICATE and active is not None:
             intent = active if active.state == training.STARTING else None  # a crash came before the submit
     if intent is None:
         return
     try:
-        if not await launch(intent, uow, **_launch_ports(locals())):
+        if not await launch(intent, uow, trainer):
             await _look_again(uow, intent)  # a tuning experiment runs first: look at it soon
     except Exception:  # any failed submit: the intent goes, the error goes on to the runtime
         # A failed submit (KFP down or hung) must not leave the model "busy": the runtime retries or parks
@@ -227,25 +211,15 @@ def _lease(settings: Settings) -> timedelta:
     return timedelta(seconds=max(60.0, 4 * settings.kfp_timeout_s))
 
 
-async def launch(
-    intent: training.TrainingRun,
-    uow: UnitOfWork,
-    *,
-    settings: Settings,
-    policies: PolicyBook,
-    orchestrator: ports.Orchestrator,
-    objects: ports.ObjectStore,
-    tuner: ports.Tuner,
-    jobs: ports.TrainingJobs,
-    registry: ports.Registry,
-) -> bool:
+async def launch(intent: training.TrainingRun, uow: UnitOfWork, trainer: TrainerPorts) -> bool:
     """Submit an intended run (found by name when a crash came after its submit), then record it running.
 
     A tuned run first starts its experiment and returns False while the experiment runs (the caller looks
     again later); True once the run was submitted, or failed before it could be.
     """
     name = intent.run_name
-    policy = policies.get(intent.model)
+    settings, orchestrator = trainer.settings, trainer.orchestrator
+    policy = trainer.policies.get(intent.model)
     plan = policy.training if policy and policy.training else None
     plan = plan or Training.model_construct(pipeline=intent.pipeline)
     pipeline = None if plan.backend == "job" else await orchestrator.latest(intent.pipeline)
@@ -254,7 +228,7 @@ async def launch(
         return True
     parameters = decisions.run_parameters(
         model=intent.model,
-        data_uri=readable_uri(intent.data_uri, objects),
+        data_uri=readable_uri(intent.data_uri, trainer.objects),
         data_etag=intent.data_etag,
         data_version_id=intent.data_version_id,
         commit=intent.commit,
@@ -266,7 +240,7 @@ async def launch(
     )
     tuned: ports.TuningResult | None = None
     if plan.tuning is not None and pipeline is not None:
-        tuned = await _tuning(intent, uow, plan.tuning, pipeline, parameters, tuner)
+        tuned = await _tuning(intent, uow, plan.tuning, pipeline, parameters, trainer.tuner)
         if tuned is None or not tuned.finished:
             return tuned is None  # None: the experiment failed and the run was reported failed
         if tuned.name:
@@ -275,7 +249,7 @@ async def launch(
             tuned = None  # not tuned this time (policy's `when`)
     if plan.backend == "job":
         try:
-            run = await jobs.submit_job(tuning.kube_name(name), plan.job or {}, parameters)
+            run = await trainer.jobs.submit_job(tuning.kube_name(name), plan.job or {}, parameters)
         except PermanentError as e:
             await _fail_before_submit(uow, intent, str(e))
             return True
@@ -394,6 +368,7 @@ async def follow_runs(
     jobs: ports.TrainingJobs,
 ) -> None:
     """Timer: look at each active run that is due; report the ones that ended and start their follow-ups."""
+    trainer = TrainerPorts(settings, policies, orchestrator, objects, tuner, jobs, registry)
     async with uow.transaction() as tx:
         due = await training.due(tx.connection, datetime.now(UTC))
     for row in due:
@@ -401,33 +376,24 @@ async def follow_runs(
             logs.bound(model=row.model, run=row.run_name, correlation_id=row.correlation_id),
             tracing.following(row.correlation_id, row.trigger_event_id),
         ):
-            await follow(row, uow, **_launch_ports(locals()))
+            await follow(row, uow, trainer)
 
 
-async def follow(
-    row: training.TrainingRun,
-    uow: UnitOfWork,
-    *,
-    settings: Settings,
-    policies: PolicyBook,
-    orchestrator: ports.Orchestrator,
-    registry: ports.Registry,
-    objects: ports.ObjectStore,
-    tuner: ports.Tuner,
-    jobs: ports.TrainingJobs,
-) -> None:
-    launching = _launch_ports(locals())
+async def follow(row: training.TrainingRun, uow: UnitOfWork, trainer: TrainerPorts) -> None:
+    settings, policies = trainer.settings, trainer.policies
     async with uow.transaction() as tx:
         claimed = await training.claim(tx.connection, row, datetime.now(UTC) + _lease(settings))
     if not claimed:
         return  # another follower got here first
     if row.state == training.STARTING:
         log.info("looking at a run not submitted yet: its tuning experiment, or an interrupted submit")
-        await _launch_or_look_again(row, uow, launching)
+        await _launch_or_look_again(row, uow, trainer)
         return
     policy = policies.get(row.model)
     limit = policy.training.timeout if policy and policy.training else DEFAULT_TIMEOUT
-    runs: ports.TrainingJobs | ports.Orchestrator = jobs if decisions.is_job(row.run_id) else orchestrator
+    runs: ports.TrainingJobs | ports.Orchestrator = (
+        trainer.jobs if decisions.is_job(row.run_id) else trainer.orchestrator
+    )
     try:
         run = await runs.get_run(row.run_id)
         if not run.finished and not decisions.timed_out(row.started_at, datetime.now(UTC), limit):
@@ -437,27 +403,25 @@ async def follow(
             # Past training.timeout: stop it on the cluster (a job is deleted), not only in mlcd's books.
             await runs.terminate_run(row.run_id)
             log.warning("run terminated: it outlived training.timeout", timeout=str(limit))
-        outcome = await _outcome(row, run, registry, limit)
+        outcome = await _outcome(row, run, trainer.registry, limit)
         tuned = policy.training.tuning if policy and policy.training else None
         if isinstance(outcome, events.TrainingSucceeded) and tuned is not None:
-            outcome = await _with_tuning(outcome, row, tuned, tuner, registry)
+            outcome = await _with_tuning(outcome, row, tuned, trainer.tuner, trainer.registry)
     except TemporaryError as e:
         log.warning("cannot follow the run now; will look again", error=str(e))
         await _look_again(uow, row)
         return
     follow_up = await _report(row, outcome, uow, settings, policies)
     if follow_up is not None:
-        await _launch_or_look_again(follow_up, uow, launching)
+        await _launch_or_look_again(follow_up, uow, trainer)
 
 
-async def _launch_or_look_again(
-    intent: training.TrainingRun, uow: UnitOfWork, launching: dict[str, Any]
-) -> None:
+async def _launch_or_look_again(intent: training.TrainingRun, uow: UnitOfWork, trainer: TrainerPorts) -> None:
     """The follower's submit: on an outage the intent stays and is tried again after a growing pause; so
     does an intent whose tuning experiment still runs. The run continues its own trigger's chain."""
     try:
         with tracing.following(intent.correlation_id, intent.trigger_event_id):
-            if await launch(intent, uow, **launching):
+            if await launch(intent, uow, trainer):
                 return
     except TemporaryError as e:
         log.warning("cannot submit the run now; will try again", error=str(e))
