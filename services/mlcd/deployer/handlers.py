@@ -324,7 +324,7 @@ async def advance_one(
         await _guard(uow, rollout, policy, registry, serving, analysis_port, state, now)
         return
     if rollout.requested == "promote":
-        await _promote(uow, rollout, policy, registry, serving, {}, None, completes_final_step=True)
+        await _promote(uow, rollout, policy, registry, serving, {}, None)
         return
     if (applied := _applied_next_step(state, rollout)) is not None:
         await _record_applied_move(uow, rollout, policy, registry, serving, now, applied)
@@ -381,7 +381,6 @@ async def advance_one(
             serving,
             verdict.figures,
             step_done,
-            completes_final_step=following is not None,
             measured=taken,
         )
         return
@@ -428,7 +427,7 @@ async def _record_applied_move(
         model=rollout.model, model_version=rollout.version, traffic_percent=rollout.traffic_percent
     )
     if steps.is_final(rollout.steps, following):
-        await _promote(uow, rollout, policy, registry, serving, {}, step_done, completes_final_step=True)
+        await _promote(uow, rollout, policy, registry, serving, {}, step_done)
         return
     async with uow.transaction() as tx:
         await rollouts.advance(tx.connection, rollout, now + policy.rollout.interval, {})
@@ -481,7 +480,6 @@ async def _promote(
     figures: dict[str, float],
     step_done: events.RolloutStepCompleted | None,
     *,
-    completes_final_step: bool,
     measured: list[rollouts.Measurement] | None = None,
 ) -> None:
     """All traffic to the candidate; champion moves once the platform reports it serving."""
