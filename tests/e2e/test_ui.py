@@ -432,6 +432,7 @@ async def test_oncall_drives_every_action_and_reads_the_results_on_the_page(worl
         batch_text = await page.locator(f"[data-batch='{world.rejected_batch}']").inner_text()
         await page.locator(f"[data-gate='{reject_gate}']").wait_for(timeout=WAIT_MS)
         await page.locator(f"[data-gate='{approve_gate}']").wait_for(timeout=WAIT_MS)
+        await page.locator("#open-gate a").wait_for(timeout=WAIT_MS)  # its own request, not the list's
         open_gate_text = await page.locator("#open-gate").inner_text()
         gates_wide_at_desktop = await _overflowing(page)
         await page.set_viewport_size({"width": 390, "height": 844})
@@ -594,6 +595,8 @@ async def test_oncall_drives_every_action_and_reads_the_results_on_the_page(worl
         await page.select_option("#filter-model", model)
         await _until(lambda: _only_model(page, model), f"the journal filtered to {model}")
         never_reloaded = await page.evaluate("window.loadedOnce === true")
+        # The audit section renders on its own request, after or before the journal's: wait for its rows.
+        await page.locator("#audit td", has_text="reject").first.wait_for(timeout=WAIT_MS)
         audit_text = await page.locator("#audit").inner_text()
         wide_at_desktop = await _overflowing(page)
 
