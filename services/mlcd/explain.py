@@ -228,7 +228,7 @@ async def _judge(
     try:
         version = await registry.get_version(data.model, data.model_version)
         champion = await registry.version_by_alias(data.model, CHAMPION)
-        flavors = await registry.flavors(version) if serving is not None else ()
+        flavors = await registry.flavors(version) if serving is not None else {}
     except MlcdError as e:
         found.steps.append(f"gatekeeper: cannot read the registry ({e}); the event would be retried")
         return

@@ -7,6 +7,7 @@ Each adapter module under `mlcd.adapters` implements one port for one system; th
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -20,6 +21,10 @@ if TYPE_CHECKING:
 
 
 PYFUNC = "python_function"  # the MLflow flavor every generic model server (MLServer, mlflow) loads
+
+# The `flavors` section of a version's MLmodel file: flavor name → its settings (which file holds the
+# model, how it was serialized); empty when the file could not be read and the flavors are unknown.
+Flavors = Mapping[str, Mapping[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -49,9 +54,9 @@ class Registry(Protocol):
 
     async def version_by_alias(self, model: str, alias: str) -> ModelVersion | None: ...
 
-    async def flavors(self, version: ModelVersion) -> tuple[str, ...]:
-        """The flavors in the version's MLmodel file (python_function, sklearn, …); () when it cannot be
-        read, and they are unknown."""
+    async def flavors(self, version: ModelVersion) -> Flavors:
+        """The flavors in the version's MLmodel file (python_function, sklearn, …) with their settings;
+        empty when it cannot be read, and they are unknown."""
         ...
 
     async def version_by_tag(self, model: str, key: str, value: str) -> ModelVersion | None:
@@ -298,9 +303,9 @@ class ServingState:
 
 
 class Serving(Protocol):
-    def servable_problem(self, version: ModelVersion, flavors: tuple[str, ...]) -> str | None:
-        """Why the platform cannot serve this version (where its files are; its MLmodel `flavors`, () when
-        unknown); None when it can."""
+    def servable_problem(self, version: ModelVersion, flavors: Flavors) -> str | None:
+        """Why the platform cannot serve this version (where its files are; its MLmodel `flavors`, empty
+        when unknown); None when it can."""
         ...
 
     async def state(self, model: str) -> ServingState: ...

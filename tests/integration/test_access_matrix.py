@@ -48,7 +48,7 @@ from mlcd import bootstrap, cli, events, logs
 from mlcd.config import Settings
 from mlcd.errors import Unauthorized
 from mlcd.ingest.authentication import authenticate
-from mlcd.ports import ModelVersion
+from mlcd.ports import Flavors, ModelVersion
 from mlcd.store import database, gates
 from tests.conftest import unique
 from tests.fakes.gitlab_api import FakeGitLab
@@ -214,8 +214,8 @@ class _NoModelsRegistry:
     async def version_by_alias(self, model: str, alias: str) -> ModelVersion | None:
         return None
 
-    async def flavors(self, version: ModelVersion) -> tuple[str, ...]:
-        return ()
+    async def flavors(self, version: ModelVersion) -> Flavors:
+        return {}
 
     async def set_alias(self, model: str, alias: str, version: str) -> None:
         return None

@@ -24,7 +24,7 @@ from mlcd.bus.memory import MemoryBus
 from mlcd.deployer import app, handlers
 from mlcd.local.serving import LocalServing, PredictionFailed
 from mlcd.policy.book import PolicyBook
-from mlcd.ports import ModelVersion, Serving
+from mlcd.ports import Flavors, ModelVersion, Serving
 from mlcd.store import rollouts
 from mlcd.store.tables import outbox
 from tests.support import service_harness
@@ -261,7 +261,7 @@ class _DiesAfterSideEffect:
     def __init__(self, serving: Serving) -> None:
         self.serving = serving
 
-    def servable_problem(self, version: ModelVersion, flavors: tuple[str, ...]) -> str | None:
+    def servable_problem(self, version: ModelVersion, flavors: Flavors) -> str | None:
         return self.serving.servable_problem(version, flavors)
 
     async def state(self, model: str) -> Any:

@@ -53,7 +53,7 @@ class _NoRegistry:
     async def version_by_alias(self, model: str, alias: str) -> None:
         return None
 
-    async def flavors(self, version: Any) -> tuple[str, ...]:
+    async def flavors(self, version: Any) -> dict[str, Any]:
         raise AssertionError("not asked in these tests")
 
 

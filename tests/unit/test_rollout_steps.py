@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from mlcd.adapters import kserve
+from mlcd.adapters import kserve, runtimes
 from mlcd.deployer import steps
 from mlcd.local import inference_protocol, serving_state
 from mlcd.local.serving import CanaryRouter
@@ -129,10 +129,50 @@ def test_predictions_come_back_as_typed_tensors() -> None:
     assert tensor.values.tolist() == [0, 1, 1]
 
 
-def test_the_predictors_runtime_must_load_one_of_the_versions_flavors() -> None:
-    keras_only = ("tensorflow",)
-    assert kserve.flavor_problem(Predictor(model_format="tensorflow"), "4", keras_only) is None
-    problem = kserve.flavor_problem(Predictor(), "4", keras_only)  # mlflow: MLServer needs a pyfunc model
-    assert problem is not None and "needs the python_function flavor" in problem
-    assert "model_format to tensorflow" in problem
-    assert kserve.flavor_problem(Predictor(model_format="onnx"), "5", ()) is None, "unknown flavors pass"
+# The MLmodel `flavors` sections MLflow 3 writes (mlflow.sklearn / mlflow.xgboost save_model), trimmed.
+PYFUNC_SECTION = {"loader_module": "mlflow.sklearn", "model_path": "model.pkl"}
+SKLEARN = {"python_function": PYFUNC_SECTION, "sklearn": {"pickled_model": "model.pkl"}}
+SKOPS = {"python_function": PYFUNC_SECTION, "sklearn": {"pickled_model": "model.skops"}}
+XGBOOST = {"python_function": {"data": "model.ubj"}, "xgboost": {"data": "model.ubj", "model_format": "ubj"}}
+OLD_XGB = {"python_function": {"data": "model.xgb"}, "xgboost": {"data": "model.xgb", "model_format": "xgb"}}
+KERAS = {"tensorflow": {"saved_model_dir": "tf2model"}}
+
+
+@pytest.mark.parametrize(
+    ("model_format", "flavors", "problem"),
+    [
+        ("mlflow", SKLEARN, None),
+        ("sklearn", SKLEARN, None),
+        ("xgboost", XGBOOST, None),
+        ("mlflow", XGBOOST, None),
+        (
+            "xgboost",
+            SKLEARN,
+            "the xgboost runtime needs the xgboost flavor: set rollout.predictor.model_format "
+            "to mlflow or sklearn",
+        ),
+        (
+            "sklearn",
+            SKOPS,
+            "the sklearn runtime loads model.joblib or model.pickle or model.pkl, and the sklearn "
+            "flavor's model file is model.skops: set rollout.predictor.model_format to mlflow",
+        ),
+        ("xgboost", OLD_XGB, "flavor's model file is model.xgb"),
+        (
+            "mlflow",
+            KERAS,
+            "the mlflow runtime needs the python_function flavor: log the model with a "
+            "python_function flavor",
+        ),
+        ("tensorflow", KERAS, "TF Serving reads numbered SavedModel folders, not an MLflow model folder"),
+        ("pytorch", SKLEARN, "TorchServe reads model-store/*.mar"),
+        ("onnx", SKLEARN, "Triton reads a model repository"),
+        ("triton", SKLEARN, None),  # a Triton model repository logged as the version's artifacts
+        ("onnx", {}, None),  # no MLmodel was read: the flavors are unknown
+    ],
+)
+def test_the_predictors_runtime_must_load_the_versions_model_files(
+    model_format: str, flavors: dict[str, dict[str, str]], problem: str | None
+) -> None:
+    found = runtimes.flavor_problem(model_format, "4", flavors)
+    assert found == problem if problem is None else (found is not None and problem in found), found

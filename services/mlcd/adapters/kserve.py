@@ -26,11 +26,12 @@ from typing import Any, Literal
 
 from mlcd.adapters import kube
 from mlcd.adapters.kube import merge_patch as merge_patch  # the rollout arithmetic's tests use it here
+from mlcd.adapters.runtimes import flavor_problem
 from mlcd.config import Settings
 from mlcd.errors import AdapterUnavailable, ArtifactUnreadable, ConfigError
 from mlcd.policy.book import PolicyBook
 from mlcd.policy.schema import Predictor
-from mlcd.ports import PYFUNC, ModelVersion, ServingState
+from mlcd.ports import Flavors, ModelVersion, ServingState
 
 INFERENCE_SERVICE = kube.Kind("serving.kserve.io", "v1beta1", "inferenceservices", "InferenceService")
 STABLE_VERSION = "mlcd.dev/stable-version"
@@ -94,31 +95,6 @@ def storage_problem(uri: str) -> str | None:
     return (
         f"{uri}: KServe's storage initializer does not read the {scheme!r} scheme "
         "(it reads s3://, gs://, hdfs://, webhdfs://, pvc://, oci:// and Azure Blob URLs)"
-    )
-
-
-# The MLflow flavor each KServe runtime loads; "triton" takes a model repository, not an MLflow flavor.
-_FLAVOR_FOR_FORMAT = {
-    "mlflow": PYFUNC,
-    "sklearn": "sklearn",
-    "xgboost": "xgboost",
-    "tensorflow": "tensorflow",
-    "pytorch": "pytorch",
-    "onnx": "onnx",
-}
-
-
-def flavor_problem(predictor: Predictor, version: str, flavors: tuple[str, ...]) -> str | None:
-    """Why the predictor's runtime cannot load a version with these MLflow flavors; None when it can or
-    when the flavors are not known (no MLmodel file was read)."""
-    needed = _FLAVOR_FOR_FORMAT.get(predictor.model_format)
-    if not flavors or needed is None or needed in flavors:
-        return None
-    fitting = [f for f, flavor in _FLAVOR_FOR_FORMAT.items() if flavor in flavors]
-    return (
-        f"version {version} is an MLflow model with flavors {', '.join(flavors)}; "
-        f"the {predictor.model_format} runtime needs the {needed} flavor: set rollout.predictor.model_format "
-        f"to {' or '.join(fitting) if fitting else 'a format whose runtime loads it'}"
     )
 
 
@@ -350,11 +326,13 @@ class KServeServing:
             return model, "serverless", Predictor()
         return policy.serving_name or model, policy.rollout.mode, policy.rollout.predictor
 
-    def servable_problem(self, version: ModelVersion, flavors: tuple[str, ...]) -> str | None:
+    def servable_problem(self, version: ModelVersion, flavors: Flavors) -> str | None:
         """Where the files are (kserve-storage must read them), then the flavor the predictor's runtime
         needs (MLServer's mlflow runtime a pyfunc model, the sklearn runtime an sklearn one, …)."""
         _, _, predictor = self._target(version.model)
-        return storage_problem(version.serving_uri) or flavor_problem(predictor, version.version, flavors)
+        return storage_problem(version.serving_uri) or flavor_problem(
+            predictor.model_format, version.version, flavors
+        )
 
     async def state(self, model: str) -> ServingState:
         name, mode, _ = self._target(model)

@@ -12,7 +12,7 @@ from mlcd import logs
 from mlcd.adapters import trace_headers
 from mlcd.config import Settings
 from mlcd.errors import AdapterUnavailable, NotFound, PermanentError
-from mlcd.ports import ModelVersion
+from mlcd.ports import Flavors, ModelVersion
 
 if TYPE_CHECKING:
     from mlflow.exceptions import MlflowException
@@ -91,10 +91,10 @@ class MlflowRegistry:
         except NotFound:
             return None
 
-    async def flavors(self, version: ModelVersion) -> tuple[str, ...]:
+    async def flavors(self, version: ModelVersion) -> Flavors:
         return await self._call(
             f"read the MLmodel of {version.model}/{version.version}",
-            lambda: _flavors(self.tracking_uri, version.serving_uri),
+            lambda: mlmodel_flavors(self.tracking_uri, version.serving_uri),
         )
 
     async def version_by_tag(self, model: str, key: str, value: str) -> ModelVersion | None:
@@ -177,8 +177,8 @@ def _model_version(client: Any, mv: Any) -> ModelVersion:
     )
 
 
-def _flavors(tracking_uri: str, artifact_uri: str) -> tuple[str, ...]:
-    """The flavors in the MLmodel file under `artifact_uri`; () when it cannot be read."""
+def mlmodel_flavors(tracking_uri: str, artifact_uri: str) -> Flavors:
+    """The flavors in the MLmodel file under `artifact_uri`; empty when it cannot be read."""
     import tempfile
 
     import mlflow.artifacts
@@ -193,9 +193,11 @@ def _flavors(tracking_uri: str, artifact_uri: str) -> tuple[str, ...]:
                 described = yaml.safe_load(mlmodel) or {}
         except Exception as e:  # any store or parse failure leaves the flavors unknown, never the version
             log.info("MLmodel not read; flavors unknown", artifact_uri=artifact_uri, error=repr(e))
-            return ()
+            return {}
     flavors = described.get("flavors") if isinstance(described, dict) else None
-    return tuple(sorted(flavors)) if isinstance(flavors, dict) else ()
+    if not isinstance(flavors, dict):
+        return {}
+    return {str(name): settings if isinstance(settings, dict) else {} for name, settings in flavors.items()}
 
 
 def build(settings: Settings) -> MlflowRegistry:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from mlcd.errors import ConfigError
 from mlcd.policy.book import PolicyBook
-from mlcd.ports import ModelVersion, Serving, ServingState
+from mlcd.ports import Flavors, ModelVersion, Serving, ServingState
 
 SETTING = {
     "kserve": "MLCD_KSERVE_NAMESPACE",
@@ -41,7 +41,7 @@ class ServingByPlatform:
             raise ConfigError(problem)
         return found
 
-    def servable_problem(self, version: ModelVersion, flavors: tuple[str, ...]) -> str | None:
+    def servable_problem(self, version: ModelVersion, flavors: Flavors) -> str | None:
         found, problem = self._problem(version.model)
         return problem if found is None else found.servable_problem(version, flavors)
 

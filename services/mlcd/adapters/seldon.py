@@ -34,7 +34,7 @@ from typing import Any
 import httpx
 
 from mlcd.adapters import kube, trace_headers
-from mlcd.adapters.kserve import flavor_problem
+from mlcd.adapters.runtimes import flavor_problem
 from mlcd.config import Settings
 from mlcd.errors import (
     AdapterUnavailable,
@@ -47,7 +47,7 @@ from mlcd.errors import (
 from mlcd.policy import analysis
 from mlcd.policy.book import PolicyBook
 from mlcd.policy.schema import Check, Policy
-from mlcd.ports import Analysis, ModelVersion, ServingState
+from mlcd.ports import Analysis, Flavors, ModelVersion, ServingState
 
 GROUP = "mlops.seldon.io"
 VERSION = "v1alpha1"
@@ -325,11 +325,13 @@ class SeldonServing:
     def endpoint(self, model: str) -> str:
         return self._policy(model).serving_name or model
 
-    def servable_problem(self, version: ModelVersion, flavors: tuple[str, ...]) -> str | None:
+    def servable_problem(self, version: ModelVersion, flavors: Flavors) -> str | None:
         """Where the files are (Seldon's agent copies them with rclone), then the MLflow flavor the
         policy's format needs (Seldon serves MLflow models with MLServer, as KServe does)."""
         predictor = self._policy(version.model).rollout.predictor
-        return storage_problem(version.serving_uri) or flavor_problem(predictor, version.version, flavors)
+        return storage_problem(version.serving_uri) or flavor_problem(
+            predictor.model_format, version.version, flavors
+        )
 
     async def state(self, model: str) -> ServingState:
         endpoint = self.endpoint(model)

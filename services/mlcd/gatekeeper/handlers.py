@@ -301,7 +301,7 @@ async def _judge(
 
 
 def servable(
-    serving: ports.Serving, version: ports.ModelVersion, flavors: tuple[str, ...]
+    serving: ports.Serving, version: ports.ModelVersion, flavors: ports.Flavors
 ) -> list[events.RuleOutcome]:
     """A failed outcome (rule `servable`) when the serving platform could not load the version: refused now,
     on the gate, rather than approved by on-call and refused by the deployer later. `mlcd explain` runs it
@@ -314,7 +314,7 @@ def servable(
             name="servable",
             expression="the serving platform can download and load the version",
             passed=False,
-            values={"artifact_uri": version.serving_uri, "flavors": list(flavors)},
+            values={"artifact_uri": version.serving_uri, "flavors": sorted(flavors)},
             error=problem,
         )
     ]

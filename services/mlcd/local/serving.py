@@ -30,7 +30,7 @@ from mlcd.errors import AdapterUnavailable, NotFound
 from mlcd.local import inference_protocol as protocol
 from mlcd.local import serving_state
 from mlcd.local.revision_stats import RevisionStats, set_traffic
-from mlcd.ports import PYFUNC, ModelVersion, ServingState
+from mlcd.ports import PYFUNC, Flavors, ModelVersion, ServingState
 
 log = logs.get(__name__)
 
@@ -127,7 +127,7 @@ class LocalServing:
 
     # --- the Serving port -------------------------------------------------------------------------
 
-    def servable_problem(self, version: ModelVersion, flavors: tuple[str, ...]) -> str | None:
+    def servable_problem(self, version: ModelVersion, flavors: Flavors) -> str | None:
         """Local serving loads a version as an MLflow pyfunc, from any artifact store MLflow wrote."""
         if flavors and PYFUNC not in flavors:
             return (
