@@ -10,6 +10,7 @@ which links could not be found.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -49,9 +50,10 @@ def of_version(journal: Sequence[Event], model: str, version: str) -> Lineage | 
     registered = _last(journal, events.CandidateRegistered, model_version=version)
     gate = _last(journal, events.GateOpened, model_version=version)
     if trained is not None:
-        origin, missing = _origin(journal, trained)
+        came_from = origin(journal, trained)
+        before, missing = [*came_from.events, trained], came_from.missing
     else:  # registered outside mlcd, or trained before the journal's retention began
-        origin, missing = [registered], [] if registered is not None else ["model version"]
+        before, missing = [registered], [] if registered is not None else ["model version"]
     after = [
         *([gate] if gate is not None else []),
         *_all(journal, events.PromotionApproved, model_version=version),
@@ -64,37 +66,51 @@ def of_version(journal: Sequence[Event], model: str, version: str) -> Lineage | 
     ]
     position = {e["id"]: index for index, e in enumerate(journal)}
     after.sort(key=lambda e: position[e["id"]])
-    steps = [_step(e, version) for e in [*origin, *after] if e is not None]
+    steps = [_step(e, version) for e in [*before, *after] if e is not None]
     if not steps:
         return None
     chain = next((e.get("correlationid") for e in (trained, registered) if e is not None), None)
     return Lineage(model=model, version=version, steps=steps, missing=missing, correlation=chain)
 
 
-def _origin(journal: Sequence[Event], trained: Event) -> tuple[list[Event | None], list[str]]:
-    """What a trained version came from: its batch and validation, its pipeline, its run and trigger."""
+@dataclass(frozen=True)
+class Origin:
+    """What a trained version came from, each link None where the journal does not hold it."""
+
+    arrived: Event | None
+    validated: Event | None
+    published: Event | None
+    trigger: Event | None  # a retrain request (on-call, a drift policy): a link of its own
+    started: Event | None
+    missing: list[str]
+
+    @property
+    def events(self) -> list[Event | None]:
+        return [self.arrived, self.validated, self.published, self.trigger, self.started]
+
+
+def origin(journal: Sequence[Event], trained: Event) -> Origin:
+    """The batch and validation (the very upload the run was pinned to, when the same key was uploaded more
+    than once), the pipeline version, the run's start and what triggered it, of a TrainingSucceeded."""
     started = _last(journal, events.TrainingStarted, run_id=trained["data"]["run_id"])
     data_uri = trained["data"]["data_uri"]
-    # A pinned run names the very upload it trained on, when the same key was uploaded more than once.
     run = (started or {"data": {}})["data"]
     pin = batch_pin(run.get("data_etag", ""), run.get("data_version_id", ""))
     arrived = _last(journal, events.DataArrived, uri=data_uri, **pin)
     validated = _last(journal, events.DataValidated, uri=data_uri, **pin)
-    pipeline_version = trained["data"].get("pipeline_version") or (started or {"data": {}})["data"].get(
-        "pipeline_version", ""
-    )
+    pipeline_version = trained["data"].get("pipeline_version") or run.get("pipeline_version", "")
     published = None
     if pipeline_version:
         published = _last(journal, events.PipelinePublished, version=pipeline_version)
     trigger_id = started["data"]["trigger_event_id"] if started else None
     chained = {e["id"] for e in (arrived, validated, published) if e is not None}
-    # a retrain request (on-call, a drift policy) is a link of its own; a batch or a pipeline is one already
+    # a retrain request is a link of its own; a batch or a pipeline is one already
     trigger = next((e for e in journal if e["id"] == trigger_id and trigger_id not in chained), None)
     links = {"data batch": arrived, "validation": validated, "training start": started}
     if pipeline_version:
         links["pipeline version"] = published
     missing = [name for name, found in links.items() if found is None]
-    return [arrived, validated, published, trigger, started, trained], missing
+    return Origin(arrived, validated, published, trigger, started, missing)
 
 
 def batch_pin(etag: str, version_id: str) -> dict[str, str]:

@@ -19,7 +19,7 @@ from fastapi.responses import Response
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from mlcd import canary_chart, events, http
+from mlcd import canary_chart, events, http, lineage
 from mlcd.errors import InvalidRequest, NotFound
 from mlcd.policy.book import PolicyBook
 from mlcd.store import gates, outbox, rollouts
@@ -213,6 +213,19 @@ async def _events(conn: AsyncConnection, model: str, kind: type[events.Payload])
     return [e for _, e in await outbox.journal(conn, model=model, event_type=kind.type, limit=_CHAIN_SCAN)]
 
 
+_ORIGIN_KINDS = (events.DataArrived, events.DataValidated, events.PipelinePublished, events.TrainingStarted)
+
+
+async def _journal(conn: AsyncConnection, model: str, *kinds: type[events.Payload]) -> list[dict[str, Any]]:
+    """The newest journaled events of each kind, oldest first, as `lineage` reads a journal."""
+    rows = [
+        row
+        for kind in kinds
+        for row in await outbox.journal(conn, model=model, event_type=kind.type, limit=_CHAIN_SCAN)
+    ]
+    return [event for _, event in sorted(rows, key=lambda row: row[0])]
+
+
 def _first(found: list[dict[str, Any]], **match: Any) -> dict[str, Any] | None:
     """The newest journaled event whose data has every `match` value."""
     for event in found:
@@ -302,12 +315,10 @@ async def _upstream(
             _node("training_run", "training run", "not recorded", None, "the version was not trained by mlcd")
         ]
     data = run["data"]
-    arrived = _first(await _events(conn, model, events.DataArrived), uri=data_uri)
-    validated = _first(await _events(conn, model, events.DataValidated), uri=data_uri)
-    published = _first(
-        await _events(conn, model, events.PipelinePublished), version=data.get("pipeline_version")
-    )
-    started = _first(await _events(conn, model, events.TrainingStarted), run_id=data["run_id"])
+    # the links `mlcd lineage` finds: the upload the run was pinned to, the pipeline its start names
+    came_from = lineage.origin(await _journal(conn, model, *_ORIGIN_KINDS), run)
+    arrived, validated, published = came_from.arrived, came_from.validated, came_from.published
+    started = came_from.started
     commit = data.get("commit") or (published["data"]["commit"] if published else "")
     return [
         _node(

@@ -180,6 +180,52 @@ async def test_each_chain_node_has_its_state_time_and_link_out(
     ]
 
 
+async def test_a_version_trained_on_an_overwritten_key_shows_the_upload_it_was_pinned_to(
+    client: tuple[httpx.AsyncClient, AsyncEngine],
+) -> None:
+    """The same key uploaded twice: the chain names the upload the run read (its ETag), as the lineage
+    does, not the newest one."""
+    api, engine = client
+    uri = "s3://landing/wine_quality/batch-08.csv"
+    key = "wine_quality/batch-08.csv"
+    payloads: list[events.Payload] = [
+        events.DataArrived(model=MODEL, bucket="landing", key=key, uri=uri, size=100, etag="first"),
+        events.DataValidated(model=MODEL, uri=uri, rows=10, suite="wine", result_uri="", etag="first"),
+        events.DataArrived(model=MODEL, bucket="landing", key=key, uri=uri, size=200, etag="second"),
+        events.DataValidated(model=MODEL, uri=uri, rows=20, suite="wine", result_uri="", etag="second"),
+        events.TrainingStarted(
+            model=MODEL,
+            run_id="run-8",
+            run_name="wq-run-8",
+            pipeline_version="wq-4fae0b2f",
+            data_uri=uri,
+            trigger_event_id="e0",
+            data_etag="first",
+        ),
+        events.TrainingSucceeded(
+            model=MODEL, run_id="run-8", model_version="8", metrics={"accuracy": 0.9}, data_uri=uri
+        ),
+    ]
+    async with engine.begin() as conn:
+        later = START + timedelta(hours=1)
+        await outbox.add(
+            conn,
+            [
+                events.new_event(p, source="mlcd/test", id=f"p{i}", time=later + timedelta(minutes=i))
+                for i, p in enumerate(payloads)
+            ],
+            sent=True,
+        )
+
+    answer = await api.get(f"/api/v1/models/{MODEL}/chain", params={"version": "8"}, headers=AUTH)
+
+    assert answer.status_code == 200, answer.text
+    nodes = {n["kind"]: n for n in answer.json()["nodes"]}
+    assert nodes["data_batch"]["detail"] == "100 bytes"
+    assert nodes["validation"]["detail"] == "10 rows"
+    assert nodes["pipeline_version"]["state"] == "published", "named by the run's start, not its success"
+
+
 async def test_past_and_current_rollouts_each_have_their_measurements_and_chart(
     client: tuple[httpx.AsyncClient, AsyncEngine],
 ) -> None:
