@@ -1,11 +1,12 @@
 """A Kubernetes API emulator for Katib and the Training Operators, and stand-ins for their controllers.
 
-`KubeflowApi` stands in for kube-apiserver (kmock on loopback) for Katib `Experiment`s and `Trial`s
-(kubeflow.org/v1beta1), Training Operator `PyTorchJob`s, `TFJob`s, `XGBoostJob`s (kubeflow.org/v1) and
-Kubeflow Trainer `TrainJob`s (trainer.kubeflow.org/v1alpha1): POST (409 AlreadyExists), GET, LIST,
-DELETE. Every create is validated against the published schemas in /work/shared/schemas (422 when
-invalid): Katib's generated OpenAPI `v1beta1.Experiment` (its CRD is schemaless), the Training Operator's
-and Trainer's CRD `openAPIV3Schema`s. Status is written only by the controllers.
+`KubeflowApi` stands in for kube-apiserver (kmock on loopback; its object store is tests/fakes/kube_api.py's)
+for Katib `Experiment`s and `Trial`s (kubeflow.org/v1beta1), Training Operator `PyTorchJob`s, `TFJob`s,
+`XGBoostJob`s (kubeflow.org/v1) and Kubeflow Trainer `TrainJob`s (trainer.kubeflow.org/v1alpha1): POST
+(409 AlreadyExists), GET, LIST, DELETE. Every create is validated against the published schemas in
+/work/shared/schemas (422 when invalid): Katib's generated OpenAPI `v1beta1.Experiment` (its CRD is
+schemaless), the Training Operator's and Trainer's CRD `openAPIV3Schema`s. Status is written only by the
+controllers.
 
 `KatibController` does what Katib would, with real parts: Optuna suggests each trial's assignments (Katib's
 suggestion service for tpe, multivariate-tpe, cmaes, random and grid is Optuna too); each Trial's
@@ -27,7 +28,6 @@ import asyncio
 import contextlib
 import copy
 import functools
-import itertools
 import json
 import os
 import re
@@ -41,7 +41,8 @@ from typing import Any, Self
 
 import jsonschema
 import kmock
-import yaml
+
+from tests.fakes.kube_api import ObjectStore, crd_openapi_schema, deleted, serving
 
 SCHEMAS = Path("/work/shared/schemas")
 KATIB = ("kubeflow.org", "v1beta1")
@@ -77,106 +78,45 @@ def validator(plural: str) -> jsonschema.Draft7Validator | None:
         schema = {"$ref": "#/components/schemas/v1beta1.Experiment", "components": spec["components"]}
         return jsonschema.Draft7Validator(schema)
     if plural in JOBS:
-        crd = yaml.load(JOBS[plural][3].read_text(), Loader=yaml.CSafeLoader)
-        version = next(v for v in crd["spec"]["versions"] if v["name"] == JOBS[plural][1])
-        return jsonschema.Draft7Validator(version["schema"]["openAPIV3Schema"])
+        return jsonschema.Draft7Validator(crd_openapi_schema(JOBS[plural][3], JOBS[plural][1]))
     return None  # Trial: written by the controller only
 
 
 @dataclass
-class KubeflowApi:
+class KubeflowApi(ObjectStore[tuple[str, str, str, str]]):
+    """The emulator's state; `url` is where the official client should point. Its `watch()` queues
+    receive (verb, plural, namespace, name) after every create and delete; `writes` holds
+    (verb, plural, name)."""
+
+    kinds: dict[str, str] = field(default_factory=lambda: dict(KINDS))
+    list_version: str = "1"
     url: str = ""
-    objects: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
-    writes: list[tuple[str, str, str]] = field(default_factory=list)  # (verb, plural, name)
-    refused: list[str] = field(default_factory=list)
-    _versions: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
-    _watchers: list[asyncio.Queue[tuple[str, str, str, str]]] = field(default_factory=list)
 
-    def watch(self) -> asyncio.Queue[tuple[str, str, str, str]]:
-        """(verb, plural, namespace, name) after every create and delete."""
-        queue: asyncio.Queue[tuple[str, str, str, str]] = asyncio.Queue()
-        self._watchers.append(queue)
-        return queue
-
-    def get(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
-        return self.objects.get((plural, namespace, name))
-
-    def of_kind(self, plural: str) -> list[dict[str, Any]]:
-        return [o for (p, _, _), o in self.objects.items() if p == plural]
-
-    def put(self, plural: str, namespace: str, obj: dict[str, Any]) -> None:
-        """A controller's own create (Trials)."""
-        obj["metadata"].update(namespace=namespace, resourceVersion=str(next(self._versions)))
-        self.objects[(plural, namespace, obj["metadata"]["name"])] = obj
-
-    def write_status(self, plural: str, namespace: str, name: str, status: dict[str, Any]) -> None:
-        obj = self.objects.get((plural, namespace, name))
-        if obj is not None:
-            obj["status"] = copy.deepcopy(status)
-            obj["metadata"]["resourceVersion"] = str(next(self._versions))
-
-    # --- the HTTP side ----------------------------------------------------------------------------
-
-    async def fetch(self, request: kmock.Request) -> dict[str, Any]:
-        return self._existing(request)
-
-    async def listing(self, request: kmock.Request) -> dict[str, Any]:
-        plural = _plural(request)
-        items = [
-            o for (p, ns, _), o in self.objects.items() if p == plural and request.namespace in (None, ns)
-        ]
-        return {"kind": f"{KINDS[plural]}List", "metadata": {"resourceVersion": "1"}, "items": items}
+    # --- the HTTP side (GET and LIST: the store's) -------------------------------------------------
 
     async def create(self, request: kmock.Request) -> dict[str, Any]:
-        plural, namespace = _plural(request), request.namespace or ""
+        plural, namespace = self.key(request)[0], request.namespace or ""
         body = dict(request.data)
         name = str((body.get("metadata") or {}).get("name", ""))
-        if (plural, namespace, name) in self.objects:
-            raise kmock.KubernetesError(409, "AlreadyExists", f'{plural} "{name}" already exists')
-        check = validator(plural)
-        problems = [
-            f"{'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
-            for e in (check.iter_errors(body) if check else [])
-        ]
-        if problems:
-            self.refused.append("; ".join(problems))
-            raise kmock.KubernetesError(
-                422, "Invalid", f"{KINDS[plural]} {name} is invalid: " + "; ".join(problems)
-            )
+        self.vacant(plural, namespace, name)
+        self.check(validator(plural), f"{KINDS[plural]} {name}", body)  # its status too, then dropped
         body.pop("status", None)
         body["metadata"] = {
             **body["metadata"],
             "namespace": namespace,
-            "uid": f"uid-{next(self._versions)}",
+            "uid": f"uid-{self.version()}",
             "creationTimestamp": _now(),
-            "resourceVersion": str(next(self._versions)),
+            "resourceVersion": self.version(),
         }
         self.objects[(plural, namespace, name)] = body
         self.writes.append(("create", plural, name))
-        self._notify(("create", plural, namespace, name))
+        self.notify(("create", plural, namespace, name))
         return body
 
     async def delete(self, request: kmock.Request) -> dict[str, Any]:
-        self._existing(request)
-        key = (_plural(request), request.namespace or "", request.name or "")
-        self.objects.pop(key)
-        self.writes.append(("delete", key[0], key[2]))
-        self._notify(("delete", *key))
-        return {"kind": "Status", "apiVersion": "v1", "status": "Success", "details": {"name": key[2]}}
-
-    def _existing(self, request: kmock.Request) -> dict[str, Any]:
-        obj = self.objects.get((_plural(request), request.namespace or "", request.name or ""))
-        if obj is None:
-            raise kmock.KubernetesError(404, "NotFound", f'{_plural(request)} "{request.name}" not found')
-        return obj
-
-    def _notify(self, event: tuple[str, str, str, str]) -> None:
-        for queue in self._watchers:
-            queue.put_nowait(event)
-
-
-def _plural(request: kmock.Request) -> str:
-    return str(request.resource.plural if request.resource is not None else "")
+        plural, namespace, name = self.remove(request)
+        self.notify(("delete", plural, namespace, name))
+        return deleted(name)
 
 
 def _now() -> str:
@@ -186,17 +126,19 @@ def _now() -> str:
 @contextlib.asynccontextmanager
 async def api_running() -> AsyncIterator[KubeflowApi]:
     api = KubeflowApi()
-    handler = kmock.KubernetesScaffold()
-    resources = [(KATIB[0], KATIB[1], "experiments"), (KATIB[0], KATIB[1], "trials")]
-    resources += [(g, v, p) for p, (g, v, _, _) in JOBS.items()]
-    for group, version, plural in resources:
-        resource = kmock.resource(group, version, plural)
-        handler[kmock.action.FETCH, resource] << api.fetch
-        handler[kmock.action.LIST, resource] << api.listing
-        handler[kmock.action.CREATE, resource] << api.create
-        handler[kmock.action.DELETE, resource] << api.delete
-    async with handler, kmock.Server(handler) as server:
-        api.url = str(server.url).rstrip("/")
+    resources = [
+        (*KATIB, "experiments"),
+        (*KATIB, "trials"),
+        *((g, v, p) for p, (g, v, _, _) in JOBS.items()),
+    ]
+    handlers: dict[kmock.action, kmock.Payload] = {
+        kmock.action.FETCH: api.fetch,
+        kmock.action.LIST: api.listing,
+        kmock.action.CREATE: api.create,
+        kmock.action.DELETE: api.delete,
+    }
+    async with serving(resources, handlers) as url:
+        api.url = url
         yield api
 
 

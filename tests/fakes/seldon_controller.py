@@ -1,9 +1,10 @@
 """A stand-in for Seldon Core 2 over a Kubernetes API emulator: its operator, scheduler, agents and mesh.
 
-`SeldonApi` stands in for kube-apiserver, for `mlops.seldon.io/v1alpha1` Models and Experiments: GET,
-LIST, POST, JSON merge-patch PATCH (409 on a stale resourceVersion) and DELETE, every write validated
-against Seldon Core 2's CRD schemas (v2.6.0, /work/shared/schemas/seldon/: 422 when invalid), the
-generation bumped on a spec change; status is a subresource only the controller writes.
+`SeldonApi` stands in for kube-apiserver (on the object store of tests/fakes/kube_api.py), for
+`mlops.seldon.io/v1alpha1` Models and Experiments: GET, LIST, POST, JSON merge-patch PATCH (409 on a stale
+resourceVersion) and DELETE, every write validated against Seldon Core 2's CRD schemas (v2.6.0,
+/work/shared/schemas/seldon/: 422 when invalid), the generation bumped on a spec change; status is a
+subresource only the controller writes.
 
 `SeldonController` does what Seldon would, with the real parts where they run here. Each Model
 generation is a model version, loaded as `<name>_<n>` into its own real MLServer (from
@@ -31,7 +32,6 @@ import asyncio
 import contextlib
 import copy
 import functools
-import itertools
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -44,10 +44,9 @@ import httpx
 import jsonschema
 import kmock
 import prometheus_client
-import yaml
 from aiohttp import web
 
-from tests.fakes.kube_api import merge
+from tests.fakes.kube_api import ObjectStore, crd_openapi_schema, deleted, merge, serving, without_status
 from tests.support import kserve_models, mlserver, processes
 from tests.support import prometheus as prometheus_support
 from tests.support.mlflow_s3 import S3Store
@@ -59,12 +58,8 @@ MERGE_PATCH = "application/merge-patch+json"
 SERVER = "mlserver"  # the Server a Model lands on when its spec names none
 
 
-@functools.cache
 def crd_schema(plural: str) -> dict[str, Any]:
-    crd = yaml.safe_load((CRDS / f"mlops.seldon.io_{plural}.yaml").read_text())
-    version = next(v for v in crd["spec"]["versions"] if v["name"] == VERSION)
-    schema: dict[str, Any] = version["schema"]["openAPIV3Schema"]
-    return schema
+    return crd_openapi_schema(CRDS / f"mlops.seldon.io_{plural}.yaml", VERSION)
 
 
 def _now() -> str:
@@ -75,22 +70,16 @@ def _now() -> str:
 
 
 @dataclass
-class SeldonApi:
-    """The emulator's state; `url` is where the official client should point."""
+class SeldonApi(ObjectStore[tuple[str, str, str]]):
+    """The emulator's state; `url` is where the official client should point. Its `watch()` queues
+    receive (plural, namespace, name) after every write, deletes included; `writes` holds
+    (verb, plural, name)."""
 
+    kinds: dict[str, str] = field(default_factory=lambda: dict(PLURALS))
+    group: str = GROUP
+    api_version: str = f"{GROUP}/{VERSION}"
     url: str = ""
-    objects: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)  # plural, ns, name
-    writes: list[tuple[str, str, str]] = field(default_factory=list)  # verb, plural, name
-    refused: list[str] = field(default_factory=list)
     conflicts_to_inject: int = 0
-    _versions: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
-    _watchers: list[asyncio.Queue[tuple[str, str, str]]] = field(default_factory=list)
-
-    def watch(self) -> asyncio.Queue[tuple[str, str, str]]:
-        """A queue that receives (plural, namespace, name) after every write, deletes included."""
-        queue: asyncio.Queue[tuple[str, str, str]] = asyncio.Queue()
-        self._watchers.append(queue)
-        return queue
 
     def add_model(self, namespace: str, name: str, storage_uri: str, **spec: Any) -> dict[str, Any]:
         """A Model as the Helm chart or the model's owner would create it."""
@@ -102,38 +91,13 @@ class SeldonApi:
         }
         return self._store("models", namespace, name, obj, None)
 
-    def get(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
-        return self.objects.get((plural, namespace, name))
-
-    def write_status(self, plural: str, namespace: str, name: str, status: dict[str, Any]) -> None:
-        obj = self.objects.get((plural, namespace, name))
-        if obj is not None:
-            obj["status"] = copy.deepcopy(status)
-            obj["metadata"]["resourceVersion"] = str(next(self._versions))
-
-    # --- the HTTP side ----------------------------------------------------------------------------
-
-    async def fetch(self, request: kmock.Request) -> dict[str, Any]:
-        return self._existing(request)
-
-    async def listing(self, request: kmock.Request) -> dict[str, Any]:
-        plural = _plural(request)
-        items = [
-            o for (p, ns, _), o in self.objects.items() if p == plural and request.namespace in (None, ns)
-        ]
-        return {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": f"{PLURALS[plural]}List",
-            "metadata": {"resourceVersion": str(next(self._versions))},
-            "items": items,
-        }
+    # --- the HTTP side (GET and LIST: the store's) -------------------------------------------------
 
     async def create(self, request: kmock.Request) -> dict[str, Any]:
-        plural, namespace = _plural(request), request.namespace or ""
+        plural, namespace = self.key(request)[0], request.namespace or ""
         body = dict(request.data)
         name = str((body.get("metadata") or {}).get("name", ""))
-        if (plural, namespace, name) in self.objects:
-            raise kmock.KubernetesError(409, "AlreadyExists", f'{plural}.{GROUP} "{name}" already exists')
+        self.vacant(plural, namespace, name)
         body.pop("status", None)
         body["metadata"] = {**body["metadata"], "namespace": namespace}
         return self._store(plural, namespace, name, body, None)
@@ -141,69 +105,34 @@ class SeldonApi:
     async def patch(self, request: kmock.Request) -> dict[str, Any]:
         if request.headers.get("Content-Type") != MERGE_PATCH:
             raise kmock.KubernetesError(415, "UnsupportedMediaType", "custom resources take merge patches")
-        current = self._existing(request)
+        current = self.existing(request)
         body = request.data
         if self.conflicts_to_inject > 0:
             self.conflicts_to_inject -= 1
-            current["metadata"]["resourceVersion"] = str(next(self._versions))
-        sent = (body.get("metadata") or {}).get("resourceVersion")
-        if sent is not None and sent != current["metadata"]["resourceVersion"]:
-            raise kmock.KubernetesError(
-                409,
-                "Conflict",
-                f'Operation cannot be fulfilled on {_plural(request)}.{GROUP} "{request.name}": the object '
-                "has been modified; please apply your changes to the latest version and try again",
-            )
-        merged = merge(copy.deepcopy(current), {k: v for k, v in body.items() if k != "status"})
-        return self._store(_plural(request), request.namespace or "", request.name or "", merged, current)
+            current["metadata"]["resourceVersion"] = self.version()
+        self.fresh(request, current)
+        merged = merge(copy.deepcopy(current), without_status(body))
+        return self._store(*self.key(request), merged, current)
 
     async def delete(self, request: kmock.Request) -> dict[str, Any]:
-        self._existing(request)
-        key = (_plural(request), request.namespace or "", request.name or "")
-        self.objects.pop(key)
-        self.writes.append(("delete", key[0], key[2]))
-        self._notify(key)
-        return {"kind": "Status", "apiVersion": "v1", "status": "Success", "details": {"name": key[2]}}
-
-    def _existing(self, request: kmock.Request) -> dict[str, Any]:
-        obj = self.objects.get((_plural(request), request.namespace or "", request.name or ""))
-        if obj is None:
-            raise kmock.KubernetesError(
-                404, "NotFound", f'{_plural(request)}.{GROUP} "{request.name}" not found'
-            )
-        return obj
+        key = self.remove(request)
+        self.notify(key)
+        return deleted(key[2])
 
     def _store(
         self, plural: str, namespace: str, name: str, obj: dict[str, Any], current: dict[str, Any] | None
     ) -> dict[str, Any]:
-        problems = [
-            f"{'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
-            for e in _validator(plural).iter_errors({k: v for k, v in obj.items() if k != "status"})
-        ]
-        if problems:
-            self.refused.append("; ".join(problems))
-            raise kmock.KubernetesError(
-                422, "Invalid", f"{PLURALS[plural]} {name} is invalid: " + "; ".join(problems)
-            )
+        self.check(_validator(plural), f"{PLURALS[plural]} {name}", without_status(obj))
         metadata = obj["metadata"]
         if current is None:
             metadata["generation"] = 1
         elif obj.get("spec") != current.get("spec"):
             metadata["generation"] = current["metadata"].get("generation", 1) + 1
-        metadata["resourceVersion"] = str(next(self._versions))
+        metadata["resourceVersion"] = self.version()
         self.objects[(plural, namespace, name)] = obj
         self.writes.append(("create" if current is None else "patch", plural, name))
-        self._notify((plural, namespace, name))
+        self.notify((plural, namespace, name))
         return obj
-
-    def _notify(self, key: tuple[str, str, str]) -> None:
-        for queue in self._watchers:
-            queue.put_nowait(key)
-
-
-def _plural(request: kmock.Request) -> str:
-    plural = request.resource.plural if request.resource is not None else ""
-    return str(plural)
 
 
 @functools.cache
@@ -214,16 +143,15 @@ def _validator(plural: str) -> jsonschema.Draft7Validator:
 @contextlib.asynccontextmanager
 async def api_running() -> AsyncIterator[SeldonApi]:
     api = SeldonApi()
-    handler = kmock.KubernetesScaffold()
-    for plural in PLURALS:
-        resource = kmock.resource(GROUP, VERSION, plural)
-        handler[kmock.action.FETCH, resource] << api.fetch
-        handler[kmock.action.LIST, resource] << api.listing
-        handler[kmock.action.CREATE, resource] << api.create
-        handler[kmock.action.UPDATE, resource] << api.patch
-        handler[kmock.action.DELETE, resource] << api.delete
-    async with handler, kmock.Server(handler) as server:
-        api.url = str(server.url).rstrip("/")
+    handlers: dict[kmock.action, kmock.Payload] = {
+        kmock.action.FETCH: api.fetch,
+        kmock.action.LIST: api.listing,
+        kmock.action.CREATE: api.create,
+        kmock.action.UPDATE: api.patch,
+        kmock.action.DELETE: api.delete,
+    }
+    async with serving([(GROUP, VERSION, plural) for plural in PLURALS], handlers) as url:
+        api.url = url
         yield api
 
 
