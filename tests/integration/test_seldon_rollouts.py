@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,12 +19,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mlcd import events
 from mlcd.deployer import handlers
-from mlcd.store import migrate, rollouts
-from mlcd.store.database import create_engine
+from mlcd.store import rollouts
 from tests.fakes import seldon_controller
-from tests.support import kserve_models, minio_gateway, mlflow_s3, mlserver, seldon_world, service_harness
+from tests.support import kserve_models, mlflow_s3, mlserver, seldon_world, service_harness
 
-pytestmark = [pytest.mark.timeout(900), pytest.mark.xdist_group("seldon-rollouts")]
+# On SQLite only: the rollout over the serving platform is the subject here, not the store.
+SQLITE_ONLY = pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+pytestmark = [SQLITE_ONLY, pytest.mark.timeout(900), pytest.mark.xdist_group("seldon-rollouts")]
 
 SHADOW_CHECKS = (
     "[{name: request-count, template: request-count, min: 2},"
@@ -37,13 +38,8 @@ SHADOW_CHECKS = (
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[mlflow_s3.S3Store]:
     mlserver.require()
-    gateway = minio_gateway.start_gateway(tmp_path_factory.mktemp("minio"))
-    try:
-        s3 = mlflow_s3.S3Store(f"http://{gateway.endpoint}", gateway.access_key, gateway.secret_key, "mlflow")
-        s3.make_bucket()
+    with mlflow_s3.minio_s3(tmp_path_factory.mktemp("minio"), "mlflow") as s3:
         yield s3
-    finally:
-        gateway.stop()
 
 
 @pytest.fixture(scope="module")
@@ -57,14 +53,6 @@ def model(s3_mlflow: str, store: mlflow_s3.S3Store) -> str:
     name = f"iris_{uuid.uuid4().hex[:6]}"
     seldon_world.register(s3_mlflow, name, store)
     return name
-
-
-@pytest.fixture
-async def engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'mlcd.db'}")
-    await migrate.upgrade(engine)
-    yield engine
-    await engine.dispose()
 
 
 def _moves(world: seldon_world.SeldonWorld) -> list[tuple[dict[str, int], str | None]]:
@@ -97,8 +85,8 @@ async def test_a_good_candidate_passes_shadow_10_50_100_becomes_champion_and_rol
         tmp_path, store, s3_mlflow, model, engine, steps="[0, 10, 50, 100]", analysis=SHADOW_CHECKS
     ) as world:
         async with world.controller.load(world.endpoint):
-            await world.approve(kserve_models.ALSO_GOOD)
-            done = await world.run_until({rollouts.SUCCEEDED, rollouts.ROLLED_BACK, rollouts.PAUSED})
+            await world.deployer.approve(kserve_models.ALSO_GOOD)
+            done = await world.deployer.run_until({rollouts.SUCCEEDED, rollouts.ROLLED_BACK, rollouts.PAUSED})
 
         assert done.state == rollouts.SUCCEEDED, f"{done.state}: {done.reason} (step {done.step_index})"
         assert done.figures["agreement"] == 1.0 and 0 < done.figures["latency-vs-champion"] < 10, done.figures
@@ -110,7 +98,7 @@ async def test_a_good_candidate_passes_shadow_10_50_100_becomes_champion_and_rol
         users = [r for r in world.controller.requests if r.via == world.endpoint]
         first_answer = next(r for r in users if r.model == candidate)
         assert first_answer.mirrored, "the candidate answered a user before its shadow step passed"
-        assert await world.champion() == kserve_models.ALSO_GOOD
+        assert await world.deployer.champion() == kserve_models.ALSO_GOOD
         state = await world.serving.state(model)
         assert (state.stable_version, state.canary_version, state.ready) == (
             kserve_models.ALSO_GOOD,
@@ -134,7 +122,7 @@ async def test_a_good_candidate_passes_shadow_10_50_100_becomes_champion_and_rol
             await world.uri(kserve_models.GOOD),
             True,
         )
-        assert answered.status == 200 and await world.champion() == kserve_models.GOOD
+        assert answered.status == 200 and await world.deployer.champion() == kserve_models.GOOD
         assert world.api.refused == []
 
 
@@ -143,8 +131,8 @@ async def test_a_candidate_that_errors_on_every_request_is_rolled_back_at_10_per
 ) -> None:
     async with seldon_world.world(tmp_path, store, s3_mlflow, model, engine, steps="[10, 50, 100]") as world:
         async with world.controller.load(world.endpoint):
-            await world.approve(kserve_models.BROKEN)
-            done = await world.run_until({rollouts.SUCCEEDED, rollouts.ROLLED_BACK, rollouts.PAUSED})
+            await world.deployer.approve(kserve_models.BROKEN)
+            done = await world.deployer.run_until({rollouts.SUCCEEDED, rollouts.ROLLED_BACK, rollouts.PAUSED})
 
         assert done.state == rollouts.ROLLED_BACK, f"{done.state}: {done.reason} (step {done.step_index})"
         assert done.reason.startswith("analysis failed at 10%: success-rate"), done.reason
@@ -152,7 +140,7 @@ async def test_a_candidate_that_errors_on_every_request_is_rolled_back_at_10_per
         answered = [r for r in world.controller.requests if r.model == broken]
         assert answered and all(r.status == 500 for r in answered), answered[:3]
         assert max(split.get(broken, 0) for split, _ in _moves(world)) == 10
-        assert await world.champion() == kserve_models.GOOD
+        assert await world.deployer.champion() == kserve_models.GOOD
         state = await world.serving.state(model)
         assert (state.stable_version, state.canary_version, state.ready) == (kserve_models.GOOD, None, True)
         _gone(world, kserve_models.BROKEN)
@@ -166,8 +154,8 @@ async def test_a_shadow_comparison_refuses_a_disagreeing_candidate_before_any_us
         tmp_path, store, s3_mlflow, model, engine, steps="[0, 10, 50, 100]", analysis=SHADOW_CHECKS
     ) as world:
         async with world.controller.load(world.endpoint):
-            await world.approve(seldon_world.DISAGREEING)
-            done = await world.run_until({rollouts.SUCCEEDED, rollouts.ROLLED_BACK, rollouts.PAUSED})
+            await world.deployer.approve(seldon_world.DISAGREEING)
+            done = await world.deployer.run_until({rollouts.SUCCEEDED, rollouts.ROLLED_BACK, rollouts.PAUSED})
 
         assert done.state == rollouts.ROLLED_BACK, f"{done.state}: {done.reason} (step {done.step_index})"
         assert done.reason.startswith("analysis failed at 0%: "), done.reason
@@ -182,6 +170,6 @@ async def test_a_shadow_comparison_refuses_a_disagreeing_candidate_before_any_us
         assert answered and all(r.model == world.endpoint for r in answered)  # no user got its answer
         assert all(split.get(candidate, 0) == 0 for split, _ in _moves(world))
         assert ({world.endpoint: 100}, candidate) in _moves(world)
-        assert await world.champion() == kserve_models.GOOD
+        assert await world.deployer.champion() == kserve_models.GOOD
         _gone(world, seldon_world.DISAGREEING)
         assert world.api.refused == []

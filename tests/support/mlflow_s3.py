@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.support import processes
+from tests.support import minio_gateway, processes
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,18 @@ def client_env(store: S3Store) -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@contextmanager
+def minio_s3(folder: Path, bucket: str) -> Iterator[S3Store]:
+    """The MinIO S3 gateway (tests/support/minio_gateway.py) with `bucket` created."""
+    gateway = minio_gateway.start_gateway(folder)
+    try:
+        store = S3Store(f"http://{gateway.endpoint}", gateway.access_key, gateway.secret_key, bucket)
+        store.make_bucket()
+        yield store
+    finally:
+        gateway.stop()
 
 
 @contextmanager

@@ -8,9 +8,7 @@ good and agreeing, 3 errors on every request, 4 answers every request, the oppos
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -20,15 +18,14 @@ from typing import Any
 from kubernetes import client
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from mlcd import events
 from mlcd.adapters.mlflow import MlflowRegistry
 from mlcd.adapters.prometheus import PrometheusAnalysis
 from mlcd.adapters.seldon import SeldonAnalysis, SeldonServing
-from mlcd.deployer import handlers
 from mlcd.policy.book import PolicyBook
 from mlcd.store import rollouts
 from tests.fakes import seldon_controller
-from tests.support import kserve_models, mlflow_s3, prometheus, service_harness
+from tests.support import kserve_models, mlflow_s3, prometheus
+from tests.support.deployer_driver import DeployerDriver
 
 NAMESPACE = "models"
 DISAGREEING = "4"
@@ -104,37 +101,15 @@ class SeldonWorld:
     async def uri(self, version: str) -> str:
         return (await self.registry.get_version(self.model, version)).artifact_uri
 
-    async def approve(self, version: str) -> None:
-        approval = events.PromotionApproved(model=self.model, model_version=version)
-        await service_harness.deliver(self.engine, handlers.SERVICE, approval, self.ports)
-
-    async def latest(self) -> rollouts.Rollout:
-        async with self.engine.connect() as conn:
-            found = await rollouts.latest(conn, self.model)
-        assert found is not None
-        return found
-
-    async def run_until(self, states: set[str], timeout_s: float = 300) -> rollouts.Rollout:
-        """Tick the deployer until the latest rollout reaches one of `states`."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            latest = await self.latest()
-            if latest.state in states:
-                return latest
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"rollout still {latest.as_dict()}; splits {self.controller.splits}")
-            await service_harness.tick(self.engine, handlers.SERVICE, self.ports)
-            await asyncio.sleep(0.5)
-
-    async def champion(self) -> str | None:
-        found = await self.registry.version_by_alias(self.model, handlers.CHAMPION)
-        return None if found is None else found.version
+    @property
+    def deployer(self) -> DeployerDriver:
+        return DeployerDriver(self.engine, self.model, self.ports, lambda: self.controller.splits)
 
     async def serve_first_version(self) -> None:
-        await self.approve(kserve_models.GOOD)
-        done = await self.run_until({rollouts.SUCCEEDED, rollouts.ROLLED_BACK, rollouts.FAILED})
+        await self.deployer.approve(kserve_models.GOOD)
+        done = await self.deployer.run_until({rollouts.SUCCEEDED, rollouts.ROLLED_BACK, rollouts.FAILED})
         assert done.state == rollouts.SUCCEEDED, f"{done.state}: {done.reason}"
-        assert await self.champion() == kserve_models.GOOD
+        assert await self.deployer.champion() == kserve_models.GOOD
 
 
 @asynccontextmanager
