@@ -194,3 +194,13 @@ def mlflow_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     processes.wait_until(healthy, 120, "mlflow server", server)
     yield uri
     processes.stop(server)
+
+
+@pytest.fixture(scope="module")
+def served_model(mlflow_uri: str) -> str:
+    """A fresh model with versions 1 to 3 in the session's MLflow (tests/support/serving_models.py)."""
+    from tests.support.serving_models import register_versions
+
+    name = f"wine_{uuid.uuid4().hex[:8]}"
+    register_versions(mlflow_uri, name)
+    return name

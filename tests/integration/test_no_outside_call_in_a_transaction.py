@@ -16,7 +16,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -62,7 +61,7 @@ from tests.fakes.gitlab_api import FakeGitLab
 from tests.support import flows, service_harness
 from tests.support.chat_receiver import ChatReceiver
 from tests.support.lineage_receiver import LineageReceiver
-from tests.support.serving_models import GOOD_ROWS, SHIFTED_ROWS, register_versions
+from tests.support.serving_models import GOOD_ROWS, SHIFTED_ROWS
 from tests.support.transaction_guard import TransactionGuard
 
 PROJECT = "ml/wine-quality"
@@ -424,13 +423,6 @@ async def test_the_gatekeeper_asks_gitlab_and_mlflow_outside_transactions(
 
 
 # --- deployer --------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def served_model(mlflow_uri: str) -> str:
-    name = f"wine_{uuid.uuid4().hex[:8]}"
-    register_versions(mlflow_uri, name)
-    return name
 
 
 async def test_the_deployer_moves_serving_and_the_registry_outside_transactions(
