@@ -164,7 +164,11 @@ KERAS = {"tensorflow": {"saved_model_dir": "tf2model"}}
             "the mlflow runtime needs the python_function flavor: log the model with a "
             "python_function flavor",
         ),
-        ("tensorflow", KERAS, "TF Serving reads numbered SavedModel folders, not an MLflow model folder"),
+        (
+            "tensorflow",
+            KERAS,
+            "read numbered model folders (<n>/ holding a SavedModel), not an MLflow model folder",
+        ),
         ("pytorch", SKLEARN, "TorchServe reads model-store/*.mar"),
         ("onnx", SKLEARN, "Triton reads a model repository"),
         ("triton", SKLEARN, None),  # a Triton model repository logged as the version's artifacts

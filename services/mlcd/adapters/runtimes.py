@@ -13,8 +13,8 @@ file and the flavors' files). What each runtime reads from it was taken from the
   MLflow writes the sklearn flavor's `pickled_model` as model.pkl (pickle, cloudpickle) or model.skops,
   and the xgboost flavor's `data` as model.<model_format>: ubj by default, json or xgb when asked.
 - TF Serving reads numbered SavedModel folders, TorchServe `model-store/*.mar` with
-  `config/config.properties`, Triton a model repository (`<model>/<n>/model.onnx`): an MLflow model
-  folder is none of these, whatever its flavors.
+  `config/config.properties`, Triton (Seldon's server for tensorflow, pytorch and onnx) a model repository
+  (`<model>/<n>/model.onnx`, …): an MLflow model folder is none of these, whatever its flavors.
 """
 
 from __future__ import annotations
@@ -47,8 +47,8 @@ _LOADS = {
     "xgboost": _Loads("xgboost", "data", ("model.bst", "model.json", "model.ubj")),
 }
 _OWN_LAYOUT = {
-    "tensorflow": "TF Serving reads numbered SavedModel folders",
-    "pytorch": "TorchServe reads model-store/*.mar with config/config.properties",
+    "tensorflow": "TF Serving and Triton read numbered model folders (<n>/ holding a SavedModel)",
+    "pytorch": "TorchServe reads model-store/*.mar with config/config.properties, Triton numbered folders",
     "onnx": "Triton reads a model repository (<model>/<n>/model.onnx)",
 }
 
