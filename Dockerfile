@@ -8,11 +8,11 @@ WORKDIR /src
 COPY pyproject.toml ./
 COPY services ./services
 RUN /opt/mlcd/bin/pip install --upgrade pip \
- && /opt/mlcd/bin/pip install .
+ && /opt/mlcd/bin/pip install . -c services/constraints/main.txt
 # Feast (pandas<3) and ML Metadata (protobuf<5) cannot share mlcd's environment: each gets a virtualenv of
 # its own that mlcd runs as a child process (MLCD_FEAST_BIN, MLCD_MLMD_PYTHON), as `make` does locally.
-RUN python -m venv /opt/feast && /opt/feast/bin/pip install 'feast==0.67.*' \
- && python -m venv /opt/mlmd && /opt/mlmd/bin/pip install 'ml-metadata==1.17.1'
+RUN python -m venv /opt/feast && /opt/feast/bin/pip install -c services/constraints/feast.txt 'feast==0.67.*' \
+ && python -m venv /opt/mlmd && /opt/mlmd/bin/pip install -c services/constraints/mlmd.txt 'ml-metadata==1.17.1'
 
 FROM python:3.11-slim
 ENV PATH=/opt/mlcd/bin:$PATH \

@@ -7,10 +7,12 @@ PYTEST_WORKERS ?= 2
 
 .PHONY: venv mlserver-venv mlmd-venv feast-venv system-deps demo test lint typecheck layers unit integration bench schemas clean
 
-$(VENV)/.stamp-install: pyproject.toml
+CONSTRAINTS := services/constraints
+
+$(VENV)/.stamp-install: pyproject.toml $(CONSTRAINTS)/main.txt
 	test -x $(PY) || python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -e '.[test]'
+	$(PIP) install -q -e '.[test]' -c $(CONSTRAINTS)/main.txt
 	touch $@
 
 venv: $(VENV)/.stamp-install
@@ -19,9 +21,9 @@ venv: $(VENV)/.stamp-install
 # virtualenv of its own, as its own container would; the KServe stand-in in tests/ runs it from here,
 # and KServe's storage initializer (kserve-storage) beside it.
 MLSERVER_VENV := .venv-mlserver
-$(MLSERVER_VENV)/.stamp:
+$(MLSERVER_VENV)/.stamp: $(CONSTRAINTS)/mlserver.txt
 	test -x $(MLSERVER_VENV)/bin/python || python3.11 -m venv $(MLSERVER_VENV) || python3 -m venv $(MLSERVER_VENV)
-	$(MLSERVER_VENV)/bin/pip install -q 'mlserver==1.7.1' 'mlserver-mlflow==1.7.1' 'mlserver-sklearn==1.7.1' 'kserve-storage==0.21.*'
+	$(MLSERVER_VENV)/bin/pip install -q -c $(CONSTRAINTS)/mlserver.txt 'mlserver==1.7.1' 'mlserver-mlflow==1.7.1' 'mlserver-sklearn==1.7.1' 'kserve-storage==0.21.*'
 	touch $@
 
 mlserver-venv: $(MLSERVER_VENV)/.stamp
@@ -29,9 +31,9 @@ mlserver-venv: $(MLSERVER_VENV)/.stamp
 # ml-metadata 1.17.1, the newest with a Python 3.11 wheel, pins protobuf<5 and mlcd needs protobuf 6: the
 # MLMD writer (services/mlcd/adapters/mlmd_writer.py, MLCD_MLMD_PYTHON) runs from a virtualenv of its own.
 MLMD_VENV := .venv-mlmd
-$(MLMD_VENV)/.stamp:
+$(MLMD_VENV)/.stamp: $(CONSTRAINTS)/mlmd.txt
 	test -x $(MLMD_VENV)/bin/python || python3.11 -m venv $(MLMD_VENV) || python3 -m venv $(MLMD_VENV)
-	$(MLMD_VENV)/bin/pip install -q 'ml-metadata==1.17.1'
+	$(MLMD_VENV)/bin/pip install -q -c $(CONSTRAINTS)/mlmd.txt 'ml-metadata==1.17.1'
 	touch $@
 
 mlmd-venv: $(MLMD_VENV)/.stamp
@@ -39,9 +41,9 @@ mlmd-venv: $(MLMD_VENV)/.stamp
 # Feast 0.67 needs pandas<3 and mlcd has pandas 3: the builder runs Feast's CLI (`feast plan`, `feast apply`)
 # from a virtualenv of its own (MLCD_FEAST_BIN, services/mlcd/adapters/feast.py).
 FEAST_VENV := .venv-feast
-$(FEAST_VENV)/.stamp:
+$(FEAST_VENV)/.stamp: $(CONSTRAINTS)/feast.txt
 	test -x $(FEAST_VENV)/bin/python || python3.11 -m venv $(FEAST_VENV) || python3 -m venv $(FEAST_VENV)
-	$(FEAST_VENV)/bin/pip install -q 'feast==0.67.*'
+	$(FEAST_VENV)/bin/pip install -q -c $(CONSTRAINTS)/feast.txt 'feast==0.67.*'
 	touch $@
 
 feast-venv: $(FEAST_VENV)/.stamp
