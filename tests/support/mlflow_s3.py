@@ -58,6 +58,7 @@ def client_env(store: S3Store) -> Iterator[None]:
     """The store's variables in this process while MLflow's client uploads a version's files."""
     saved = {key: os.environ.get(key) for key in store.env()}
     os.environ.update(store.env())
+    _forget_s3_clients()
     try:
         yield
     finally:
@@ -66,6 +67,18 @@ def client_env(store: S3Store) -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+        _forget_s3_clients()
+
+
+def _forget_s3_clients() -> None:
+    """boto3's default session keeps the first credentials it resolved for the life of the process, and
+    MLflow caches its S3 clients by endpoint: forget both, so the variables in effect now are the ones used
+    (else a worker whose first upload went to moto signs every later MinIO upload with moto's key)."""
+    import boto3
+    from mlflow.store.artifact import s3_artifact_repo
+
+    boto3.DEFAULT_SESSION = None
+    s3_artifact_repo._cached_get_s3_client.cache_clear()
 
 
 @contextmanager
