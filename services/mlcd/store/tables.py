@@ -17,6 +17,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 
 metadata = MetaData()
@@ -48,7 +49,13 @@ outbox = Table(
     Column("event_time", DateTime(timezone=True), nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("sent_at", DateTime(timezone=True), nullable=True),
-    Index("ix_outbox_unsent", "sent_at", "seq"),
+    # Only the rows the relay has left to publish: a scan for them never reads the sent journal.
+    Index(
+        "ix_outbox_unsent_seq",
+        "seq",
+        postgresql_where=text("sent_at IS NULL"),
+        sqlite_where=text("sent_at IS NULL"),
+    ),
     Index("ix_outbox_event_id", "event_id"),
     Index("ix_outbox_subject_type", "subject", "event_type"),
 )
