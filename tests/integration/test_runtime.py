@@ -162,6 +162,45 @@ async def test_event_committed_but_never_published_is_published_once_after_resta
     assert await unsent_count(engine) == 0
 
 
+class _DownBus(MemoryBus):
+    """A broker that does not answer until `up` is set."""
+
+    def __init__(self) -> None:
+        super().__init__(events.TOPICS)
+        self.up = False
+
+    async def publish(self, records: Any) -> None:
+        if not self.up:
+            raise AdapterUnavailable("the broker does not answer")
+        await super().publish(records)
+
+    async def ping(self) -> None:
+        if not self.up:
+            raise AdapterUnavailable("the broker does not answer")
+
+
+def _outbox_pending() -> float | None:
+    return REGISTRY.get_sample_value("mlcd_outbox_pending")
+
+
+async def test_the_outbox_backlog_shows_while_the_broker_is_down_and_empties_when_it_answers(
+    engine: AsyncEngine,
+) -> None:
+    down = _DownBus()
+    async with engine.begin() as conn:
+        await outbox.add(conn, [flows.arrived(key=f"batch-{i}.csv") for i in range(3)])
+    relay = runtime.OutboxRelay(engine, down, idle_poll_s=0.05)
+    async with flows.running(relay):
+        await flows.eventually(
+            lambda: asyncio.sleep(0, _outbox_pending() == 3), "the backlog of 3 on mlcd_outbox_pending"
+        )
+        down.up = True
+        await flows.eventually(
+            lambda: asyncio.sleep(0, _outbox_pending() == 0), "mlcd_outbox_pending back to 0", 10
+        )
+    assert await unsent_count(engine) == 0
+
+
 # --- (c) a handler that keeps failing; (d) poison records ---------------------------------------------
 
 

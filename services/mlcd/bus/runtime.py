@@ -501,8 +501,11 @@ class OutboxRelay:
     On PostgreSQL the rows fall in `outbox.SLOTS` slots by (topic, key), and a relay publishes a slot
     only while it holds that slot's advisory lock (for one transaction: select, publish, mark sent), so
     the rows of one key are published by one relay at a time, in order, while relays of other services
-    and replicas publish the other slots alongside. A sweep takes the slots that hold unsent rows,
-    `SLOTS // WINDOWS` at a time, starting where this relay's rotation stands.
+    and replicas publish the other slots alongside. A sweep is one round over every slot it can lock;
+    while the last sweep left full batches (a backlog) it takes the slots `SLOTS // WINDOWS` at a time
+    instead, starting where this relay's rotation stands, so other relays lock the other windows.
+
+    `mlcd_outbox_pending` is the count of unsent rows, taken at most once every `count_every_s`.
     """
 
     _LOCK_ID = 0x6D6C6372  # "mlcr": the first key of the two-key advisory lock, the slot the second
@@ -517,6 +520,7 @@ class OutboxRelay:
         batch: int = 500,
         idle_poll_s: float = 0.5,
         retention: timedelta = timedelta(days=30),
+        count_every_s: float = 1.0,
     ) -> None:
         self.engine = engine
         self.bus = bus
@@ -524,6 +528,8 @@ class OutboxRelay:
         self.batch = batch
         self.idle_poll_s = idle_poll_s
         self.retention = retention
+        self.count_every_s = count_every_s
+        self._counted_at = -count_every_s
         self._rotation = random.randrange(self.WINDOWS)
         self._full = False
         self._published: dict[str, Any] = {}
@@ -536,7 +542,9 @@ class OutboxRelay:
             last_purge = 0.0
             while not stop.is_set():
                 try:
-                    if not await self.publish_pending():
+                    published = await self.publish_pending()
+                    await self._count_pending()
+                    if not published:
                         await self._drop_connection()  # idle: the connection goes back to the pool
                 except AdapterUnavailable as e:
                     log.warning("relay cannot reach the broker; rows stay in the outbox", error=str(e))
@@ -585,27 +593,25 @@ class OutboxRelay:
             log.warning("relay stopped with rows still in the outbox", error=str(e))
 
     async def publish_pending(self) -> int:
-        """One sweep: publish a batch of unsent rows from each slot window; returns how many."""
+        """One sweep: publish a batch of unsent rows (of each slot window, when behind); returns how many."""
         behind, self._full = self._full, False
         if self.engine.dialect.name != "postgresql":
             return await self._publish_round(None)
-        if behind:  # the last sweep left full batches: every slot is worth a look, none is scanned for
-            slots = set(range(outbox.SLOTS))
-        else:
-            async with self._transaction() as conn:
-                slots = await outbox.pending_slots(conn)
-        if not slots:
-            metrics.OUTBOX_PENDING.set(0)
-            return 0
+        if not behind:
+            return await self._publish_round(range(outbox.SLOTS))
         width = outbox.SLOTS // self.WINDOWS
         published = 0
         for step in range(self.WINDOWS):
             window = (self._rotation + step) % self.WINDOWS
-            wanted = [s for s in range(window * width, (window + 1) * width) if s in slots]
-            if wanted:
-                published += await self._publish_round(wanted)
+            published += await self._publish_round(range(window * width, (window + 1) * width))
         self._rotation = (self._rotation + 1) % self.WINDOWS
         return published
+
+    async def _count_pending(self, *, now: bool = False) -> None:
+        if now or time.monotonic() - self._counted_at >= self.count_every_s:
+            self._counted_at = time.monotonic()
+            async with self._transaction() as conn:
+                metrics.OUTBOX_PENDING.set(await outbox.count_unsent(conn))
 
     async def _publish_round(self, slots: Sequence[int] | None) -> int:
         """Publish one batch in one transaction: lock the slots (PostgreSQL), select, publish, mark sent."""
@@ -686,6 +692,8 @@ class OutboxRelay:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1)
                 return
+            with contextlib.suppress(*database.OUTAGE_ERRORS):
+                await self._count_pending(now=True)
             try:
                 await self.bus.ping()
                 return

@@ -161,12 +161,6 @@ _UNSENT_IN_SLOTS = (
 )
 
 
-async def pending_slots(conn: AsyncConnection) -> set[int]:
-    """PostgreSQL: the slots that hold unsent rows."""
-    rows = await conn.execute(select(_SLOT.label("slot")).where(outbox.c.sent_at.is_(None)).distinct())
-    return {int(r.slot) for r in rows}
-
-
 async def unsent(conn: AsyncConnection, limit: int, slots: Sequence[int] | None = None) -> list[Pending]:
     """The oldest unsent rows, in order; `slots` (PostgreSQL): only the rows of those slots."""
     if slots is None:
