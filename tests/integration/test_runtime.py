@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mlcd import events
@@ -199,6 +199,37 @@ async def test_the_outbox_backlog_shows_while_the_broker_is_down_and_empties_whe
             lambda: asyncio.sleep(0, _outbox_pending() == 0), "mlcd_outbox_pending back to 0", 10
         )
     assert await unsent_count(engine) == 0
+
+
+@pytest.mark.parametrize("store_url", ["postgres"], indirect=True)
+async def test_rows_behind_another_relays_slot_lock_go_out_once_it_is_released_not_at_the_idle_poll(
+    engine: AsyncEngine,
+) -> None:
+    # Another relay's round holds every slot (its select ran before this row was written); this relay's
+    # sweep finds them locked and must look again soon, not after its 5 s idle poll.
+    bus = MemoryBus(events.TOPICS)
+    reader = await flows.Reader(bus, ["mlcd.data"]).start()
+    relay = runtime.OutboxRelay(engine, bus, idle_poll_s=5)
+    async with engine.connect() as other_relay, flows.running(relay):
+        async with other_relay.begin():
+            await other_relay.execute(
+                text("SELECT pg_advisory_xact_lock(:id, slot) FROM generate_series(0, :last) AS slot"),
+                {"id": runtime.OutboxRelay._LOCK_ID, "last": outbox.SLOTS - 1},
+            )
+            async with engine.begin() as conn:
+                await outbox.add(conn, [flows.arrived()])
+            relay.waker.wake()
+            await flows.eventually(
+                lambda: asyncio.sleep(0, relay._contended), "a sweep to meet the locks while they are held"
+            )
+            assert await unsent_count(engine) == 1
+
+        async def published() -> bool:
+            await reader.collect()
+            return bool(reader.of_type(events.DataArrived.type))
+
+        await flows.eventually(published, "the row to go out once the locks are released", 2)
+    await reader.close()
 
 
 # --- (c) a handler that keeps failing; (d) poison records ---------------------------------------------

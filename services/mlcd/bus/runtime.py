@@ -510,6 +510,9 @@ class OutboxRelay:
 
     _LOCK_ID = 0x6D6C6372  # "mlcr": the first key of the two-key advisory lock, the slot the second
     WINDOWS = 4
+    CONTENDED_RETRY_S = 0.01
+    """A sweep that found slots locked by another relay looks again this soon: the rows that relay's round
+    did not see (written after its select) would otherwise wait for the idle poll."""
 
     def __init__(
         self,
@@ -532,6 +535,7 @@ class OutboxRelay:
         self._counted_at = -count_every_s
         self._rotation = random.randrange(self.WINDOWS)
         self._full = False
+        self._contended = False
         self._published: dict[str, Any] = {}
         self._conn: AsyncConnection | None = None
         self._running = False
@@ -554,7 +558,7 @@ class OutboxRelay:
                     await self._purge()
                     last_purge = time.monotonic()
                 if not self._full:
-                    await self.waker.wait(self.idle_poll_s)
+                    await self.waker.wait(self.CONTENDED_RETRY_S if self._contended else self.idle_poll_s)
             await self.publish_pending_quietly()
         finally:
             self._running = False
@@ -594,7 +598,7 @@ class OutboxRelay:
 
     async def publish_pending(self) -> int:
         """One sweep: publish a batch of unsent rows (of each slot window, when behind); returns how many."""
-        behind, self._full = self._full, False
+        behind, self._full, self._contended = self._full, False, False
         if self.engine.dialect.name != "postgresql":
             return await self._publish_round(None)
         if not behind:
@@ -619,9 +623,11 @@ class OutboxRelay:
             if slots is not None:
                 # Its own statement: the select after it must take its snapshot once the locks are held,
                 # or it could still see rows another relay marked sent just before releasing them.
-                slots = await self._take_slots(conn, slots)
-                if not slots:
+                taken = await self._take_slots(conn, slots)
+                self._contended = self._contended or len(taken) < len(slots)
+                if not taken:
                     return 0
+                slots = taken
             pending = await outbox.unsent(conn, self.batch, slots)
             if not pending:
                 return 0
