@@ -3,9 +3,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
-PYTEST_WORKERS ?= 3
-# Three on two cores: about half of the suite waits (rollout deadlines, restarts, the soak's fixed rate),
-# and on a slow day two workers took 38 minutes of pytest (2,305 s at d234f00).
+PYTEST_WORKERS ?= 2
 
 .PHONY: venv mlserver-venv mlmd-venv feast-venv system-deps demo test lint typecheck layers unit integration bench schemas clean
 
